@@ -1,0 +1,1 @@
+//! The control plane: public HTTP API, voice library, history, node routing.

@@ -1,0 +1,1 @@
+//! Dia and the DAC codec on libtorch.

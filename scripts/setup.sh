@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, idempotently: libtorch (the torch==2.11.0 wheel, in a
+# project-local .venv; .venv/libtorch points at it) and cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check torch==2.11.0
+  torch_dir=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
+  ln -sfn "${torch_dir#"$PWD/.venv/"}" .venv/libtorch
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
