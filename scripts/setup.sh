@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: libtorch (the torch==2.11.0 wheel, in a
-# project-local .venv; .venv/libtorch points at it) and cargo-nextest.
+# project-local .venv; .venv/libtorch points at it), the Debian packages listed in
+# scripts/system-packages.txt, and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+missing=()
+while read -r pkg; do
+  [ -z "$pkg" ] || dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done < <(grep -v '^#' scripts/system-packages.txt)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"
+fi
 if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check torch==2.11.0
