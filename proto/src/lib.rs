@@ -1,1 +1,39 @@
 //! The contract between the control plane and GPU nodes.
+//!
+//! A node dials the control plane's WebSocket (`/v1/nodes/connect?token=<join token>`) and speaks
+//! first: [`NodeToControl::Hello`] with [`PROTOCOL_VERSION`], its id, models, features and capacity.
+//! The control plane answers [`ControlToNode::Welcome`] (or [`ControlToNode::Rejected`] and closes).
+//! From then on the node sends [`NodeToControl::Heartbeat`]s; a node silent for longer than the
+//! control plane's heartbeat timeout is dropped and its jobs go to another node.
+//!
+//! Text frames carry JSON messages, internally tagged by `type` in snake_case. Binary frames carry
+//! audio (see [`frames`]): the voice prompt of a job, sent right after its `submit`, and the
+//! generated audio, sent by the node before `finished`.
+//!
+//! The dialogue-script parser and validator ([`script`]) also live here, so that the API and the
+//! node agree on what a valid script is.
+
+pub mod error;
+pub mod frames;
+pub mod ids;
+pub mod messages;
+pub mod script;
+pub mod speech;
+
+pub use error::{ErrorKind, WireError};
+pub use frames::{BinaryFrame, FrameError, FrameHeader, PcmEncoding, Stream};
+pub use ids::{NodeId, RequestId, VoiceId};
+pub use messages::{
+    ControlToNode, Finished, Health, Hello, Job, Load, ModelInfo, NodeToControl, Task, Welcome,
+};
+pub use script::{Script, ScriptError, Speaker, Turn};
+pub use speech::{Sampling, SpeechTask, VoicePrompt};
+
+/// Bumped on every incompatible change to the messages; a node with another version is rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Sample rate of every PCM payload on the wire, both directions (Dia's DAC runs at 44.1 kHz).
+pub const SAMPLE_RATE: u32 = 44_100;
+
+/// The feature a node advertises to serve `POST /v1/voice/generations`.
+pub const FEATURE_VOICE_CLONING: &str = "voice-cloning";

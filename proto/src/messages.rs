@@ -1,0 +1,161 @@
+//! JSON messages of the node session, one enum per direction.
+
+use crate::error::WireError;
+use crate::ids::{NodeId, RequestId};
+use crate::speech::SpeechTask;
+use serde::{Deserialize, Serialize};
+
+/// Control plane → node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlToNode {
+    /// The hello was accepted; the node is in the pool.
+    Welcome(Welcome),
+    /// The hello was refused (bad version, duplicate id); the socket closes after this.
+    Rejected {
+        /// Why.
+        error: WireError,
+    },
+    /// Run a job. If its task has a voice prompt, one binary frame with it follows.
+    Submit(Job),
+    /// Stop a job (its client went away); no answer is expected.
+    Cancel {
+        /// The job to stop.
+        request_id: RequestId,
+    },
+    /// Take no new jobs, finish the running ones (a control plane shutting down).
+    Drain,
+}
+
+/// The control plane's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The control plane's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Send a heartbeat at least this often; silence for three intervals drops the node.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// One job sent to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The API request; stays the same when the job is retried on another node.
+    pub request_id: RequestId,
+    /// 1 for the first try, incremented on every retry.
+    pub attempt: u32,
+    /// The model id to run, one the node advertised.
+    pub model: String,
+    /// What to do.
+    pub task: Task,
+}
+
+/// The kind of work in a job; new kinds (e.g. `transcription`) become new variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// Text-to-dialogue with optional voice cloning (feature `voice-cloning`).
+    Speech(SpeechTask),
+}
+
+/// Node → control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeToControl {
+    /// The first message of a session.
+    Hello(Hello),
+    /// Liveness and load, at least every `heartbeat_interval_ms`.
+    Heartbeat {
+        /// Whether the node can take work.
+        health: Health,
+        /// Current load.
+        load: Load,
+    },
+    /// How far a job has come (audio seconds generated so far).
+    Progress {
+        /// The job.
+        request_id: RequestId,
+        /// The attempt.
+        attempt: u32,
+        /// Seconds of audio generated so far.
+        generated_seconds: f32,
+    },
+    /// The job is done; all its audio chunks were sent before this message.
+    Finished(Finished),
+    /// The job failed.
+    Failed {
+        /// The job.
+        request_id: RequestId,
+        /// The attempt.
+        attempt: u32,
+        /// What went wrong (usually `upstream_error`).
+        error: WireError,
+        /// True when another node might succeed (out of memory, shutting down); the control
+        /// plane then retries elsewhere within its attempt budget.
+        retryable: bool,
+    },
+}
+
+/// A node introducing itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal the control plane's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Stable id of the node (e.g. its pod name).
+    pub node_id: NodeId,
+    /// What the node serves.
+    pub models: Vec<ModelInfo>,
+    /// How many jobs it runs at once (its batch slots).
+    pub capacity: u32,
+    /// Free-form GPU description (e.g. "NVIDIA H100 80GB, driver 550"), for operators.
+    pub gpu: Option<String>,
+}
+
+/// One model a node serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Model id clients name in `model` (e.g. "dia-1.6b").
+    pub id: String,
+    /// Features it offers, e.g. [`crate::FEATURE_VOICE_CLONING`].
+    pub features: Vec<String>,
+    /// Longest script in characters it accepts.
+    pub max_input_chars: u32,
+    /// Most audio frames (`max_new_tokens`) it generates per job.
+    pub max_new_tokens: u32,
+}
+
+/// Whether a node can take work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    /// Ready.
+    Healthy,
+    /// Not taking work (GPU error, restarting its worker); `reason` is for operators.
+    Unhealthy {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A node's load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Jobs generating now.
+    pub active: u32,
+    /// Jobs accepted but not yet admitted to the batch.
+    pub queued: u32,
+    /// GPU memory in use, if the node can read it.
+    pub gpu_memory_used_bytes: Option<u64>,
+}
+
+/// A finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    /// The job.
+    pub request_id: RequestId,
+    /// The attempt.
+    pub attempt: u32,
+    /// Total samples sent in the audio chunks (16-bit mono at 44.1 kHz), as a check.
+    pub samples: u64,
+    /// Seconds the node spent generating.
+    pub inference_seconds: f32,
+}

@@ -1,0 +1,60 @@
+//! Golden JSON: the wire format of each message is pinned by a fixture and survives a round trip.
+
+use proto::{ControlToNode, ErrorKind, Health, NodeToControl, Task, PROTOCOL_VERSION};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+fn golden<T: Serialize + DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let message: T = serde_json::from_value(json.clone()).unwrap();
+    // Through a string: f32 fields print as written ("0.95"), while to_value would widen them.
+    let back: Value = serde_json::from_str(&serde_json::to_string(&message).unwrap()).unwrap();
+    assert_eq!(back, json, "{name} does not round-trip");
+    message
+}
+
+#[test]
+fn a_submit_carries_the_whole_speech_task() {
+    let ControlToNode::Submit(job) = golden::<ControlToNode>("submit.json") else { panic!("not a submit") };
+    let Task::Speech(task) = job.task;
+    assert_eq!(task.seed, 42);
+    assert_eq!(task.sampling, proto::Sampling::default());
+    assert_eq!(task.voice_prompt.unwrap().samples, 132_300);
+}
+
+#[test]
+fn a_hello_names_models_features_and_capacity() {
+    let NodeToControl::Hello(hello) = golden::<NodeToControl>("hello.json") else { panic!("not a hello") };
+    assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(hello.models[0].features, [proto::FEATURE_VOICE_CLONING]);
+}
+
+#[test]
+fn a_heartbeat_carries_health_and_load() {
+    let NodeToControl::Heartbeat { health, load } = golden::<NodeToControl>("heartbeat.json") else {
+        panic!("not a heartbeat")
+    };
+    assert_eq!(health, Health::Unhealthy { reason: "XID 79".into() });
+    assert_eq!(load.active, 3);
+}
+
+#[test]
+fn a_failure_carries_an_api_error_type_and_the_retryable_flag() {
+    let NodeToControl::Failed { error, retryable, .. } = golden::<NodeToControl>("failed.json") else {
+        panic!("not a failure")
+    };
+    assert_eq!(error.kind, ErrorKind::UpstreamError);
+    assert!(retryable);
+}
+
+#[test]
+fn a_finished_message_counts_the_samples_sent() {
+    let NodeToControl::Finished(done) = golden::<NodeToControl>("finished.json") else { panic!("not finished") };
+    assert_eq!(done.samples, 88_200);
+}
+
+#[test]
+fn control_messages_without_payload_are_just_a_type() {
+    assert_eq!(serde_json::to_value(ControlToNode::Drain).unwrap(), serde_json::json!({"type": "drain"}));
+}
