@@ -1,1 +1,18 @@
-//! Dia and the DAC codec on libtorch.
+//! Dia and the DAC audio codec on libtorch (`tch`), numerically equal to the reference.
+//!
+//! Shape letters used in tensor names: B requests, N = 2·B CFG rows (interleaved: unconditional,
+//! conditional), T frames or positions, S text positions, C audio channels (codebooks),
+//! V audio vocabulary, D model width, H/K query/KV heads, E head dim, L prompt frames.
+
+pub mod audio;
+mod checkpoint;
+pub mod dac;
+pub mod delay;
+pub mod dia;
+pub mod error;
+pub mod hub;
+mod nn_ext;
+pub mod prompt;
+pub mod sampling;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,132 @@
+//! Batched CFG sampling on the device, in the reference's exact order (dia-reference.md §7):
+//! guided top-k over `cond + s·(cond − uncond)` selects candidates from the *conditional*
+//! logits, special ids are masked, then temperature, the EOS rule, top-k again and top-p.
+//!
+//! Every row carries its own parameters, and draws come from per-request uniforms, so a
+//! request samples the same tokens whatever else shares its batch.
+
+use tch::{Device, Kind, Tensor};
+
+/// Sampling parameters of one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy (argmax, no EOS rule, no top-p).
+    pub temperature: f64,
+    /// Nucleus threshold; 1.0 disables it.
+    pub top_p: f64,
+    /// Candidates kept from the guided logits (`cfg_filter_top_k`).
+    pub top_k: i64,
+    /// Classifier-free guidance strength.
+    pub cfg_scale: f64,
+}
+
+impl Default for Sampling {
+    /// The public API's defaults.
+    fn default() -> Self {
+        Self { temperature: 1.8, top_p: 0.95, top_k: 45, cfg_scale: 3.0 }
+    }
+}
+
+/// Per-row parameters of a batch as device tensors, rebuilt only when the batch changes.
+#[derive(Debug)]
+pub struct SamplingBatch {
+    cfg_scale_bx1x1: Tensor,
+    temperature_bx1x1: Tensor,
+    greedy_bx1: Tensor,
+    top_p_bx1x1: Tensor,
+    top_k_bx1x1: Tensor,
+    max_top_k: i64,
+}
+
+impl SamplingBatch {
+    pub fn new(rows: &[Sampling], device: Device) -> Self {
+        let col = |f: &dyn Fn(&Sampling) -> f64| {
+            Tensor::from_slice(&rows.iter().map(f).collect::<Vec<_>>())
+                .to_kind(Kind::Float)
+                .view([-1, 1, 1])
+                .to_device(device)
+        };
+        let top_k: Vec<i64> = rows.iter().map(|r| r.top_k).collect();
+        Self {
+            cfg_scale_bx1x1: col(&|r| r.cfg_scale),
+            // Greedy rows divide by 1 so that the sampled branch (discarded for them) stays finite.
+            temperature_bx1x1: col(&|r| if r.temperature > 0.0 { r.temperature } else { 1.0 }),
+            greedy_bx1: col(&|r| f64::from(u8::from(r.temperature <= 0.0))).view([-1, 1]).to_kind(Kind::Bool),
+            top_p_bx1x1: col(&|r| r.top_p),
+            top_k_bx1x1: Tensor::from_slice(&top_k).view([-1, 1, 1]).to_device(device),
+            max_top_k: top_k.iter().copied().max().unwrap_or(1),
+        }
+    }
+}
+
+/// The special-id masks: additive `[C, V]` with −inf where a channel may never emit an id.
+pub fn special_id_mask(channels: i64, vocab: i64, eos: i64, device: Device) -> Tensor {
+    let ids = Tensor::arange(vocab, (Kind::Int64, device)).view([1, vocab]);
+    let channel = Tensor::arange(channels, (Kind::Int64, device)).view([channels, 1]);
+    // Every channel: nothing above EOS. Channels 1..: not EOS either.
+    let banned = ids.gt(eos).logical_or(&ids.ge(eos).logical_and(&channel.gt(0)));
+    Tensor::zeros([channels, vocab], (Kind::Float, device)).masked_fill(&banned, f64::NEG_INFINITY)
+}
+
+/// Keeps the `k` largest entries of each row (per-row `k`), −inf elsewhere.
+fn top_k_filter(logits_bxcxv: &Tensor, keep_from_bxcxv: &Tensor, p: &SamplingBatch) -> Tensor {
+    let (_, idx_bxcxk) = keep_from_bxcxv.topk(p.max_top_k, -1, true, true);
+    let rank_k = Tensor::arange(p.max_top_k, (Kind::Int64, logits_bxcxv.device()));
+    let keep_bxcxk = rank_k.view([1, 1, -1]).lt_tensor(&p.top_k_bx1x1).expand_as(&idx_bxcxk);
+    let keep = logits_bxcxv.zeros_like().to_kind(Kind::Bool).scatter(-1, &idx_bxcxk, &keep_bxcxk);
+    logits_bxcxv.masked_fill(&keep.logical_not(), f64::NEG_INFINITY)
+}
+
+/// The filtered logits each draw is made from, and the greedy choice.
+#[derive(Debug)]
+pub struct Filtered {
+    /// Final logits of the sampled path (after temperature, EOS rule, top-k, top-p).
+    pub logits_bxcxv: Tensor,
+    /// Argmax of the candidates before temperature: the pick of greedy rows.
+    pub greedy_bxc: Tensor,
+}
+
+/// Applies CFG and every filter of §7 up to, not including, the draw.
+pub fn filter(
+    cond_bxcxv: &Tensor,
+    uncond_bxcxv: &Tensor,
+    special_mask_cxv: &Tensor,
+    eos: i64,
+    p: &SamplingBatch,
+) -> Filtered {
+    let guided = cond_bxcxv + (cond_bxcxv - uncond_bxcxv) * &p.cfg_scale_bx1x1;
+    let logits = top_k_filter(cond_bxcxv, &guided, p) + special_mask_cxv;
+    let greedy_bxc = logits.argmax(-1, false);
+
+    let logits = logits / &p.temperature_bx1x1;
+    // EOS rule: EOS survives only as the top candidate, and then alone.
+    let vocab = logits.size()[2];
+    let ids_v = Tensor::arange(vocab, (Kind::Int64, logits.device()));
+    let eos_top_bxcx1 = logits.argmax(-1, true).eq(eos);
+    let ban = ids_v.lt(eos).logical_and(&eos_top_bxcx1)
+        .logical_or(&ids_v.eq(eos).logical_and(&eos_top_bxcx1.logical_not()));
+    let logits = logits.masked_fill(&ban, f64::NEG_INFINITY);
+    let logits = top_k_filter(&logits, &logits, p);
+
+    // Top-p: drop the tail past the threshold, always keeping the entry that crosses it.
+    let probs = logits.softmax(-1, Kind::Float);
+    let (sorted, order) = probs.sort(-1, true);
+    let cumulative = sorted.cumsum(-1, Kind::Float);
+    let over = cumulative.gt_tensor(&p.top_p_bx1x1);
+    let shifted = over.roll([1], [-1]).index_fill(-1, &Tensor::from_slice(&[0i64]).to_device(logits.device()), 0);
+    let remove_sorted = shifted.logical_and(&p.top_p_bx1x1.lt(1.0));
+    let remove = remove_sorted.zeros_like().scatter(-1, &order, &remove_sorted);
+    Filtered { logits_bxcxv: logits.masked_fill(&remove, f64::NEG_INFINITY), greedy_bxc }
+}
+
+/// Draws one id per row by inverting the CDF at the row's uniform `u ∈ (0, 1]`; greedy rows
+/// take their argmax. Returns `[B, C]` int64.
+pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Tensor {
+    let probs = filtered.logits_bxcxv.softmax(-1, Kind::Float);
+    let cdf = probs.cumsum(-1, Kind::Float);
+    let total = cdf.narrow(-1, cdf.size()[2] - 1, 1);
+    let target = uniforms_bxc.unsqueeze(-1) * total;
+    let vocab = cdf.size()[2];
+    let sampled = cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
+    filtered.greedy_bxc.where_self(&p.greedy_bx1, &sampled)
+}
