@@ -12,11 +12,14 @@ use crate::nn_ext::fold_weight_norm;
 
 /// Reads a weight file and brings it to transformers naming with folded weights.
 pub fn read_weights(path: &Path, cfg: &DacConfig) -> Result<TensorMap> {
-    let tensors = read_safetensors(path)?;
-    let tensors: TensorMap = tensors
-        .into_iter()
-        .map(|(name, t)| (original_to_transformers(&name, cfg).unwrap_or(name), t))
-        .collect();
+    let mut tensors = read_safetensors(path)?;
+    // Only the original tree has `decoder.model`; its `encoder.block.N` would be misread otherwise.
+    if tensors.keys().any(|k| k.starts_with("decoder.model.")) {
+        tensors = tensors
+            .into_iter()
+            .map(|(name, t)| (original_to_transformers(&name, cfg).unwrap_or(name), t))
+            .collect();
+    }
     fold_all(tensors)
 }
 

@@ -1,0 +1,93 @@
+//! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR`
+//! (defaults `../shared/fixtures/dia-tiny` and `../shared/fixtures/dac-tiny` from the repo root).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+fn fixture_dir(var: &str, default: &str) -> PathBuf {
+    match std::env::var(var) {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(default),
+    }
+}
+
+pub fn dia_dir() -> PathBuf {
+    fixture_dir("DIA_FIXTURE_DIR", "../shared/fixtures/dia-tiny")
+}
+
+pub fn dac_dir() -> PathBuf {
+    fixture_dir("DAC_FIXTURE_DIR", "../shared/fixtures/dac-tiny")
+}
+
+/// The tensors and the metadata of one case.
+pub struct Case {
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: serde_json::Value,
+}
+
+impl Case {
+    pub fn load(dir: &PathBuf, name: &str) -> Self {
+        let cases = dir.join("cases");
+        let tensors = Tensor::read_safetensors(cases.join(format!("{name}.safetensors")))
+            .unwrap_or_else(|e| panic!("case {name}: {e}"))
+            .into_iter()
+            .collect();
+        let meta = std::fs::read_to_string(cases.join(format!("{name}.json"))).expect("case json");
+        Self { tensors, meta: serde_json::from_str(&meta).expect("case json parses") }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor {name}"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Case names of a folder whose file name starts with `prefix`.
+pub fn case_names(dir: &PathBuf, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("cases"))
+        .expect("cases folder")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".safetensors")?;
+            stem.starts_with(prefix).then(|| stem.to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Asserts `|a − b| ≤ atol + rtol·|b|` everywhere, naming what was compared.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let a = actual.to_kind(tch::Kind::Double);
+    let b = expected.to_kind(tch::Kind::Double);
+    let excess = (&a - &b).abs() - (b.abs() * rtol + atol);
+    let worst = excess.max().double_value(&[]);
+    let max_diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(worst <= 0.0, "{what}: max abs diff {max_diff:e} exceeds {atol:e} + {rtol:e}·|expected|");
+}
+
+/// Asserts integer tensors are identical, reporting the first difference.
+pub fn assert_same(what: &str, actual: &Tensor, expected: &Tensor) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let a = actual.to_kind(tch::Kind::Int64).flatten(0, -1);
+    let b = expected.to_kind(tch::Kind::Int64).flatten(0, -1);
+    let diff = a.ne_tensor(&b).nonzero();
+    if diff.size()[0] > 0 {
+        let i = diff.int64_value(&[0, 0]);
+        panic!(
+            "{what}: {} of {} values differ, first at flat index {i}: {} vs expected {}",
+            diff.size()[0],
+            a.size()[0],
+            a.int64_value(&[i]),
+            b.int64_value(&[i])
+        );
+    }
+}
