@@ -10,7 +10,7 @@ use std::path::Path;
 use common::{assert_close, assert_same, case_names, dac_dir, dia_dir, Case};
 use models::audio;
 use models::dac::Dac;
-use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator};
+use models::dia::{BatchLimits, DiaModel, FinishReason, GenerationRequest, Generator};
 use models::prompt::{prefill_rows, text_tokens};
 use models::sampling::Sampling;
 use tch::{Device, Kind, Tensor};
@@ -131,6 +131,8 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
         let req = ids.iter().position(|x| *x == f.id).unwrap();
         let expected_codes = case.get(&format!("codes_{req}"));
         assert_eq!(f.codes_lxc.size()[0], lengths[req].as_i64().unwrap(), "{name}: code length {req}");
+        let sampled_eos = !meta["eos"][req]["first_sampled_eos_step"].is_null();
+        assert_eq!(f.reason == FinishReason::Eos, sampled_eos, "{name}: finish reason of {req}");
         assert_same(&format!("{name} codes_{req}"), &f.codes_lxc, expected_codes);
         let rows = f.rows.len() as i64 / model.config.num_channels();
         let written = expected_prefill.int64_value(&[req as i64]) + f.codes_lxc.size()[0] + max_delay;

@@ -49,10 +49,20 @@ pub struct GenerationRequest {
 /// Identifies a request inside one generator.
 pub type SeqId = u64;
 
+/// Why a request stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// Channel 0 sampled EOS.
+    Eos,
+    /// `max_new_tokens` frames were generated.
+    Length,
+}
+
 /// A request that ended, with its audio codes.
 #[derive(Debug)]
 pub struct Finished {
     pub id: SeqId,
+    pub reason: FinishReason,
     /// `[len, C]` codes for the codec, prompt cut, special ids replaced by 0.
     pub codes_lxc: Tensor,
     /// The delayed token rows as generated, `rows × C` flattened (for inspection).
@@ -84,6 +94,7 @@ struct Sequence {
     eos_detected: bool,
     countdown: i64,
     finished_at: i64,
+    reason: FinishReason,
     text_len: i64,
     sampling: Sampling,
     rng: ChaCha8Rng,
@@ -187,6 +198,7 @@ impl Generator {
                 eos_detected: false,
                 countdown: -1,
                 finished_at: -1,
+                reason: FinishReason::Length,
                 text_len: text.len() as i64,
                 sampling: request.sampling,
                 rng: ChaCha8Rng::seed_from_u64(request.seed),
@@ -361,11 +373,13 @@ impl Sequence {
         let max_delay = cfg.max_delay();
         let n = self.step + 1;
         if self.countdown != 0 {
-            let trigger = (pred[0] == cfg.eos_token_id && !self.eos_detected) || n >= self.max_rows - max_delay;
+            let sampled_eos = pred[0] == cfg.eos_token_id && !self.eos_detected;
+            let trigger = sampled_eos || n >= self.max_rows - max_delay;
             self.eos_detected |= trigger;
             if trigger && self.countdown < 0 {
                 self.countdown = max_delay;
                 self.finished_at = n;
+                self.reason = if sampled_eos { FinishReason::Eos } else { FinishReason::Length };
             }
         }
         if self.countdown > 0 {
@@ -404,6 +418,6 @@ impl Sequence {
         let window_1xtxc = Tensor::from_slice(window).view([1, len + max_delay, c]);
         let codes = revert_delay(&window_1xtxc, &cfg.delay_pattern).squeeze_dim(0).narrow(0, 0, len);
         let invalid = codes.lt(0).logical_or(&codes.ge(cfg.eos_token_id));
-        Ok(Finished { id: self.id, codes_lxc: codes.masked_fill(&invalid, 0), rows: self.rows })
+        Ok(Finished { id: self.id, reason: self.reason, codes_lxc: codes.masked_fill(&invalid, 0), rows: self.rows })
     }
 }

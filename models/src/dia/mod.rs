@@ -19,7 +19,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 pub use config::DiaConfig;
-pub use generation::{BatchLimits, Finished, GenerationRequest, Generator, SeqId, StepOutput};
+pub use generation::{BatchLimits, FinishReason, Finished, GenerationRequest, Generator, SeqId, StepOutput};
 
 use crate::checkpoint::load_into;
 use crate::error::{ModelError, Result};

@@ -1,0 +1,167 @@
+//! The sampler: the reference's filter order checked on its recorded logits, per-request
+//! seeding, and results that do not depend on the batch.
+
+mod common;
+
+use common::{assert_same, dia_dir, Case};
+use models::dia::{BatchLimits, DiaModel, FinishReason, Finished, GenerationRequest, Generator, SeqId};
+use models::sampling::{self, Sampling, SamplingBatch};
+use tch::{Device, Kind, Tensor};
+
+fn model() -> DiaModel {
+    DiaModel::load(&dia_dir(), Device::Cpu, Kind::Float).expect("Dia loads")
+}
+
+/// `sampled_seed` (stretch target): the reference seeds torch with 1234 and draws one
+/// `multinomial` per step. Our filters applied to its recorded logits, drawn with the same
+/// libtorch generator, must reproduce its draws exactly; and every draw must be a candidate.
+#[test]
+fn sampled_seed_parity_filters_reproduce_the_reference_draws_on_its_logits() {
+    let _guard = tch::no_grad_guard();
+    let case = Case::load(&dia_dir(), "sampled_seed");
+    let gen = &case.meta["gen"];
+    let params = Sampling {
+        temperature: gen["temperature"].as_f64().unwrap(),
+        top_p: gen["top_p"].as_f64().unwrap(),
+        top_k: gen["cfg_filter_top_k"].as_i64().unwrap(),
+        cfg_scale: gen["cfg_scale"].as_f64().unwrap(),
+    };
+    let model = model();
+    let cfg = &model.config;
+    let c = cfg.num_channels();
+    let mask = sampling::special_id_mask(c, cfg.decoder_config.vocab_size, cfg.eos_token_id, Device::Cpu);
+    let batch = SamplingBatch::new(&[params], Device::Cpu);
+    let logits = case.get("step_logits");
+    tch::manual_seed(gen["seed"].as_i64().unwrap());
+    for step in 0..logits.size()[0] {
+        let pair = logits.get(step);
+        let filtered = sampling::filter(&pair.narrow(0, 1, 1), &pair.narrow(0, 0, 1), &mask, cfg.eos_token_id, &batch);
+        let probs_cxv = filtered.logits_bxcxv.softmax(-1, Kind::Float).squeeze_dim(0);
+        let expected = case.get("step_preds").get(step).get(0);
+        let allowed = probs_cxv.gather(1, &expected.unsqueeze(1), false);
+        assert!(allowed.gt(0.0).all().int64_value(&[]) == 1, "step {step}: a reference draw is not a candidate");
+        let drawn = probs_cxv.multinomial(1, false).squeeze_dim(1);
+        assert_same(&format!("step {step} draws"), &drawn, &expected);
+    }
+}
+
+fn request(text: &str, seed: u64, sampling: Sampling, max_new_tokens: i64) -> GenerationRequest {
+    GenerationRequest { text: text.into(), prompt_codes: None, sampling, seed, max_new_tokens }
+}
+
+fn run_alone(model: &DiaModel, r: GenerationRequest) -> Tensor {
+    finish_alone(model, r).codes_lxc
+}
+
+fn finish_alone(model: &DiaModel, r: GenerationRequest) -> Finished {
+    let mut g = Generator::new(model, BatchLimits { max_batch: 1, max_positions: 256, max_text: 256 });
+    g.admit(model, vec![r]).unwrap();
+    loop {
+        if let Some(f) = g.step(model).unwrap().finished.pop() {
+            return f;
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_audio_and_another_seed_other_audio() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let text = "[S1] Seeds make runs repeatable. [S2] Do they?";
+    let a = run_alone(&model, request(text, 7, Sampling::default(), 40));
+    let b = run_alone(&model, request(text, 7, Sampling::default(), 40));
+    let c = run_alone(&model, request(text, 8, Sampling::default(), 40));
+    assert_same("same seed", &a, &b);
+    assert!(a.size() != c.size() || a.ne_tensor(&c).any().int64_value(&[]) == 1, "another seed changed nothing");
+}
+
+/// Requests joining and leaving between steps get exactly what each gets alone.
+#[test]
+fn batched_generation_with_joins_and_leaves_equals_each_request_alone() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let greedy = Sampling { temperature: 0.0, ..Sampling::default() };
+    let warm = Sampling { temperature: 1.0, top_p: 0.9, top_k: 30, cfg_scale: 2.0 };
+    let codes = Tensor::from_slice(&(0..9 * 12).map(|i| (i * 37) % 1024).collect::<Vec<i64>>()).view([12, 9]);
+    let make = || {
+        vec![
+            request("[S1] The first request, greedy and short.", 1, greedy, 30),
+            GenerationRequest {
+                prompt_codes: Some(codes.shallow_clone()),
+                ..request("[S1] A prompt transcript. [S2] The second one carries a prompt.", 2, Sampling::default(), 45)
+            },
+            request("[S1] Third (laughs), sampled at its own temperature.", 3, warm, 60),
+            request("[S2] Not allowed by the API, but the model does not care.", 4, greedy, 20),
+        ]
+    };
+    let alone: Vec<Tensor> = make().into_iter().map(|r| run_alone(&model, r)).collect();
+
+    let mut g = Generator::new(&model, BatchLimits { max_batch: 3, max_positions: 256, max_text: 256 });
+    let mut pending = make().into_iter().enumerate();
+    let mut ids: Vec<(SeqId, usize)> = Vec::new();
+    let mut results: Vec<Option<Tensor>> = vec![None, None, None, None];
+    let mut step = 0;
+    while results.iter().any(Option::is_none) {
+        // Join one request every 5 steps while a slot is free.
+        if step % 5 == 0 && g.free_slots() > 0 {
+            if let Some((i, r)) = pending.next() {
+                ids.push((g.admit(&model, vec![r]).unwrap()[0], i));
+            }
+        }
+        if g.active() > 0 {
+            for f in g.step(&model).unwrap().finished {
+                let i = ids.iter().find(|(id, _)| *id == f.id).unwrap().1;
+                results[i] = Some(f.codes_lxc);
+            }
+        }
+        step += 1;
+    }
+    for (i, (batched, alone)) in results.into_iter().zip(&alone).enumerate() {
+        assert_same(&format!("request {i}"), &batched.unwrap(), alone);
+    }
+}
+
+#[test]
+fn max_new_tokens_bounds_the_generated_frames_prompt_excluded() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let codes = Tensor::from_slice(&vec![3i64; 9 * 20]).view([20, 9]);
+    let mut lengths_seen = 0;
+    for (prompt, max_new) in [(None, 25), (Some(codes.shallow_clone()), 17), (Some(codes), 33)] {
+        let r = GenerationRequest {
+            prompt_codes: prompt,
+            ..request("[S1] Length test.", 5, Sampling { temperature: 0.0, ..Sampling::default() }, max_new)
+        };
+        let f = finish_alone(&model, r);
+        let frames = f.codes_lxc.size()[0];
+        match f.reason {
+            FinishReason::Length => {
+                assert_eq!(frames, max_new);
+                lengths_seen += 1;
+            }
+            FinishReason::Eos => assert!(frames < max_new, "{frames} frames past EOS"),
+        }
+    }
+    assert!(lengths_seen > 0, "no run reached the length bound");
+    assert_eq!(Generator::positions_needed(&model, 861, 4096), 861 + 1 + 4096 + 15);
+}
+
+#[test]
+fn the_generator_refuses_what_it_cannot_hold() {
+    let model = model();
+    let mut g = Generator::new(&model, BatchLimits { max_batch: 1, max_positions: 64, max_text: 64 });
+    let long = request("[S1] Too long.", 1, Sampling::default(), 64);
+    assert!(g.admit(&model, vec![long]).is_err());
+    let empty = request("", 1, Sampling::default(), 8);
+    assert!(g.admit(&model, vec![empty]).is_err());
+    let bad_codes = GenerationRequest {
+        prompt_codes: Some(Tensor::from_slice(&[2000i64; 9]).view([1, 9])),
+        ..request("[S1] x", 1, Sampling::default(), 8)
+    };
+    assert!(g.admit(&model, vec![bad_codes]).is_err());
+    assert_eq!(g.active(), 0, "a refused request holds no slot");
+    g.admit(&model, vec![request("[S1] fits", 1, Sampling::default(), 8)]).unwrap();
+    assert!(g.admit(&model, vec![request("[S1] no slot", 1, Sampling::default(), 8)]).is_err());
+    assert!(g.cancel(0));
+    assert_eq!(g.active(), 0);
+}
