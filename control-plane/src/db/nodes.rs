@@ -1,0 +1,71 @@
+//! The pool as every replica sees it: one row per connected node, refreshed on heartbeats.
+
+use super::{now_ms, on_pool, Db};
+use proto::ModelInfo;
+
+/// A node as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeRow {
+    /// Node id.
+    pub id: String,
+    /// JSON list of [`ModelInfo`].
+    pub models: String,
+    /// Jobs it runs at once.
+    pub capacity: i64,
+    /// Jobs it runs now.
+    pub active: i64,
+}
+
+impl NodeRow {
+    /// Its models (a row that does not parse offers none).
+    pub fn models(&self) -> Vec<ModelInfo> {
+        serde_json::from_str(&self.models).unwrap_or_default()
+    }
+}
+
+/// What is written about a node.
+pub struct NodeState<'a> {
+    /// Node id.
+    pub id: &'a str,
+    /// Its models.
+    pub models: &'a [ModelInfo],
+    /// Jobs it runs at once.
+    pub capacity: u32,
+    /// Jobs it runs now.
+    pub active: u32,
+    /// Takes work.
+    pub healthy: bool,
+    /// Finishing, not taking new work.
+    pub draining: bool,
+    /// GPU description.
+    pub gpu: Option<&'a str>,
+}
+
+impl Db {
+    /// Records (or refreshes) a node held by `replica`.
+    pub async fn upsert_node(&self, replica: &str, n: &NodeState<'_>) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO nodes (id, replica_id, models, capacity, active, healthy, draining, gpu, last_seen)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (id) DO UPDATE SET replica_id = $2, models = $3, capacity = $4, active = $5,
+                       healthy = $6, draining = $7, gpu = $8, last_seen = $9";
+        let models = serde_json::to_string(n.models).expect("models serialise");
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(n.id).bind(replica).bind(models).bind(i64::from(n.capacity)).bind(i64::from(n.active))
+            .bind(n.healthy).bind(n.draining).bind(n.gpu).bind(now_ms())
+            .execute(p).await.map(drop))
+    }
+
+    /// Forgets a node, unless another replica has taken it over since.
+    pub async fn remove_node(&self, replica: &str, id: &str) -> Result<(), sqlx::Error> {
+        let sql = "DELETE FROM nodes WHERE id = $1 AND replica_id = $2";
+        on_pool!(self, p => sqlx::query(sql).bind(id).bind(replica).execute(p).await.map(drop))
+    }
+
+    /// Nodes seen within `fresh_ms` that are healthy and not draining, least loaded first.
+    pub async fn available_nodes(&self, fresh_ms: i64) -> Result<Vec<NodeRow>, sqlx::Error> {
+        let sql = "SELECT id, models, capacity, active FROM nodes
+                   WHERE last_seen > $1 AND healthy AND NOT draining
+                   ORDER BY CAST(active AS DOUBLE PRECISION) / capacity, id";
+        on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
+    }
+}

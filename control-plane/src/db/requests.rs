@@ -1,0 +1,315 @@
+//! Requests: the queue while they wait, the history for ever after, and their attempts.
+//!
+//! A request is `queued` → `running` (claimed by the replica holding a suitable node) → `succeeded`
+//! or `failed`; a retryable failure puts it back to `queued`. Every transition out of `running`
+//! names the attempt it ends, so a late message from an abandoned attempt changes nothing.
+
+use super::{now_ms, on_pool, Db};
+use proto::WireError;
+
+/// A request as accepted.
+pub struct NewRequest<'a> {
+    /// Request id.
+    pub id: &'a str,
+    /// Owner.
+    pub account_id: &'a str,
+    /// Feature the endpoint needs.
+    pub feature: &'a str,
+    /// Model to run.
+    pub model: &'a str,
+    /// The script as sent.
+    pub input: &'a str,
+    /// JSON of the validated parameters, for the history.
+    pub params: &'a str,
+    /// The seed used.
+    pub seed: i64,
+    /// private, unlisted or public.
+    pub visibility: &'a str,
+    /// Sharing collection.
+    pub collection: Option<&'a str>,
+    /// JSON of the [`proto::Task`] sent to nodes.
+    pub task: &'a str,
+    /// Voice prompt PCM (f32 LE), if cloning.
+    pub prompt_audio: Option<&'a [u8]>,
+}
+
+/// A job a replica claimed for one of its nodes.
+#[derive(sqlx::FromRow)]
+pub struct Claimed {
+    /// Request id.
+    pub id: String,
+    /// The attempt this claim starts.
+    pub attempts: i64,
+    /// Model.
+    pub model: String,
+    /// JSON of the [`proto::Task`].
+    pub task: String,
+    /// Voice prompt PCM.
+    pub prompt_audio: Option<Vec<u8>>,
+}
+
+/// Where a request stands, as its waiting handler reads it.
+#[derive(sqlx::FromRow)]
+pub struct Outcome {
+    /// queued, running, succeeded, failed.
+    pub status: String,
+    /// Error type when failed.
+    pub error_type: Option<String>,
+    /// Error message when failed.
+    pub error_message: Option<String>,
+    /// WAV when succeeded.
+    pub audio: Option<Vec<u8>>,
+    /// Node of the last attempt.
+    pub node_id: Option<String>,
+    /// Seconds waited for a node.
+    pub queue_seconds: Option<f64>,
+    /// Seconds the node generated.
+    pub inference_seconds: Option<f64>,
+    /// Length of the audio.
+    pub audio_seconds: Option<f64>,
+}
+
+/// A request in the history.
+#[derive(Debug, sqlx::FromRow)]
+pub struct HistoryRow {
+    /// Order of acceptance; the pagination cursor.
+    pub seq: i64,
+    /// Request id.
+    pub id: String,
+    /// queued, running, succeeded, failed.
+    pub status: String,
+    /// Error type when failed.
+    pub error_type: Option<String>,
+    /// Error message when failed.
+    pub error_message: Option<String>,
+    /// Model.
+    pub model: String,
+    /// The script.
+    pub input: String,
+    /// JSON of the validated parameters.
+    pub params: String,
+    /// Seed used.
+    pub seed: i64,
+    /// Visibility.
+    pub visibility: String,
+    /// Collection.
+    pub collection: Option<String>,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Node of the last attempt.
+    pub node_id: Option<String>,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms of the first attempt.
+    pub started_at: Option<i64>,
+    /// Epoch ms.
+    pub finished_at: Option<i64>,
+    /// Seconds waited.
+    pub queue_seconds: Option<f64>,
+    /// Seconds generating.
+    pub inference_seconds: Option<f64>,
+    /// Audio length.
+    pub audio_seconds: Option<f64>,
+    /// 1-based place among the queued requests for the same model, while queued.
+    pub queue_position: Option<i64>,
+}
+
+/// One attempt of a request.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AttemptRow {
+    /// 1-based.
+    pub attempt: i64,
+    /// Node it ran on.
+    pub node_id: String,
+    /// Epoch ms.
+    pub started_at: i64,
+    /// Epoch ms.
+    pub finished_at: Option<i64>,
+    /// running, succeeded, failed, node_lost, cancelled.
+    pub outcome: String,
+    /// Error type.
+    pub error_type: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+}
+
+/// How an attempt ended without audio.
+pub struct AttemptFailure<'a> {
+    /// `failed` (the node said so) or `node_lost`.
+    pub outcome: &'a str,
+    /// What went wrong in this attempt.
+    pub error: &'a WireError,
+    /// Back to the queue (`None`) or the request's final error.
+    pub final_error: Option<&'a WireError>,
+}
+
+const HISTORY_COLUMNS: &str = "seq, id, status, error_type, error_message, model, input, params, seed,
+    visibility, collection, attempts, node_id, created_at, started_at, finished_at, queue_seconds,
+    inference_seconds, audio_seconds,
+    CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM requests q
+        WHERE q.status = 'queued' AND q.model = r.model AND q.seq <= r.seq) END AS queue_position";
+
+impl Db {
+    /// Stores an accepted request as `queued`.
+    pub async fn insert_request(&self, r: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
+                       visibility, collection, task, prompt_audio, created_at)
+                   VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12)";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
+            .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
+            .bind(now_ms())
+            .execute(p).await.map(drop))
+    }
+
+    /// Requests waiting for a node, pool-wide.
+    pub async fn count_queued(&self) -> Result<i64, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM requests WHERE status = 'queued'";
+        on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await)
+    }
+
+    /// Claims the oldest queued request for `model` and `feature` for a node of this replica, and
+    /// opens its attempt. On PostgreSQL `SKIP LOCKED` lets replicas claim side by side; SQLite
+    /// serialises writers, so the plain sub-select is already atomic.
+    pub async fn claim(&self, model: &str, feature: &str, node: &str, replica: &str) -> Result<Option<Claimed>, sqlx::Error> {
+        let lock = if matches!(self, Db::Postgres(_)) { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE requests SET status = 'running', attempts = attempts + 1, node_id = $1, replica_id = $2,
+                 started_at = COALESCE(started_at, $3),
+                 queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
+             WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
+                          ORDER BY seq LIMIT 1 {lock})
+             RETURNING id, attempts, model, task, prompt_audio"
+        );
+        let attempt_sql = "INSERT INTO attempts (request_id, attempt, node_id, replica_id, started_at, outcome)
+                           VALUES ($1, $2, $3, $4, $5, 'running')";
+        let now = now_ms();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let claimed: Option<Claimed> = sqlx::query_as(&sql)
+                .bind(node).bind(replica).bind(now).bind(model).bind(feature)
+                .fetch_optional(&mut *tx).await?;
+            if let Some(c) = &claimed {
+                sqlx::query(attempt_sql).bind(&c.id).bind(c.attempts).bind(node).bind(replica).bind(now)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(claimed)
+        })
+    }
+
+    /// Records the audio of a running attempt; false when the attempt is no longer current.
+    pub async fn succeed(&self, id: &str, attempt: i64, wav: &[u8], audio_seconds: f64, inference_seconds: f64) -> Result<bool, sqlx::Error> {
+        let sql = "UPDATE requests SET status = 'succeeded', audio = $3, audio_seconds = $4,
+                       inference_seconds = $5, finished_at = $6
+                   WHERE id = $1 AND status = 'running' AND attempts = $2";
+        let attempt_sql = "UPDATE attempts SET outcome = 'succeeded', finished_at = $3
+                           WHERE request_id = $1 AND attempt = $2";
+        let now = now_ms();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(sql).bind(id).bind(attempt).bind(wav).bind(audio_seconds)
+                .bind(inference_seconds).bind(now).execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(attempt_sql).bind(id).bind(attempt).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+    }
+
+    /// Ends a running attempt without audio: back to the queue or failed for good. False when
+    /// the attempt is no longer current.
+    pub async fn fail_attempt(&self, id: &str, attempt: i64, f: &AttemptFailure<'_>) -> Result<bool, sqlx::Error> {
+        let sql = "UPDATE requests SET status = $3, error_type = $4, error_message = $5, finished_at = $6
+                   WHERE id = $1 AND status = 'running' AND attempts = $2";
+        let attempt_sql = "UPDATE attempts SET outcome = $3, error_type = $4, error_message = $5, finished_at = $6
+                           WHERE request_id = $1 AND attempt = $2";
+        let now = now_ms();
+        let (status, error_type, message, finished) = match f.final_error {
+            Some(e) => ("failed", Some(e.kind.as_str()), Some(e.message.as_str()), Some(now)),
+            None => ("queued", None, None, None),
+        };
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(sql).bind(id).bind(attempt).bind(status).bind(error_type).bind(message)
+                .bind(finished).execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(attempt_sql).bind(id).bind(attempt).bind(f.outcome).bind(f.error.kind.as_str())
+                    .bind(&f.error.message).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+    }
+
+    /// Fails a request that is still queued or running (cancelled, or waited too long); false when
+    /// it had already ended.
+    pub async fn fail_unfinished(&self, id: &str, error: &WireError, also_running: bool) -> Result<bool, sqlx::Error> {
+        let statuses = if also_running { "('queued', 'running')" } else { "('queued')" };
+        let sql = format!(
+            "UPDATE requests SET status = 'failed', error_type = $2, error_message = $3, finished_at = $4
+             WHERE id = $1 AND status IN {statuses}"
+        );
+        let attempt_sql = "UPDATE attempts SET outcome = $2, finished_at = $3
+                           WHERE request_id = $1 AND outcome = 'running'";
+        let now = now_ms();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(&sql).bind(id).bind(error.kind.as_str()).bind(&error.message).bind(now)
+                .execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(attempt_sql).bind(id).bind(error.kind.as_str()).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+    }
+
+    /// Running requests whose node is no longer held by the replica that claimed them (the node
+    /// or the replica went away): `(id, attempt)` pairs to fail over.
+    pub async fn orphaned_running(&self, fresh_ms: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let sql = "SELECT id, attempts FROM requests r WHERE status = 'running' AND NOT EXISTS
+                       (SELECT 1 FROM nodes n WHERE n.id = r.node_id AND n.replica_id = r.replica_id
+                        AND n.last_seen > $1)";
+        on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
+    }
+
+    /// Where a request stands.
+    pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, sqlx::Error> {
+        let sql = "SELECT status, error_type, error_message, audio, node_id, queue_seconds,
+                       inference_seconds, audio_seconds FROM requests WHERE id = $1";
+        on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_optional(p).await)
+    }
+
+    /// A page of the account's history, newest first, before the cursor `before` (a `seq`).
+    pub async fn history(&self, account: &str, status: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<HistoryRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM requests r
+             WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND seq < $3
+             ORDER BY seq DESC LIMIT $4"
+        );
+        on_pool!(self, p => sqlx::query_as(&sql)
+            .bind(account).bind(status).bind(before.unwrap_or(i64::MAX)).bind(limit)
+            .fetch_all(p).await)
+    }
+
+    /// One request of the account.
+    pub async fn history_item(&self, account: &str, id: &str) -> Result<Option<HistoryRow>, sqlx::Error> {
+        let sql = format!("SELECT {HISTORY_COLUMNS} FROM requests r WHERE account_id = $1 AND id = $2");
+        on_pool!(self, p => sqlx::query_as(&sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+
+    /// The attempts of a request, in order.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
+        let sql = "SELECT attempt, node_id, started_at, finished_at, outcome, error_type, error_message
+                   FROM attempts WHERE request_id = $1 ORDER BY attempt";
+        on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_all(p).await)
+    }
+
+    /// The WAV of a succeeded request of the account.
+    pub async fn history_audio(&self, account: &str, id: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let sql = "SELECT audio FROM requests WHERE account_id = $1 AND id = $2 AND audio IS NOT NULL";
+        on_pool!(self, p => sqlx::query_scalar(sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+}

@@ -1,0 +1,157 @@
+//! The voice library: samples per account, at most one default each.
+
+use super::{now_ms, on_pool, Db};
+
+/// A sample's metadata, as listed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VoiceRow {
+    /// Id.
+    pub id: i64,
+    /// Display name of the voice.
+    pub speaker_name: String,
+    /// What is said in the clip; needed for cloning.
+    pub transcript: Option<String>,
+    /// Pre-selected in the playground.
+    pub is_default: bool,
+    /// Upload container format.
+    pub format: String,
+    /// Length after decoding.
+    pub duration_seconds: f64,
+    /// Upload sample rate.
+    pub source_sample_rate: i64,
+    /// Upload channels.
+    pub source_channels: i64,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms.
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "id, speaker_name, transcript, is_default, format, duration_seconds, \
+                       source_sample_rate, source_channels, created_at, updated_at";
+
+/// A new sample, decoded.
+pub struct NewVoice<'a> {
+    /// Display name.
+    pub speaker_name: &'a str,
+    /// Optional transcript.
+    pub transcript: Option<&'a str>,
+    /// Make it the account's default.
+    pub is_default: bool,
+    /// Upload container format.
+    pub format: &'a str,
+    /// The bytes as uploaded.
+    pub original: &'a [u8],
+    /// Normalised mono 44.1 kHz f32 LE samples.
+    pub pcm: &'a [u8],
+    /// Length in seconds.
+    pub duration_seconds: f64,
+    /// Upload sample rate.
+    pub source_sample_rate: i64,
+    /// Upload channels.
+    pub source_channels: i64,
+}
+
+/// Changes to a sample; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct VoicePatch {
+    /// New name.
+    pub speaker_name: Option<String>,
+    /// New transcript (`Some(None)` clears it).
+    pub transcript: Option<Option<String>>,
+    /// Set or clear the default flag.
+    pub is_default: Option<bool>,
+}
+
+/// What cloning needs of a sample.
+#[derive(sqlx::FromRow)]
+pub struct CloningSample {
+    /// Transcript, if any.
+    pub transcript: Option<String>,
+    /// Normalised samples, f32 LE.
+    pub pcm: Vec<u8>,
+}
+
+impl Db {
+    /// The account's samples, oldest first.
+    pub async fn list_voices(&self, account: &str) -> Result<Vec<VoiceRow>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM voices WHERE account_id = $1 ORDER BY id");
+        on_pool!(self, p => sqlx::query_as(&sql).bind(account).fetch_all(p).await)
+    }
+
+    /// One sample of the account.
+    pub async fn get_voice(&self, account: &str, id: i64) -> Result<Option<VoiceRow>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM voices WHERE account_id = $1 AND id = $2");
+        on_pool!(self, p => sqlx::query_as(&sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+
+    /// The uploaded bytes and format of one sample of the account.
+    pub async fn voice_original(&self, account: &str, id: i64) -> Result<Option<(String, Vec<u8>)>, sqlx::Error> {
+        let sql = "SELECT format, original FROM voices WHERE account_id = $1 AND id = $2";
+        on_pool!(self, p => sqlx::query_as(sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+
+    /// Stores a sample; when it is the default, the previous default stops being one.
+    pub async fn insert_voice(&self, account: &str, v: &NewVoice<'_>) -> Result<VoiceRow, sqlx::Error> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO voices (account_id, speaker_name, transcript, is_default, format, original, pcm,
+                duration_seconds, source_sample_rate, source_channels, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {COLUMNS}"
+        );
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            if v.is_default {
+                sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default")
+                    .bind(account).execute(&mut *tx).await?;
+            }
+            let row = sqlx::query_as(&sql)
+                .bind(account).bind(v.speaker_name).bind(v.transcript).bind(v.is_default).bind(v.format)
+                .bind(v.original).bind(v.pcm).bind(v.duration_seconds).bind(v.source_sample_rate)
+                .bind(v.source_channels).bind(now)
+                .fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    /// Applies a patch to a sample of the account; `None` when it is not there.
+    pub async fn update_voice(&self, account: &str, id: i64, patch: VoicePatch) -> Result<Option<VoiceRow>, sqlx::Error> {
+        let sql = format!(
+            "UPDATE voices SET speaker_name = COALESCE($3, speaker_name),
+                transcript = CASE WHEN $4 THEN $5 ELSE transcript END,
+                is_default = COALESCE($6, is_default), updated_at = $7
+             WHERE account_id = $1 AND id = $2 RETURNING {COLUMNS}"
+        );
+        let (set_transcript, transcript) = match patch.transcript {
+            Some(t) => (true, t),
+            None => (false, None),
+        };
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            if patch.is_default == Some(true) {
+                sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default AND id <> $2")
+                    .bind(account).bind(id).execute(&mut *tx).await?;
+            }
+            let row = sqlx::query_as(&sql)
+                .bind(account).bind(id).bind(patch.speaker_name).bind(set_transcript).bind(transcript)
+                .bind(patch.is_default).bind(now_ms())
+                .fetch_optional(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    /// Deletes a sample of the account; false when it is not there.
+    pub async fn delete_voice(&self, account: &str, id: i64) -> Result<bool, sqlx::Error> {
+        let sql = "DELETE FROM voices WHERE account_id = $1 AND id = $2";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(account).bind(id).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Transcript and samples of one sample of the account, for a cloning prompt.
+    pub async fn cloning_sample(&self, account: &str, id: i64) -> Result<Option<CloningSample>, sqlx::Error> {
+        let sql = "SELECT transcript, pcm FROM voices WHERE account_id = $1 AND id = $2";
+        on_pool!(self, p => sqlx::query_as(sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+}

@@ -1,0 +1,153 @@
+//! `POST /v1/voice/generations`: validate, assemble the cloning prompt, queue, wait, answer WAV.
+
+use super::auth::Account;
+use super::ApiJson;
+use crate::db::requests::{NewRequest, Outcome};
+use crate::error::{ApiError, ErrorBody};
+use crate::queue::Queue;
+use crate::state::AppState;
+use crate::validation::{SpeechRequest, ValidSpeechRequest};
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use proto::frames::{f32_from_le_bytes, f32_le_bytes};
+use proto::speech::{cloning_text, VOICE_GAP_SECONDS};
+use proto::{ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, WireError, FEATURE_VOICE_CLONING, SAMPLE_RATE};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/voice/generations", post(create))
+}
+
+/// Synthesises a dialogue script, optionally cloning voices from the library; answers `audio/wav`.
+#[utoipa::path(post, path = "/v1/voice/generations", request_body = SpeechRequest,
+    responses(
+        (status = 200, description = "16-bit PCM mono WAV at 44.1 kHz; headers x-request-id, x-seed, x-node-id, x-queue-seconds, x-inference-seconds, x-audio-seconds", content_type = "audio/wav"),
+        (status = 400, description = "missing_input, invalid_script, invalid_voice_sample, missing_transcript, audio_decode_failed, invalid_parameter, invalid_json, unknown_model", body = ErrorBody),
+        (status = 401, description = "missing_api_key, invalid_api_key", body = ErrorBody),
+        (status = 404, description = "no_provider", body = ErrorBody),
+        (status = 413, description = "request_too_large", body = ErrorBody),
+        (status = 429, description = "queue_full, with Retry-After", body = ErrorBody),
+        (status = 502, description = "upstream_error", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn create(State(state): State<AppState>, Account(account): Account, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+    let req = SpeechRequest::from_json(&body)?.validate(state.config.max_input_chars)?;
+    let (text, prompt) = cloning_prompt(&state, &account, &req).await?;
+    let model = super::models::choose(&state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
+    let queued = state.db.count_queued().await?;
+    if queued >= state.config.max_queued {
+        return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
+    }
+
+    let id = RequestId::new();
+    let task = Task::Speech(SpeechTask {
+        text,
+        sampling: req.sampling,
+        speed_factor: req.speed_factor,
+        max_new_tokens: req.max_new_tokens,
+        seed: req.seed,
+        voice_prompt: prompt.as_ref().map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
+    });
+    let waiter = state.queue.waiter(&id);
+    state.db.insert_request(&NewRequest {
+        id: &id.to_string(),
+        account_id: &account,
+        feature: FEATURE_VOICE_CLONING,
+        model: &model.id,
+        input: &req.input,
+        params: &serde_json::to_string(&req).expect("serialises"),
+        seed: req.seed as i64,
+        visibility: serde_json::to_value(req.visibility).expect("serialises").as_str().unwrap_or("private"),
+        collection: req.collection.as_deref(),
+        task: &serde_json::to_string(&task).expect("serialises"),
+        prompt_audio: prompt.as_deref(),
+    }).await?;
+    state.queue.announce_queued().await;
+
+    let guard = CancelOnDrop(Some((state.queue.clone(), id)));
+    let outcome = state.queue.wait(&waiter).await?;
+    guard.disarm();
+    respond(id, req.seed, outcome)
+}
+
+/// Cancels the request if the handler is dropped before it ends: hyper drops the handler's
+/// future when the client disconnects.
+struct CancelOnDrop(Option<(Arc<Queue>, RequestId)>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some((queue, id)) = self.0.take() {
+            tokio::spawn(async move { queue.cancel(id).await });
+        }
+    }
+}
+
+fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiError> {
+    let Some(audio) = outcome.audio.filter(|_| outcome.status == "succeeded") else {
+        let kind = outcome.error_type.as_deref().and_then(ErrorKind::parse).unwrap_or(ErrorKind::UpstreamError);
+        return Err(ApiError::Client(WireError::new(kind, outcome.error_message.unwrap_or_default())));
+    };
+    let mut response = ([(CONTENT_TYPE, "audio/wav")], audio).into_response();
+    let headers = response.headers_mut();
+    let secs = |x: Option<f64>| format!("{:.3}", x.unwrap_or(0.0));
+    for (name, value) in [
+        ("x-request-id", id.to_string()),
+        ("x-seed", seed.to_string()),
+        ("x-node-id", outcome.node_id.unwrap_or_default()),
+        ("x-queue-seconds", secs(outcome.queue_seconds)),
+        ("x-inference-seconds", secs(outcome.inference_seconds)),
+        ("x-audio-seconds", secs(outcome.audio_seconds)),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// The encoder text and voice-prompt PCM for the request: the referenced samples' transcripts,
+/// tagged and placed before the script, and their clips joined S1, silence, S2.
+async fn cloning_prompt(state: &AppState, account: &str, req: &ValidSpeechRequest) -> Result<(String, Option<Vec<u8>>), ApiError> {
+    let mut transcripts = [None, None];
+    let mut clips: [Option<Vec<f32>>; 2] = [None, None];
+    for (i, (tag, id)) in [("S1", req.speakers.s1), ("S2", req.speakers.s2)].into_iter().enumerate() {
+        let Some(id) = id else { continue };
+        let Some(sample) = state.db.cloning_sample(account, id).await? else {
+            let msg = format!("`speakers.{tag}`: voice sample {id} does not exist in your library");
+            return Err(ApiError::new(ErrorKind::InvalidVoiceSample, msg));
+        };
+        let Some(transcript) = sample.transcript.filter(|t| !t.trim().is_empty()) else {
+            let msg = format!("`speakers.{tag}`: voice sample {id} has no transcript; Dia needs it to clone the voice");
+            return Err(ApiError::new(ErrorKind::MissingTranscript, msg));
+        };
+        if sample.pcm.is_empty() || sample.pcm.len() % 4 != 0 {
+            let msg = format!("`speakers.{tag}`: the audio of voice sample {id} could not be read");
+            return Err(ApiError::new(ErrorKind::AudioDecodeFailed, msg));
+        }
+        transcripts[i] = Some(transcript);
+        clips[i] = Some(f32_from_le_bytes(&sample.pcm));
+    }
+    let text = cloning_text(transcripts[0].as_deref(), transcripts[1].as_deref(), &req.script);
+    let prompt = match clips {
+        [None, None] => None,
+        [Some(one), None] | [None, Some(one)] => Some(one),
+        [Some(mut s1), Some(s2)] => {
+            s1.extend(std::iter::repeat_n(0.0, (VOICE_GAP_SECONDS * SAMPLE_RATE as f32) as usize));
+            s1.extend(s2);
+            Some(s1)
+        }
+    };
+    Ok((text, prompt.map(|pcm| f32_le_bytes(&pcm))))
+}

@@ -1,0 +1,185 @@
+//! The account's request history: every accepted request, its attempts and its audio.
+
+use super::auth::Account;
+use crate::db::requests::{AttemptRow, HistoryRow};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use proto::ErrorKind;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/history", get(list))
+        .route("/v1/history/{id}", get(fetch))
+        .route("/v1/history/{id}/audio", get(audio))
+}
+
+/// Filters and paging of the list.
+#[derive(Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// Only requests in this status: queued, running, succeeded, failed.
+    pub status: Option<String>,
+    /// Page size, 1–100, default 20.
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+}
+
+/// A request in the history.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryItem {
+    /// Request id (also the `x-request-id` of the generation).
+    pub id: String,
+    /// queued, running, succeeded or failed.
+    pub status: String,
+    /// The error, when failed.
+    pub error: Option<crate::error::ErrorDetail>,
+    /// Model.
+    pub model: String,
+    /// The script.
+    pub input: String,
+    /// Every parameter used, defaults filled in, with the seed: enough to regenerate.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Seed used.
+    pub seed: i64,
+    /// private, unlisted, public.
+    pub visibility: String,
+    /// Sharing collection.
+    pub collection: Option<String>,
+    /// Place in the queue (1 = next), while queued.
+    pub queue_position: Option<i64>,
+    /// Node of the last attempt.
+    pub node_id: Option<String>,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms of the first attempt.
+    pub started_at: Option<i64>,
+    /// Epoch ms.
+    pub finished_at: Option<i64>,
+    /// Seconds waited for a node.
+    pub queue_seconds: Option<f64>,
+    /// Seconds generating.
+    pub inference_seconds: Option<f64>,
+    /// Length of the audio.
+    pub audio_seconds: Option<f64>,
+    /// Where the WAV is, when succeeded.
+    pub audio_url: Option<String>,
+    /// Every try on a node, in order (only in the single-item view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<Attempt>>,
+}
+
+/// One try of a request on a node.
+#[derive(Serialize, ToSchema)]
+pub struct Attempt {
+    /// 1-based.
+    pub attempt: i64,
+    /// Node.
+    pub node_id: String,
+    /// running, succeeded, failed, node_lost or cancelled.
+    pub outcome: String,
+    /// Error type of a failed attempt.
+    pub error_type: Option<String>,
+    /// Error message of a failed attempt.
+    pub error_message: Option<String>,
+    /// Epoch ms.
+    pub started_at: i64,
+    /// Epoch ms.
+    pub finished_at: Option<i64>,
+}
+
+/// A page of history.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub data: Vec<HistoryItem>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<i64>,
+}
+
+impl From<HistoryRow> for HistoryItem {
+    fn from(r: HistoryRow) -> Self {
+        let error = r.error_type.map(|kind| crate::error::ErrorDetail { kind, message: r.error_message.unwrap_or_default() });
+        Self {
+            audio_url: (r.status == "succeeded").then(|| format!("/v1/history/{}/audio", r.id)),
+            id: r.id,
+            status: r.status,
+            error,
+            model: r.model,
+            input: r.input,
+            params: serde_json::from_str(&r.params).unwrap_or_default(),
+            seed: r.seed,
+            visibility: r.visibility,
+            collection: r.collection,
+            queue_position: r.queue_position,
+            node_id: r.node_id,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            queue_seconds: r.queue_seconds,
+            inference_seconds: r.inference_seconds,
+            audio_seconds: r.audio_seconds,
+            attempts: None,
+        }
+    }
+}
+
+impl From<AttemptRow> for Attempt {
+    fn from(a: AttemptRow) -> Self {
+        Self {
+            attempt: a.attempt,
+            node_id: a.node_id,
+            outcome: a.outcome,
+            error_type: a.error_type,
+            error_message: a.error_message,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+        }
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no request `{id}` in your history"))
+}
+
+/// Lists the account's requests, newest first.
+#[utoipa::path(get, path = "/v1/history", params(HistoryQuery), responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn list(State(state): State<AppState>, Account(account): Account, Query(q): Query<HistoryQuery>) -> Result<Json<HistoryPage>, ApiError> {
+    if let Some(s) = q.status.as_deref().filter(|s| !["queued", "running", "succeeded", "failed"].contains(s)) {
+        let msg = format!("`status` must be one of queued, running, succeeded, failed; got \"{s}\"");
+        return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
+    }
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::new(ErrorKind::InvalidParameter, format!("`limit` must be an integer from 1 to 100; got {limit}")));
+    }
+    // One row more than asked tells whether another page follows.
+    let mut rows = state.db.history(&account, q.status.as_deref(), q.cursor, limit + 1).await?;
+    let next_cursor = (rows.len() as i64 > limit).then(|| rows[limit as usize - 1].seq);
+    rows.truncate(limit as usize);
+    Ok(Json(HistoryPage { data: rows.into_iter().map(HistoryItem::from).collect(), next_cursor }))
+}
+
+/// One request with its attempts.
+#[utoipa::path(get, path = "/v1/history/{id}", responses((status = 200, body = HistoryItem), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<String>) -> Result<Json<HistoryItem>, ApiError> {
+    let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
+    let mut item = HistoryItem::from(row);
+    item.attempts = Some(state.db.attempts(&id).await?.into_iter().map(Attempt::from).collect());
+    Ok(Json(item))
+}
+
+/// The WAV of a succeeded request.
+#[utoipa::path(get, path = "/v1/history/{id}/audio", responses((status = 200, content_type = "audio/wav"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn audio(State(state): State<AppState>, Account(account): Account, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let wav = state.db.history_audio(&account, &id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(([(CONTENT_TYPE, "audio/wav")], wav))
+}

@@ -1,0 +1,89 @@
+//! `GET /v1/models`: what the online pool offers, and the model choice for a request.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use proto::ErrorKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/models", get(list))
+}
+
+/// A model offered by at least one healthy node.
+#[derive(Serialize, ToSchema, Clone)]
+pub struct Model {
+    /// Id to pass as `model`.
+    pub id: String,
+    /// Features, e.g. `voice-cloning`.
+    pub features: Vec<String>,
+    /// Longest script its nodes accept (the smallest among them).
+    pub max_input_chars: u32,
+    /// Most frames its nodes generate (the smallest among them).
+    pub max_new_tokens: u32,
+    /// Healthy nodes serving it.
+    pub nodes: u32,
+}
+
+/// The list.
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    /// Models, by id.
+    pub data: Vec<Model>,
+}
+
+/// Models of the healthy, non-draining nodes of every replica; the least loaded node's come first.
+pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
+    let fresh = state.config.heartbeat_timeout().as_millis() as i64;
+    let mut models: BTreeMap<String, (usize, Model)> = BTreeMap::new();
+    for (rank, node) in state.db.available_nodes(fresh).await?.iter().enumerate() {
+        for m in node.models() {
+            let entry = models.entry(m.id.clone()).or_insert_with(|| {
+                let model = Model { id: m.id.clone(), features: Vec::new(), max_input_chars: u32::MAX, max_new_tokens: u32::MAX, nodes: 0 };
+                (rank, model)
+            });
+            let model = &mut entry.1;
+            model.nodes += 1;
+            model.max_input_chars = model.max_input_chars.min(m.max_input_chars);
+            model.max_new_tokens = model.max_new_tokens.min(m.max_new_tokens);
+            for f in m.features {
+                if !model.features.contains(&f) {
+                    model.features.push(f);
+                }
+            }
+        }
+    }
+    let mut list: Vec<(usize, Model)> = models.into_values().collect();
+    list.sort_by_key(|(rank, _)| *rank);
+    Ok(list.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Picks the model for a request needing `feature`: the named one if it is online with the
+/// feature, else the least loaded node's.
+pub async fn choose(state: &AppState, requested: Option<&str>, feature: &str) -> Result<Model, ApiError> {
+    let offering: Vec<Model> = online_models(state).await?.into_iter().filter(|m| m.features.iter().any(|f| f == feature)).collect();
+    if offering.is_empty() {
+        return Err(ApiError::new(ErrorKind::NoProvider, format!("no online provider offers `{feature}`; try again later")));
+    }
+    match requested {
+        None => Ok(offering[0].clone()),
+        Some(name) => offering.iter().find(|m| m.id == name).cloned().ok_or_else(|| {
+            let ids: Vec<&str> = offering.iter().map(|m| m.id.as_str()).collect();
+            let msg = format!("`model` must name an online model with `{feature}` ({}); got \"{name}\"", ids.join(", "));
+            ApiError::new(ErrorKind::UnknownModel, msg)
+        }),
+    }
+}
+
+/// Lists the models the online pool offers.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+    let mut data = online_models(&state).await?;
+    data.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(ModelList { data }))
+}

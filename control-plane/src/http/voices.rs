@@ -1,0 +1,210 @@
+//! The voice library of the calling account: list, upload, fetch, update, delete.
+
+use super::auth::Account;
+use super::ApiJson;
+use crate::audio::{decode_to_mono_44k, AudioError};
+use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use proto::frames::f32_le_bytes;
+use proto::ErrorKind;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Routes; uploads may be up to `max_voice_bytes` (plus multipart overhead).
+pub fn router(max_voice_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/voices", get(list).post(upload).layer(DefaultBodyLimit::max(max_voice_bytes + 64 * 1024)))
+        .route("/v1/voices/{id}", get(fetch).patch(update).delete(remove))
+        .route("/v1/voices/{id}/audio", get(audio))
+}
+
+/// A voice sample.
+#[derive(Serialize, ToSchema)]
+pub struct Voice {
+    /// Id to use in `speakers`.
+    pub id: i64,
+    /// Display name.
+    pub speaker_name: String,
+    /// What the clip says; required for cloning.
+    pub transcript: Option<String>,
+    /// Pre-selected in the playground; at most one per account.
+    pub is_default: bool,
+    /// Upload format: wav, mp3, flac, ogg, webm.
+    pub format: String,
+    /// Length in seconds.
+    pub duration_seconds: f64,
+    /// Sample rate of the upload.
+    pub sample_rate: i64,
+    /// Channels of the upload.
+    pub channels: i64,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    /// Epoch milliseconds.
+    pub updated_at: i64,
+}
+
+impl From<VoiceRow> for Voice {
+    fn from(r: VoiceRow) -> Self {
+        Self {
+            id: r.id,
+            speaker_name: r.speaker_name,
+            transcript: r.transcript,
+            is_default: r.is_default,
+            format: r.format,
+            duration_seconds: r.duration_seconds,
+            sample_rate: r.source_sample_rate,
+            channels: r.source_channels,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The account's samples.
+#[derive(Serialize, ToSchema)]
+pub struct VoiceList {
+    /// Oldest first.
+    pub data: Vec<Voice>,
+}
+
+/// Changes to a sample; absent fields stay, `transcript: null` clears it.
+#[derive(Deserialize, ToSchema)]
+pub struct VoiceUpdate {
+    /// New name.
+    pub speaker_name: Option<String>,
+    /// New transcript.
+    #[serde(default, deserialize_with = "present")]
+    pub transcript: Option<Option<String>>,
+    /// Make it (or stop it being) the default.
+    pub is_default: Option<bool>,
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The multipart form of an upload (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct VoiceUpload {
+    /// The audio: WAV, MP3, FLAC, OGG/Vorbis or WebM/Opus.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+    /// Display name.
+    speaker_name: String,
+    /// What the clip says.
+    transcript: Option<String>,
+    /// "true" to make it the default.
+    is_default: Option<bool>,
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no voice sample {id} in your library"))
+}
+
+/// Lists the account's voice samples.
+#[utoipa::path(get, path = "/v1/voices", responses((status = 200, body = VoiceList)), security(("api_key" = [])))]
+pub async fn list(State(state): State<AppState>, Account(account): Account) -> Result<Json<VoiceList>, ApiError> {
+    let data = state.db.list_voices(&account).await?.into_iter().map(Voice::from).collect();
+    Ok(Json(VoiceList { data }))
+}
+
+/// Uploads a sample: decoded, downmixed to mono and resampled to 44.1 kHz; kept as uploaded too.
+#[utoipa::path(post, path = "/v1/voices", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
+    responses((status = 201, body = Voice), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
+        (status = 413, description = "request_too_large", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn upload(State(state): State<AppState>, Account(account): Account, mut form: Multipart) -> Result<(StatusCode, Json<Voice>), ApiError> {
+    let (mut file, mut speaker_name, mut transcript, mut is_default) = (None, None, None, false);
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "file" => file = Some(field.bytes().await.map_err(multipart_error)?),
+            "speaker_name" => speaker_name = Some(field.text().await.map_err(multipart_error)?),
+            "transcript" => transcript = Some(field.text().await.map_err(multipart_error)?).filter(|t| !t.trim().is_empty()),
+            "is_default" => is_default = matches!(field.text().await.map_err(multipart_error)?.trim(), "true" | "1"),
+            other => return Err(ApiError::new(ErrorKind::InvalidParameter, format!("unknown form field `{other}`"))),
+        }
+    }
+    let file = file.ok_or_else(|| ApiError::new(ErrorKind::InvalidParameter, "`file` is required: the audio clip"))?;
+    let speaker_name = speaker_name.filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` is required"))?;
+    if file.len() > state.config.max_voice_bytes {
+        let msg = format!("`file` has {} bytes; the limit is {}", file.len(), state.config.max_voice_bytes);
+        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
+    }
+    let max_seconds = state.config.max_voice_seconds;
+    let bytes = file.clone();
+    let decoded = tokio::task::spawn_blocking(move || decode_to_mono_44k(&bytes, max_seconds))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::InternalError, e.to_string()))?
+        .map_err(|e| match e {
+            AudioError::TooLong { .. } => ApiError::new(ErrorKind::AudioTooLong, format!("`file`: {e}")),
+            AudioError::Decode(_) | AudioError::Empty => ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}")),
+        })?;
+    let pcm = f32_le_bytes(&decoded.samples);
+    let voice = NewVoice {
+        speaker_name: speaker_name.trim(),
+        transcript: transcript.as_deref().map(str::trim),
+        is_default,
+        format: decoded.format,
+        original: &file,
+        pcm: &pcm,
+        duration_seconds: decoded.samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE),
+        source_sample_rate: i64::from(decoded.source_sample_rate),
+        source_channels: i64::from(decoded.source_channels),
+    };
+    let row = state.db.insert_voice(&account, &voice).await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ErrorKind::RequestTooLarge } else { ErrorKind::InvalidParameter };
+    ApiError::new(kind, e.body_text())
+}
+
+/// One sample.
+#[utoipa::path(get, path = "/v1/voices/{id}", responses((status = 200, body = Voice), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<Json<Voice>, ApiError> {
+    let row = state.db.get_voice(&account, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(row.into()))
+}
+
+/// The sample as uploaded.
+#[utoipa::path(get, path = "/v1/voices/{id}/audio", responses((status = 200, description = "the uploaded bytes"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn audio(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
+    let (format, bytes) = state.db.voice_original(&account, id).await?.ok_or_else(|| not_found(id))?;
+    let mime = match format.as_str() {
+        "mp3" => "audio/mpeg",
+        "flac" => "audio/flac",
+        "ogg" => "audio/ogg",
+        "webm" => "audio/webm",
+        _ => "audio/wav",
+    };
+    Ok(([(CONTENT_TYPE, mime)], bytes))
+}
+
+/// Updates name, transcript or default flag; making one the default unsets the previous one.
+#[utoipa::path(patch, path = "/v1/voices/{id}", request_body = VoiceUpdate, responses((status = 200, body = Voice), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn update(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>, ApiJson(body): ApiJson<VoiceUpdate>) -> Result<Json<Voice>, ApiError> {
+    if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` must not be empty"));
+    }
+    let patch = VoicePatch { speaker_name: body.speaker_name, transcript: body.transcript, is_default: body.is_default };
+    let row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(row.into()))
+}
+
+/// Deletes a sample.
+#[utoipa::path(delete, path = "/v1/voices/{id}", responses((status = 204), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn remove(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+    if state.db.delete_voice(&account, id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found(id)) }
+}

@@ -1,0 +1,4 @@
+//! GPU nodes: the registry of those connected to this replica and their WebSocket sessions.
+
+pub mod registry;
+pub mod ws;

@@ -1,0 +1,176 @@
+//! The nodes connected to this replica: their sockets, health, and the jobs each is running.
+
+use axum::extract::ws::Message;
+use proto::{FrameHeader, Hello, ModelInfo, NodeId, RequestId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Outbound messages to one node's socket.
+pub type NodeTx = UnboundedSender<Message>;
+
+struct Entry {
+    session: u64,
+    hello: Hello,
+    tx: NodeTx,
+    healthy: bool,
+    draining: bool,
+    jobs: HashMap<RequestId, Running>,
+}
+
+struct Running {
+    attempt: u32,
+    /// 16-bit LE PCM received so far, in chunk order.
+    audio: Vec<u8>,
+    next_chunk: u32,
+}
+
+/// A node that can take a job now.
+pub struct Candidate {
+    /// Node id.
+    pub id: NodeId,
+    /// What it serves.
+    pub models: Vec<ModelInfo>,
+}
+
+/// Why a node's hello was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("node `{0}` is already connected")]
+pub struct AlreadyConnected(pub NodeId);
+
+/// A snapshot of one node, for the store and metrics.
+pub struct Snapshot {
+    /// Its hello.
+    pub hello: Hello,
+    /// Jobs running.
+    pub active: u32,
+    /// Takes work.
+    pub healthy: bool,
+    /// Finishing only.
+    pub draining: bool,
+}
+
+/// Nodes of this replica. A plain mutex: every critical section is a few map operations.
+#[derive(Default)]
+pub struct Registry {
+    nodes: Mutex<HashMap<NodeId, Entry>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Registry {
+    /// Adds a node; returns the session number its removal must present.
+    pub fn register(&self, hello: Hello, tx: NodeTx) -> Result<u64, AlreadyConnected> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        if nodes.contains_key(&hello.node_id) {
+            return Err(AlreadyConnected(hello.node_id));
+        }
+        let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let entry = Entry { session, hello: hello.clone(), tx, healthy: true, draining: false, jobs: HashMap::new() };
+        nodes.insert(hello.node_id, entry);
+        Ok(session)
+    }
+
+    /// Removes a node's session; returns the jobs it was running, to fail over.
+    pub fn remove(&self, id: &NodeId, session: u64) -> Vec<(RequestId, u32)> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        match nodes.get(id) {
+            Some(entry) if entry.session == session => {
+                let entry = nodes.remove(id).expect("present");
+                entry.jobs.into_iter().map(|(rid, r)| (rid, r.attempt)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Healthy, non-draining nodes with a free slot, least loaded (by fraction of capacity) first.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        let mut free: Vec<(f64, Candidate)> = nodes
+            .values()
+            .filter(|e| e.healthy && !e.draining && (e.jobs.len() as u32) < e.hello.capacity)
+            .map(|e| {
+                let load = e.jobs.len() as f64 / f64::from(e.hello.capacity);
+                (load, Candidate { id: e.hello.node_id.clone(), models: e.hello.models.clone() })
+            })
+            .collect();
+        free.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        free.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Books a job on a node; returns the socket to send it on, or `None` if the node is gone.
+    pub fn assign(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<NodeTx> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let entry = nodes.get_mut(id)?;
+        entry.jobs.insert(request, Running { attempt, audio: Vec::new(), next_chunk: 0 });
+        Some(entry.tx.clone())
+    }
+
+    /// Appends an audio chunk; false for an unknown job, a stale attempt or a chunk out of order.
+    pub fn push_audio(&self, id: &NodeId, header: &FrameHeader, payload: &[u8]) -> bool {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let Some(job) = nodes.get_mut(id).and_then(|e| e.jobs.get_mut(&header.request_id)) else { return false };
+        if job.attempt != header.attempt || job.next_chunk != header.chunk {
+            return false;
+        }
+        job.audio.extend_from_slice(payload);
+        job.next_chunk += 1;
+        true
+    }
+
+    /// Ends a job on a node; returns its audio when the attempt matches.
+    pub fn take(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<Vec<u8>> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let jobs = &mut nodes.get_mut(id)?.jobs;
+        if jobs.get(&request)?.attempt != attempt {
+            return None;
+        }
+        jobs.remove(&request).map(|r| r.audio)
+    }
+
+    /// Drops a job wherever it runs on this replica; returns the node's socket to cancel it on.
+    pub fn cancel(&self, request: RequestId) -> Option<NodeTx> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        nodes.values_mut().find_map(|e| e.jobs.remove(&request).map(|_| e.tx.clone()))
+    }
+
+    /// Records a heartbeat's health.
+    pub fn set_health(&self, id: &NodeId, healthy: bool) {
+        if let Some(e) = self.nodes.lock().expect("registry lock").get_mut(id) {
+            e.healthy = healthy;
+        }
+    }
+
+    /// Marks every node draining and returns their sockets (shutdown).
+    pub fn drain_all(&self) -> Vec<NodeTx> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        nodes.values_mut().map(|e| {
+            e.draining = true;
+            e.tx.clone()
+        }).collect()
+    }
+
+    /// One node's state.
+    pub fn snapshot(&self, id: &NodeId) -> Option<Snapshot> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes.get(id).map(|e| Snapshot {
+            hello: e.hello.clone(),
+            active: e.jobs.len() as u32,
+            healthy: e.healthy,
+            draining: e.draining,
+        })
+    }
+
+    /// Healthy nodes per feature, for the `tts_nodes_online` gauge.
+    pub fn online_by_feature(&self) -> HashMap<String, i64> {
+        let mut counts = HashMap::new();
+        for e in self.nodes.lock().expect("registry lock").values().filter(|e| e.healthy) {
+            let mut features: Vec<&String> = e.hello.models.iter().flat_map(|m| &m.features).collect();
+            features.sort();
+            features.dedup();
+            for f in features {
+                *counts.entry(f.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}

@@ -1,0 +1,196 @@
+//! `GET /v1/nodes/connect`: the WebSocket a node dials, with a join token.
+//!
+//! The session reads the hello, registers the node, then runs a writer (jobs, cancels) and a
+//! reader (heartbeats, audio, results) side by side; when either ends, or the node is silent for
+//! the heartbeat timeout, the node is removed and its unfinished jobs fail over.
+
+use crate::db::nodes::NodeState;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use proto::{
+    BinaryFrame, ControlToNode, ErrorKind, Health, NodeId, NodeToControl, Stream, Welcome, WireError,
+    PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// Biggest frame a node may send (a long generation's audio may come as one chunk).
+const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+
+/// Routes of the node endpoint.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/nodes/connect", get(connect))
+}
+
+#[derive(Deserialize)]
+struct JoinQuery {
+    token: Option<String>,
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    Query(query): Query<JoinQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let token = query.token.unwrap_or_default();
+    if token.is_empty() || !state.config.join_tokens.iter().any(|t| t == &token) {
+        return Err(ApiError::new(ErrorKind::InvalidApiKey, "unknown node join token"));
+    }
+    Ok(ws.max_message_size(MAX_FRAME_BYTES).on_upgrade(move |socket| session(state, socket)))
+}
+
+async fn session(state: AppState, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = match tokio::time::timeout(state.config.heartbeat_timeout(), stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<NodeToControl>(&text),
+        _ => return,
+    };
+    let hello = match hello {
+        Ok(NodeToControl::Hello(hello)) => hello,
+        _ => return reject(&mut sink, "the first message must be a hello").await,
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let msg = format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version);
+        return reject(&mut sink, &msg).await;
+    }
+    if hello.capacity == 0 || hello.models.is_empty() {
+        return reject(&mut sink, "a node needs a capacity of at least 1 and a model").await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let node = hello.node_id.clone();
+    let session = match state.registry.register(hello.clone(), tx) {
+        Ok(session) => session,
+        Err(e) => return reject(&mut sink, &e.to_string()).await,
+    };
+    let welcome = ControlToNode::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        heartbeat_interval_ms: state.config.heartbeat_interval_ms,
+    });
+    if publish(&state, &node).await.is_err() || sink.send(text(&welcome)).await.is_err() {
+        return finish(&state, &node, session).await;
+    }
+    tracing::info!(node = %node, capacity = hello.capacity, gpu = ?hello.gpu, "node joined");
+    state.queue.wake();
+
+    let writer = async {
+        while let Some(message) = rx.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        loop {
+            match tokio::time::timeout(state.config.heartbeat_timeout(), stream.next()).await {
+                Err(_) => break tracing::warn!(node = %node, "node missed its heartbeats"),
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+                Ok(Some(Ok(message))) => on_message(&state, &node, message).await,
+            }
+        }
+    };
+    tokio::select! {
+        () = writer => {},
+        () = reader => {},
+    }
+    finish(&state, &node, session).await;
+}
+
+/// Handles one message from a node. Bad frames are logged and dropped: the job they belonged to
+/// then fails over when its `finished` does not add up.
+async fn on_message(state: &AppState, node: &NodeId, message: Message) {
+    match message {
+        Message::Text(text) => match serde_json::from_str::<NodeToControl>(&text) {
+            Ok(msg) => on_node_message(state, node, msg).await,
+            Err(e) => tracing::warn!(node = %node, error = %e, "unreadable message from node"),
+        },
+        Message::Binary(bytes) => match BinaryFrame::decode(&bytes) {
+            Ok(frame) if frame.header.stream == Stream::Audio => {
+                if !state.registry.push_audio(node, &frame.header, &frame.payload) {
+                    tracing::warn!(node = %node, request = %frame.header.request_id, "audio for no current job");
+                }
+            }
+            Ok(_) => tracing::warn!(node = %node, "a node sent a voice-prompt frame"),
+            Err(e) => tracing::warn!(node = %node, error = %e, "bad binary frame from node"),
+        },
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+    }
+}
+
+async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
+    match msg {
+        NodeToControl::Hello(_) => tracing::warn!(node = %node, "second hello ignored"),
+        NodeToControl::Heartbeat { health, load } => {
+            let healthy = matches!(health, Health::Healthy);
+            if let Health::Unhealthy { reason } = &health {
+                tracing::warn!(node = %node, reason, "node reports itself unhealthy");
+            }
+            state.registry.set_health(node, healthy);
+            tracing::trace!(node = %node, active = load.active, queued = load.queued, "heartbeat");
+            if let Err(e) = publish(state, node).await {
+                tracing::error!(error = %e, "could not record a heartbeat");
+            }
+            state.queue.wake();
+        }
+        NodeToControl::Progress { request_id, generated_seconds, .. } => {
+            tracing::debug!(node = %node, request = %request_id, generated_seconds, "progress");
+        }
+        NodeToControl::Finished(done) => {
+            if let Some(audio) = state.registry.take(node, done.request_id, done.attempt) {
+                state.queue.finished(node, &done, audio).await;
+            }
+        }
+        NodeToControl::Failed { request_id, attempt, error, retryable } => {
+            if state.registry.take(node, request_id, attempt).is_some() {
+                state.queue.attempt_failed(request_id, attempt, "failed", &error, retryable).await;
+            }
+        }
+    }
+}
+
+/// Writes the node's current state to the store, where every replica sees it.
+async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
+    let Some(s) = state.registry.snapshot(node) else { return Ok(()) };
+    let row = NodeState {
+        id: &s.hello.node_id.0,
+        models: &s.hello.models,
+        capacity: s.hello.capacity,
+        active: s.active,
+        healthy: s.healthy,
+        draining: s.draining,
+        gpu: s.hello.gpu.as_deref(),
+    };
+    state.db.upsert_node(&state.replica_id, &row).await
+}
+
+/// Removes the node and fails over what it was running.
+async fn finish(state: &AppState, node: &NodeId, session: u64) {
+    let jobs = state.registry.remove(node, session);
+    if let Err(e) = state.db.remove_node(&state.replica_id, &node.0).await {
+        tracing::error!(error = %e, "could not remove a node from the store");
+    }
+    tracing::info!(node = %node, unfinished = jobs.len(), "node left");
+    let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} disconnected"));
+    for (request, attempt) in jobs {
+        state.queue.attempt_failed(request, attempt, "node_lost", &lost, true).await;
+    }
+    state.queue.wake();
+}
+
+async fn reject<S: SinkExt<Message> + Unpin>(sink: &mut S, message: &str) {
+    tracing::warn!(reason = message, "node refused");
+    let rejected = ControlToNode::Rejected { error: WireError::new(ErrorKind::InvalidParameter, message) };
+    let _ = sink.send(text(&rejected)).await;
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "refused".into() }))).await;
+}
+
+/// A control message as a text frame.
+pub fn text(message: &ControlToNode) -> Message {
+    Message::Text(serde_json::to_string(message).expect("messages serialise").into())
+}
+

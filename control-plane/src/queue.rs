@@ -1,0 +1,305 @@
+//! The request queue, kept in the store, and its dispatcher.
+//!
+//! Any replica accepts a request (a `queued` row). Each replica's dispatcher claims queued rows
+//! for the nodes it holds, least loaded first, and sends them out; results come back over the
+//! node's socket to that replica, which records them. The accepting replica's handler wakes on a
+//! local signal, a PostgreSQL NOTIFY from another replica, or at worst the poll interval. SQLite
+//! has one replica and runs the same path without the NOTIFYs.
+
+use crate::audio::wav_i16_bytes;
+use crate::db::requests::{AttemptFailure, Claimed, Outcome};
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::nodes::registry::{Candidate, Registry};
+use crate::nodes::ws::text;
+use crate::config::Config;
+use axum::extract::ws::Message;
+use proto::{BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding, RequestId, Stream, Task, WireError, SAMPLE_RATE};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const CHANNEL_QUEUED: &str = "tts_queued";
+const CHANNEL_DONE: &str = "tts_done";
+const CHANNEL_CANCEL: &str = "tts_cancel";
+
+/// The queue of one replica: dispatcher, completion signals, cancellation.
+pub struct Queue {
+    db: Db,
+    registry: Arc<Registry>,
+    replica_id: String,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// A handler's registration for its request's completion; removed when dropped.
+pub struct Waiter<'a> {
+    queue: &'a Queue,
+    id: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.queue.waiters.lock().expect("waiters lock").remove(&self.id);
+    }
+}
+
+impl Queue {
+    /// A queue over the store and this replica's nodes.
+    pub fn new(db: Db, registry: Arc<Registry>, replica_id: String, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Self { db, registry, replica_id, config, metrics, wake: Notify::new(), waiters: Mutex::default() }
+    }
+
+    /// Registers interest in a request's end; do it before the request is stored.
+    pub fn waiter(&self, id: &RequestId) -> Waiter<'_> {
+        let notify = Arc::new(Notify::new());
+        self.waiters.lock().expect("waiters lock").insert(id.to_string(), notify.clone());
+        Waiter { queue: self, id: id.to_string(), notify }
+    }
+
+    /// Wakes this replica's dispatcher (a node freed up or joined).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Tells every replica that a request was queued.
+    pub async fn announce_queued(&self) {
+        self.wake();
+        self.notify(CHANNEL_QUEUED, "").await;
+    }
+
+    async fn announce_done(&self, id: &str) {
+        self.wake_waiter(id);
+        self.notify(CHANNEL_DONE, id).await;
+    }
+
+    fn wake_waiter(&self, id: &str) {
+        if let Some(n) = self.waiters.lock().expect("waiters lock").get(id) {
+            n.notify_one();
+        }
+    }
+
+    async fn notify(&self, channel: &str, payload: &str) {
+        if let Err(e) = self.db.notify(channel, payload).await {
+            tracing::error!(error = %e, channel, "notify failed; other replicas fall back to polling");
+        }
+    }
+
+    /// Waits until the request ends. A request still queued after the queue timeout fails then.
+    pub async fn wait(&self, waiter: &Waiter<'_>) -> Result<Outcome, sqlx::Error> {
+        let mut deadline = Some(Instant::now() + self.config.queue_timeout());
+        loop {
+            let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
+            if matches!(outcome.status.as_str(), "succeeded" | "failed") {
+                return Ok(outcome);
+            }
+            let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                () = waiter.notify.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval()) => {}
+                () = tokio::time::sleep(until_deadline) => {
+                    deadline = None;
+                    let secs = self.config.queue_timeout_secs;
+                    let error = WireError::new(ErrorKind::UpstreamError, format!("no node took the request within {secs} s"));
+                    self.db.fail_unfinished(&waiter.id, &error, false).await?;
+                }
+            }
+        }
+    }
+
+    /// Cancels a request whose client went away: recorded as failed (`cancelled`), and the node
+    /// running it, on whichever replica, is told to stop.
+    pub async fn cancel(&self, id: RequestId) {
+        let error = WireError::new(ErrorKind::Cancelled, "the client disconnected");
+        match self.db.fail_unfinished(&id.to_string(), &error, true).await {
+            Ok(true) => {
+                self.cancel_local(id);
+                self.notify(CHANNEL_CANCEL, &id.to_string()).await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, request = %id, "could not record a cancellation"),
+        }
+    }
+
+    fn cancel_local(&self, id: RequestId) {
+        if let Some(tx) = self.registry.cancel(id) {
+            tracing::info!(request = %id, "cancelling on its node");
+            let _ = tx.send(text(&ControlToNode::Cancel { request_id: id }));
+            self.wake();
+        }
+    }
+
+    /// Records a node's finished job: its audio becomes the request's WAV.
+    pub async fn finished(&self, node: &NodeId, done: &Finished, audio: Vec<u8>) {
+        let samples = proto::frames::i16_from_le_bytes(&audio);
+        if samples.len() as u64 != done.samples {
+            let msg = format!("node {node} announced {} samples but sent {}", done.samples, samples.len());
+            let error = WireError::new(ErrorKind::UpstreamError, msg);
+            return self.attempt_failed(done.request_id, done.attempt, "failed", &error, true).await;
+        }
+        let seconds = samples.len() as f64 / f64::from(SAMPLE_RATE);
+        let wav = wav_i16_bytes(&samples, SAMPLE_RATE);
+        let id = done.request_id.to_string();
+        let result = self.db.succeed(&id, i64::from(done.attempt), &wav, seconds, f64::from(done.inference_seconds)).await;
+        match result {
+            Ok(true) => {
+                self.metrics.audio_seconds.inc_by(seconds);
+                self.announce_done(&id).await;
+            }
+            Ok(false) => tracing::info!(request = %id, "result of an abandoned attempt dropped"),
+            Err(e) => tracing::error!(error = %e, request = %id, "could not record a result"),
+        }
+        self.wake();
+    }
+
+    /// Ends an attempt without audio: retried while the error is retryable and attempts remain,
+    /// otherwise the request fails (with `upstream_error` once every attempt has failed).
+    pub async fn attempt_failed(&self, id: RequestId, attempt: u32, outcome: &str, error: &WireError, retryable: bool) {
+        let max = self.config.max_attempts;
+        let exhausted;
+        let final_error = match (retryable, i64::from(attempt) < max) {
+            (true, true) => None,
+            (true, false) => {
+                let msg = format!("all {attempt} attempts failed; the last: {}", error.message);
+                exhausted = WireError::new(ErrorKind::UpstreamError, msg);
+                Some(&exhausted)
+            }
+            (false, _) => Some(error),
+        };
+        let failure = AttemptFailure { outcome, error, final_error };
+        match self.db.fail_attempt(&id.to_string(), i64::from(attempt), &failure).await {
+            Ok(true) if final_error.is_none() => {
+                tracing::info!(request = %id, attempt, error = %error, "retrying on another node");
+                self.announce_queued().await;
+            }
+            Ok(true) => self.announce_done(&id.to_string()).await,
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, request = %id, "could not record a failed attempt"),
+        }
+        self.wake();
+    }
+
+    /// The dispatcher: claims work for free nodes whenever woken, and at the poll interval; every
+    /// heartbeat interval, fails over jobs whose node or replica vanished.
+    pub async fn run_dispatcher(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval()) => {}
+            }
+            if let Err(e) = self.dispatch().await {
+                tracing::error!(error = %e, "dispatch failed");
+            }
+            if last_sweep.elapsed() >= self.config.heartbeat_interval() {
+                last_sweep = Instant::now();
+                if let Err(e) = self.sweep().await {
+                    tracing::error!(error = %e, "orphan sweep failed");
+                }
+            }
+        }
+    }
+
+    /// Claims jobs until no free node of this replica finds one.
+    async fn dispatch(&self) -> Result<(), sqlx::Error> {
+        'claiming: loop {
+            for node in self.registry.candidates() {
+                if let Some(job) = self.claim_for(&node).await? {
+                    self.send(&node.id, job).await;
+                    // Loads changed: rank the nodes again.
+                    continue 'claiming;
+                }
+            }
+            self.metrics.queue_depth.set(self.db.count_queued().await?);
+            for (feature, count) in self.registry.online_by_feature() {
+                self.metrics.nodes_online.with_label_values(&[feature.as_str()]).set(count);
+            }
+            return Ok(());
+        }
+    }
+
+    async fn claim_for(&self, node: &Candidate) -> Result<Option<Claimed>, sqlx::Error> {
+        for model in &node.models {
+            for feature in &model.features {
+                if let Some(job) = self.db.claim(&model.id, feature, &node.id.0, &self.replica_id).await? {
+                    return Ok(Some(job));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends a claimed job (and its voice prompt) to the node.
+    async fn send(&self, node: &NodeId, claimed: Claimed) {
+        let attempt = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
+        let (Ok(request_id), Ok(task)) = (claimed.id.parse::<RequestId>(), serde_json::from_str::<Task>(&claimed.task)) else {
+            tracing::error!(request = claimed.id, "stored job does not parse");
+            return;
+        };
+        if let Some(queued) = self.queue_seconds(&claimed.id).await {
+            self.metrics.queue_seconds.observe(queued);
+        }
+        let sent = self.registry.assign(node, request_id, attempt).is_some_and(|tx| {
+            let job = ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
+            let mut ok = tx.send(text(&job)).is_ok();
+            if let Some(pcm) = claimed.prompt_audio {
+                let header = FrameHeader { request_id, attempt, stream: Stream::VoicePrompt, chunk: 0, encoding: PcmEncoding::F32Le };
+                ok &= tx.send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into())).is_ok();
+            }
+            ok
+        });
+        if !sent {
+            self.registry.take(node, request_id, attempt);
+            let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
+            Box::pin(self.attempt_failed(request_id, attempt, "node_lost", &lost, true)).await;
+        }
+    }
+
+    async fn queue_seconds(&self, id: &str) -> Option<f64> {
+        self.db.outcome(id).await.ok().flatten().and_then(|o| o.queue_seconds)
+    }
+
+    async fn sweep(&self) -> Result<(), sqlx::Error> {
+        let fresh = self.config.heartbeat_timeout().as_millis() as i64;
+        for (id, attempt) in self.db.orphaned_running(fresh).await? {
+            let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };
+            let lost = WireError::new(ErrorKind::UpstreamError, "the node or replica running it went away");
+            self.attempt_failed(id, attempt, "node_lost", &lost, true).await;
+        }
+        Ok(())
+    }
+
+    /// Follows the other replicas' notifications (PostgreSQL only; returns at once on SQLite).
+    pub async fn run_listener(self: Arc<Self>) {
+        let Db::Postgres(pool) = &self.db else { return };
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "LISTEN connection failed; polling meanwhile");
+                    tokio::time::sleep(self.config.poll_interval()).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen_all([CHANNEL_QUEUED, CHANNEL_DONE, CHANNEL_CANCEL]).await {
+                tracing::error!(error = %e, "LISTEN failed");
+                continue;
+            }
+            while let Ok(n) = listener.recv().await {
+                match n.channel() {
+                    CHANNEL_QUEUED => self.wake(),
+                    CHANNEL_DONE => self.wake_waiter(n.payload()),
+                    _ => {
+                        if let Ok(id) = n.payload().parse() {
+                            self.cancel_local(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
