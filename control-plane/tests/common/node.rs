@@ -1,0 +1,137 @@
+//! A scripted node: connects with the real protocol and does what each test tells it.
+
+use futures_util::{SinkExt, StreamExt};
+use proto::frames::i16_le_bytes;
+use proto::{BinaryFrame, ControlToNode, Finished, FrameHeader, Health, Hello, Job, Load, ModelInfo, NodeId, NodeToControl, PcmEncoding, Stream, WireError, ErrorKind, PROTOCOL_VERSION};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub const MODEL: &str = "dia-test";
+
+/// A model with the voice-cloning feature.
+pub fn cloning_model(id: &str) -> ModelInfo {
+    ModelInfo { id: id.into(), features: vec![proto::FEATURE_VOICE_CLONING.into()], max_input_chars: 1024, max_new_tokens: 4096 }
+}
+
+pub struct ScriptedNode {
+    pub id: String,
+    ws: Ws,
+}
+
+/// A job as received: the submit and its voice prompt, if any.
+pub struct Received {
+    pub job: Job,
+    pub prompt: Option<BinaryFrame>,
+}
+
+impl ScriptedNode {
+    /// Connects and says hello with one voice-cloning model; waits for the welcome.
+    pub async fn connect(ws_url: &str, id: &str, capacity: u32) -> Self {
+        Self::connect_with(ws_url, id, capacity, vec![cloning_model(MODEL)]).await
+    }
+
+    pub async fn connect_with(ws_url: &str, id: &str, capacity: u32, models: Vec<ModelInfo>) -> Self {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let hello = NodeToControl::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: NodeId(id.into()),
+            models,
+            capacity,
+            gpu: Some("scripted".into()),
+        });
+        ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
+        let mut node = Self { id: id.into(), ws };
+        match node.next_control().await {
+            Some(ControlToNode::Welcome(_)) => node,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// The next control message (binary frames are skipped); `None` when the socket closes.
+    pub async fn next_control(&mut self) -> Option<ControlToNode> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the next job and its voice prompt frame.
+    pub async fn next_job(&mut self) -> Received {
+        let job = match self.next_control().await {
+            Some(ControlToNode::Submit(job)) => job,
+            other => panic!("expected a submit, got {other:?}"),
+        };
+        let proto::Task::Speech(task) = &job.task;
+        let prompt = match task.voice_prompt {
+            None => None,
+            Some(_) => match self.ws.next().await {
+                Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
+                other => panic!("expected the voice prompt frame, got {other:?}"),
+            },
+        };
+        Received { job, prompt }
+    }
+
+    /// Sends `samples` of audio in two chunks, then `finished`.
+    pub async fn complete(&mut self, job: &Job, samples: &[i16]) {
+        let (a, b) = samples.split_at(samples.len() / 2);
+        for (chunk, part) in [a, b].into_iter().enumerate() {
+            let header = FrameHeader { request_id: job.request_id, attempt: job.attempt, stream: Stream::Audio, chunk: chunk as u32, encoding: PcmEncoding::I16Le };
+            let frame = BinaryFrame { header, payload: i16_le_bytes(part) };
+            self.ws.send(Message::binary(frame.encode())).await.unwrap();
+        }
+        let done = NodeToControl::Finished(Finished { request_id: job.request_id, attempt: job.attempt, samples: samples.len() as u64, inference_seconds: 0.01 });
+        self.send(&done).await;
+    }
+
+    pub async fn fail(&mut self, job: &Job, retryable: bool) {
+        let failed = NodeToControl::Failed {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            error: WireError::new(ErrorKind::UpstreamError, "scripted failure"),
+            retryable,
+        };
+        self.send(&failed).await;
+    }
+
+    pub async fn heartbeat(&mut self, healthy: bool) {
+        let health = if healthy { Health::Healthy } else { Health::Unhealthy { reason: "scripted".into() } };
+        let beat = NodeToControl::Heartbeat { health, load: Load { active: 0, queued: 0, gpu_memory_used_bytes: None } };
+        self.send(&beat).await;
+    }
+
+    async fn send(&mut self, msg: &NodeToControl) {
+        self.ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
+    }
+
+    /// Answers every job with `samples` of tone until the socket closes; each job is reported.
+    pub fn serve(mut self, samples: usize) -> tokio::sync::mpsc::UnboundedReceiver<Received> {
+        let audio = tone(samples);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(msg) = self.next_control().await {
+                if let ControlToNode::Submit(job) = msg {
+                    let proto::Task::Speech(task) = &job.task;
+                    let prompt = match task.voice_prompt {
+                        Some(_) => match self.ws.next().await {
+                            Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
+                            _ => break,
+                        },
+                        None => None,
+                    };
+                    self.complete(&job, &audio).await;
+                    let _ = tx.send(Received { job, prompt });
+                }
+            }
+        });
+        rx
+    }
+}
+
+pub fn tone(n: usize) -> Vec<i16> {
+    (0..n).map(|i| ((i as f32 * 0.05).sin() * 8000.0) as i16).collect()
+}
