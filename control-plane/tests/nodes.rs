@@ -1,0 +1,213 @@
+//! Nodes, routing and failover: drops mid-job, retries, queue overflow, cancellation, heartbeats,
+//! two replicas on one PostgreSQL. Every test but the last runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::node::{ScriptedNode, MODEL};
+use common::{eventually, expect_error, Backend, Server, TestDb};
+use futures_util::{SinkExt, StreamExt};
+use proto::{ControlToNode, Hello, NodeId, NodeToControl};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Sends a generation in the background.
+fn spawn_generate(server: &Server, key: &str, input: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (http, url, key, input) = (server.http.clone(), server.url("/v1/voice/generations"), key.to_owned(), input.to_owned());
+    tokio::spawn(async move { http.post(url).bearer_auth(key).json(&json!({"input": input})).send().await.unwrap() })
+}
+
+async fn history_item(server: &Server, key: &str, id: &str) -> Value {
+    server.get_json(key, &format!("/v1/history/{id}")).await.1
+}
+
+async fn a_job_fails_over_when_its_node_drops_mid_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut flaky = ScriptedNode::connect(&server.ws_url(), "flaky", 1).await;
+    let request = spawn_generate(&server, &key, "[S1] Survive this.");
+    let first = flaky.next_job().await;
+    assert_eq!(first.job.attempt, 1);
+    let mut steady = ScriptedNode::connect(&server.ws_url(), "steady", 1).await.serve(300);
+    drop(flaky);
+
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-node-id"], "steady");
+    let retried = steady.recv().await.unwrap().job;
+    assert_eq!((retried.request_id, retried.attempt), (first.job.request_id, 2));
+
+    let (_, history) = server.get_json(&key, "/v1/history").await;
+    assert_eq!(history["data"].as_array().unwrap().len(), 1, "one request, no duplicates");
+    let item = history_item(&server, &key, &first.job.request_id.to_string()).await;
+    let outcomes: Vec<(&str, &str)> = item["attempts"].as_array().unwrap().iter()
+        .map(|a| (a["node_id"].as_str().unwrap(), a["outcome"].as_str().unwrap())).collect();
+    assert_eq!(outcomes, [("flaky", "node_lost"), ("steady", "succeeded")]);
+}
+
+async fn upstream_error_only_after_every_attempt_failed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "failing", 1).await;
+
+    let request = spawn_generate(&server, &key, "Retry me.");
+    for attempt in 1..=3 {
+        let job = node.next_job().await.job;
+        assert_eq!(job.attempt, attempt);
+        node.fail(&job, true).await;
+    }
+    let msg = expect_error(request.await.unwrap(), 502, "upstream_error").await;
+    assert!(msg.contains("all 3 attempts failed"), "{msg}");
+
+    let request = spawn_generate(&server, &key, "Fail me once.");
+    let job = node.next_job().await.job;
+    node.fail(&job, false).await;
+    expect_error(request.await.unwrap(), 502, "upstream_error").await;
+    let item = history_item(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((item["status"].as_str(), item["error"]["type"].as_str()), (Some("failed"), Some("upstream_error")));
+    assert_eq!(item["attempts"].as_array().unwrap().len(), 1);
+}
+
+async fn a_full_queue_answers_429_with_retry_after(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.max_queued = 1;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "busy", 1).await;
+
+    let first = spawn_generate(&server, &key, "First.");
+    let running = node.next_job().await.job;
+    let second = spawn_generate(&server, &key, "Second.");
+    eventually(async || {
+        let (_, page) = server.get_json(&key, "/v1/history?status=queued").await;
+        page["data"].as_array().unwrap().first().is_some_and(|r| r["queue_position"] == 1)
+    })
+    .await;
+    let res = server.generate(&key, json!({"input": "Third."})).await;
+    assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    expect_error(res, 429, "queue_full").await;
+
+    node.complete(&running, &[1, 2, 3, 4]).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+    let queued = node.next_job().await.job;
+    node.complete(&queued, &[5, 6]).await;
+    assert_eq!(second.await.unwrap().status(), 200);
+}
+
+async fn a_client_that_disconnects_cancels_its_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "n1", 1).await;
+    let request = spawn_generate(&server, &key, "Never mind.");
+    let job = node.next_job().await.job;
+    request.abort();
+
+    match node.next_control().await {
+        Some(ControlToNode::Cancel { request_id }) => assert_eq!(request_id, job.request_id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    let item = history_item(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((item["status"].as_str(), item["error"]["type"].as_str()), (Some("failed"), Some("cancelled")));
+    assert_eq!(item["attempts"][0]["outcome"], "cancelled");
+    // The slot is free again: the next request is served by the same node.
+    let next = spawn_generate(&server, &key, "Now.");
+    let job = node.next_job().await.job;
+    node.complete(&job, &[1, 2]).await;
+    assert_eq!(next.await.unwrap().status(), 200);
+}
+
+async fn a_silent_node_is_dropped_and_an_unhealthy_one_gets_no_work(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.heartbeat_interval_ms = 100;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+
+    let mut silent = ScriptedNode::connect(&server.ws_url(), "silent", 1).await;
+    assert!(silent.next_control().await.is_none(), "the server closes a node that misses heartbeats");
+    expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
+
+    let mut sick = ScriptedNode::connect(&server.ws_url(), "sick", 1).await;
+    sick.heartbeat(false).await;
+    eventually(async || server.get_json(&key, "/v1/models").await.1["data"] == json!([])).await;
+    expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
+}
+
+async fn a_node_with_a_bad_token_or_protocol_version_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let bad = format!("ws://{}/v1/nodes/connect?token=wrong", server.addr);
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+    let hello = NodeToControl::Hello(Hello {
+        protocol_version: 999,
+        node_id: NodeId("future".into()),
+        models: vec![common::node::cloning_model(MODEL)],
+        capacity: 1,
+        gpu: None,
+    });
+    ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
+    let Some(Ok(Message::Text(reply))) = ws.next().await else { panic!("expected a rejection") };
+    let ControlToNode::Rejected { error } = serde_json::from_str(&reply).unwrap() else { panic!("{reply}") };
+    assert!(error.message.contains("protocol version 999"), "{}", error.message);
+}
+
+async fn metrics_openapi_and_probes_are_served(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let _jobs = ScriptedNode::connect(&server.ws_url(), "n1", 2).await.serve(44_100);
+    assert_eq!(server.generate(&key, json!({"input": "Hi"})).await.status(), 200);
+    expect_error(server.generate(&key, json!({})).await, 400, "missing_input").await;
+
+    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        r#"tts_http_requests_total{error_type="missing_input",method="POST",route="/v1/voice/generations",status="400"} 1"#,
+        r#"tts_http_requests_total{error_type="",method="POST",route="/v1/voice/generations",status="200"} 1"#,
+        r#"tts_nodes_online{feature="voice-cloning"} 1"#,
+        "tts_audio_generated_seconds_total 1",
+        "tts_queue_depth 0",
+        "tts_queue_wait_seconds_count 1",
+        r#"tts_http_request_duration_seconds_count{route="/v1/voice/generations"} 2"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let doc: Value = server.http.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for path in ["/v1/voice/generations", "/v1/models", "/v1/voices", "/v1/voices/{id}", "/v1/history", "/v1/history/{id}"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["schemas"]["SpeechRequest"]["properties"].get("cfg_filter_top_k").is_some());
+    assert_eq!(server.http.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(server.http.get(server.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+on_both_backends!(
+    a_job_fails_over_when_its_node_drops_mid_job,
+    upstream_error_only_after_every_attempt_failed,
+    a_full_queue_answers_429_with_retry_after,
+    a_client_that_disconnects_cancels_its_job,
+    a_silent_node_is_dropped_and_an_unhealthy_one_gets_no_work,
+    a_node_with_a_bad_token_or_protocol_version_is_refused,
+    metrics_openapi_and_probes_are_served,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_to_one_replica_is_served_by_a_node_on_another() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let with_node = Server::start(&db).await;
+    let without = Server::start(&db).await;
+    let key = without.api_key().await;
+    let mut jobs = ScriptedNode::connect(&with_node.ws_url(), "remote", 1).await.serve(441);
+
+    let res = without.generate(&key, json!({"input": "[S1] Across replicas."})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-node-id"], "remote");
+    assert_eq!(common::read_wav(&res.bytes().await.unwrap()).3.len(), 441);
+    assert_eq!(jobs.recv().await.unwrap().job.attempt, 1);
+    let (_, models) = without.get_json(&key, "/v1/models").await;
+    assert_eq!(models["data"][0]["id"], MODEL);
+}
