@@ -21,8 +21,8 @@ pub enum ModelError {
     #[error("invalid input: {0}")]
     Input(String),
     /// Download from the model hub failed.
-    #[error("download of {repo}/{file}: {message}")]
-    Download { repo: String, file: String, message: String },
+    #[error("download from {repo}: {message}")]
+    Download { repo: String, message: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error(transparent)]

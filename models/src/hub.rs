@@ -47,13 +47,12 @@ pub fn dac_weights(spec: &str) -> Result<PathBuf> {
 /// Access to one repo at one revision; errors are strings naming the file.
 pub struct HubRepo {
     api: hf_hub::api::sync::ApiRepo,
-    name: String,
 }
 
 impl HubRepo {
     /// Downloads `file` (or finds it in the cache) and returns its local path.
     pub fn get(&self, file: &str) -> Result<PathBuf, String> {
-        self.api.get(file).map_err(|e| format!("{}/{file}: {e}", self.name))
+        self.api.get(file).map_err(|e| format!("{file}: {e}"))
     }
 }
 
@@ -72,11 +71,10 @@ fn resolve(
         None if spec == default_repo => (spec, default_revision),
         None => (spec, "main"),
     };
-    let download = |message: String| ModelError::Download { repo: repo.to_owned(), file: String::new(), message };
+    let download = |message: String| ModelError::Download { repo: format!("{repo}@{revision}"), message };
     let api = ApiBuilder::from_env().with_progress(true).build().map_err(|e| download(e.to_string()))?;
     let hub = HubRepo {
         api: api.repo(Repo::with_revision(repo.to_owned(), RepoType::Model, revision.to_owned())),
-        name: format!("{repo}@{revision}"),
     };
     let config = fetch(&hub).map_err(download)?;
     Ok(config.parent().expect("a downloaded file has a folder").to_owned())

@@ -1,0 +1,62 @@
+//! `dia-node synth` end to end on the fixture weights, through the real binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures(name: &str, var: &str) -> PathBuf {
+    std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name)
+    })
+}
+
+fn synth(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dia-node"))
+        .arg("synth")
+        .arg("--weights")
+        .arg(fixtures("dia-tiny", "DIA_FIXTURE_DIR"))
+        .arg("--dac")
+        .arg(fixtures("dac-tiny", "DAC_FIXTURE_DIR"))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("dia-node runs")
+}
+
+#[test]
+fn synth_writes_a_wav_of_the_generated_length_and_a_seed_repeats_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--text", "[S1] Hello there. [S2] Hi!", "--seed", "11", "--max-new-tokens", "40"];
+    let (a, b) = (dir.path().join("a.wav"), dir.path().join("b.wav"));
+    for out in [&a, &b] {
+        let run = synth(out, &args);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(String::from_utf8_lossy(&run.stderr).contains("realtime factor"));
+    }
+    let wav = hound::WavReader::open(&a).unwrap();
+    assert_eq!(wav.spec().sample_rate, 44_100);
+    assert_eq!(wav.spec().bits_per_sample, 16);
+    assert!(wav.len() > 0 && wav.len() <= 40 * 512 && wav.len() % 512 == 0, "{} samples", wav.len());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, same audio");
+}
+
+#[test]
+fn synth_clones_from_a_prompt_wav_and_refuses_bad_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_0.wav");
+    let clone = ["--text", "[S1] Cloned.", "--prompt-audio", prompt.to_str().unwrap(),
+                 "--prompt-transcript", "[S1] words", "--max-new-tokens", "30", "--seed", "5"];
+    let mut lengths = Vec::new();
+    for (name, speed) in [("c.wav", "1.0"), ("d.wav", "0.5")] {
+        let out = dir.path().join(name);
+        let run = synth(&out, &[&clone[..], &["--speed-factor", speed]].concat());
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        lengths.push(hound::WavReader::open(&out).unwrap().len());
+    }
+    assert!(lengths[0] > 0 && lengths[0] <= 30 * 512);
+    assert_eq!(lengths[1], 2 * lengths[0], "half speed doubles the length");
+
+    let run = synth(&dir.path().join("d.wav"), &["--text", "[S2] opens with S2"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("[S2]"));
+}
