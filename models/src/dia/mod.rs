@@ -51,13 +51,42 @@ impl DiaModel {
     /// (norm weights stay f32).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = DiaConfig::from_file(&dir.join("config.json"))?;
-        let mut vs = VarStore::new(device);
+        let tensors = checkpoint::read_weights(dir, &config.decoder_config)?;
+        let mut model = Self::build(config, device, kind);
+        load_into(&mut model._weights, tensors, kind)?;
+        Ok(model)
+    }
+
+    /// A model of `config` with seeded random weights (normal, scaled by fan-in; norms one):
+    /// for benchmarks of the real configuration without its checkpoint.
+    pub fn random(config: DiaConfig, device: Device, kind: Kind, seed: i64) -> Result<Self> {
+        tch::manual_seed(seed);
+        let mut model = Self::build(config, device, kind);
+        let tensors = model
+            ._weights
+            .variables()
+            .into_iter()
+            .map(|(name, var)| {
+                let size = var.size();
+                let value = if name.ends_with(crate::nn_ext::F32_SUFFIX) {
+                    Tensor::ones(&size, (Kind::Float, Device::Cpu))
+                } else {
+                    Tensor::randn(&size, (Kind::Float, Device::Cpu)) / (size[size.len() - 1] as f64).sqrt()
+                };
+                (name, value)
+            })
+            .collect();
+        load_into(&mut model._weights, tensors, kind)?;
+        Ok(model)
+    }
+
+    /// The module tree with unloaded weights.
+    fn build(config: DiaConfig, device: Device, kind: Kind) -> Self {
+        let vs = VarStore::new(device);
         let root = vs.root();
         let encoder = Encoder::new(&root / "model" / "encoder", &config.encoder_config);
         let decoder = Decoder::new(&root / "model" / "decoder", root.clone(), &config.decoder_config);
-        let tensors = checkpoint::read_weights(dir, &config.decoder_config)?;
-        load_into(&mut vs, tensors, kind)?;
-        Ok(Self { config, encoder, decoder, device, kind, _weights: vs })
+        Self { config, encoder, decoder, device, kind, _weights: vs }
     }
 
     pub fn device(&self) -> Device {
