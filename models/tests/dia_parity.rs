@@ -170,6 +170,44 @@ fn greedy_generation_parity_of_a_batch_whose_requests_end_at_different_steps() {
     check_generation_case(&model(), &codec(), "batch_eos");
 }
 
+/// The same checks on CUDA in f32, and a bf16 run that must end like the f32 one within the
+/// length bound. Skips itself (and says so) where libtorch sees no GPU.
+#[test]
+fn cuda_generation_parity_when_a_gpu_is_present() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: CUDA is not available");
+        return;
+    }
+    let cuda = Device::Cuda(0);
+    let model = DiaModel::load(&dia_dir(), cuda, Kind::Float).expect("Dia loads on CUDA");
+    let dac = Dac::load(&dac_dir(), cuda).expect("DAC loads on CUDA");
+    for case in ["greedy_prompt", "batch_mixed", "batch_eos"] {
+        check_generation_case(&model, &dac, case);
+    }
+    let _guard = tch::no_grad_guard();
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let model = DiaModel::load(&dia_dir(), cuda, kind).expect("Dia loads in half precision");
+        let mut g = Generator::new(&model, BatchLimits { max_batch: 2, max_positions: 128, max_text: 128 });
+        let request = |seed| GenerationRequest {
+            text: "[S1] Half precision. [S2] Still sound.".into(),
+            prompt_codes: None,
+            sampling: Sampling::default(),
+            seed,
+            max_new_tokens: 40,
+        };
+        g.admit(&model, vec![request(1), request(2)]).unwrap();
+        let mut done = Vec::new();
+        while g.active() > 0 {
+            done.extend(g.step(&model).unwrap().finished);
+        }
+        for f in done {
+            assert!(f.codes_lxc.size()[0] <= 40);
+            let pcm = dac.decode(&f.codes_lxc).unwrap();
+            assert!(pcm.iter().all(|x| x.is_finite() && x.abs() <= 1.0), "{kind:?} audio out of range");
+        }
+    }
+}
+
 #[test]
 fn nari_and_transformers_layouts_load_to_identical_logits() {
     let _guard = tch::no_grad_guard();

@@ -66,7 +66,7 @@ pub fn case_names(dir: &PathBuf, prefix: &str) -> Vec<String> {
 /// Asserts `|a − b| ≤ atol + rtol·|b|` everywhere, naming what was compared.
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f64) {
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
-    let a = actual.to_kind(tch::Kind::Double);
+    let a = actual.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
     let b = expected.to_kind(tch::Kind::Double);
     let excess = (&a - &b).abs() - (b.abs() * rtol + atol);
     let worst = excess.max().double_value(&[]);
@@ -77,7 +77,7 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, r
 /// Asserts integer tensors are identical, reporting the first difference.
 pub fn assert_same(what: &str, actual: &Tensor, expected: &Tensor) {
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
-    let a = actual.to_kind(tch::Kind::Int64).flatten(0, -1);
+    let a = actual.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).flatten(0, -1);
     let b = expected.to_kind(tch::Kind::Int64).flatten(0, -1);
     let diff = a.ne_tensor(&b).nonzero();
     if diff.size()[0] > 0 {
