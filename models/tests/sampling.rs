@@ -165,3 +165,30 @@ fn the_generator_refuses_what_it_cannot_hold() {
     assert!(g.cancel(0));
     assert_eq!(g.active(), 0);
 }
+
+/// Prompt + new frames may pass the 3072 trained positions: RoPE is computed per position,
+/// and the caches are sized by the generator's limits.
+#[test]
+fn generation_runs_past_the_trained_positions() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let trained = model.config.decoder_config.max_position_embeddings;
+    let prompt_frames = trained - 10;
+    let codes = Tensor::from_slice(&(0..9 * prompt_frames).map(|i| (i * 7) % 1024).collect::<Vec<i64>>())
+        .view([prompt_frames, 9]);
+    let max_new = 40;
+    let positions = Generator::positions_needed(&model, prompt_frames, max_new);
+    assert!(positions > trained);
+    let mut g = Generator::new(&model, BatchLimits { max_batch: 1, max_positions: positions, max_text: 64 });
+    let greedy = Sampling { temperature: 0.0, ..Sampling::default() };
+    g.admit(&model, vec![GenerationRequest { prompt_codes: Some(codes), ..request("[S1] Long.", 1, greedy, max_new) }])
+        .unwrap();
+    let finished = loop {
+        let out = g.step(&model).unwrap();
+        assert!(out.logits_nxcxv.isfinite().all().int64_value(&[]) == 1, "non-finite logits");
+        if let Some(f) = out.finished.into_iter().next() {
+            break f;
+        }
+    };
+    assert!(finished.codes_lxc.size()[0] <= max_new);
+}
