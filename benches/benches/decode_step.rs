@@ -60,8 +60,10 @@ fn bench(model: &DiaModel, batch: i64, warmup: usize, steps: usize) {
 
 fn main() {
     let _guard = tch::no_grad_guard();
-    let steps: usize = std::env::var("DIA_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/dia-1.6b-0626.json");
+    let steps: usize =
+        std::env::var("DIA_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let config_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/dia-1.6b-0626.json");
     let config = DiaConfig::from_file(&config_path).expect("the 1.6B config parses");
 
     let cpu = DiaModel::random(config.clone(), Device::Cpu, Kind::Float, 0).expect("random model");
@@ -71,7 +73,8 @@ fn main() {
     drop(cpu);
 
     if tch::Cuda::is_available() {
-        let gpu = DiaModel::random(config, Device::Cuda(0), Kind::BFloat16, 0).expect("random model");
+        let gpu =
+            DiaModel::random(config, Device::Cuda(0), Kind::BFloat16, 0).expect("random model");
         for batch in [1, 8, 32, 64] {
             bench(&gpu, batch, 20, if steps > 0 { steps } else { 200 });
         }

@@ -18,10 +18,16 @@ pub fn read_wav(path: &Path) -> Result<(Tensor, u32)> {
     let mut reader = hound::WavReader::open(path).map_err(err)?;
     let spec = reader.spec();
     let samples: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>().map_err(err)?,
+        hound::SampleFormat::Float => {
+            reader.samples::<f32>().collect::<Result<_, _>>().map_err(err)?
+        }
         hound::SampleFormat::Int => {
             let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.map(|s| s as f32 / scale)).collect::<Result<_, _>>().map_err(err)?
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|s| s as f32 / scale))
+                .collect::<Result<_, _>>()
+                .map_err(err)?
         }
     };
     let channels = i64::from(spec.channels);
@@ -60,7 +66,11 @@ pub fn resample(audio_cxt: &Tensor, orig: u32, new: u32) -> Tensor {
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// A voice prompt file as the reference loads it: resampled to 44.1 kHz, then averaged to

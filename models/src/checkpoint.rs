@@ -14,10 +14,8 @@ pub type TensorMap = HashMap<String, Tensor>;
 
 /// Reads every tensor of one safetensors file; a missing or corrupt file names itself.
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
-    let tensors = Tensor::read_safetensors(path).map_err(|e| ModelError::Checkpoint {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| ModelError::Checkpoint { path: path.to_owned(), message: e.to_string() })?;
     Ok(tensors.into_iter().collect())
 }
 

@@ -71,8 +71,10 @@ fn resolve(
         None if spec == default_repo => (spec, default_revision),
         None => (spec, "main"),
     };
-    let download = |message: String| ModelError::Download { repo: format!("{repo}@{revision}"), message };
-    let api = ApiBuilder::from_env().with_progress(true).build().map_err(|e| download(e.to_string()))?;
+    let download =
+        |message: String| ModelError::Download { repo: format!("{repo}@{revision}"), message };
+    let api =
+        ApiBuilder::from_env().with_progress(true).build().map_err(|e| download(e.to_string()))?;
     let hub = HubRepo {
         api: api.repo(Repo::with_revision(repo.to_owned(), RepoType::Model, revision.to_owned())),
     };

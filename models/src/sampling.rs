@@ -51,7 +51,9 @@ impl SamplingBatch {
             cfg_scale_bx1x1: col(&|r| r.cfg_scale),
             // Greedy rows divide by 1 so that the sampled branch (discarded for them) stays finite.
             temperature_bx1x1: col(&|r| if r.temperature > 0.0 { r.temperature } else { 1.0 }),
-            greedy_bx1: col(&|r| f64::from(u8::from(r.temperature <= 0.0))).view([-1, 1]).to_kind(Kind::Bool),
+            greedy_bx1: col(&|r| f64::from(u8::from(r.temperature <= 0.0)))
+                .view([-1, 1])
+                .to_kind(Kind::Bool),
             top_p_bx1x1: col(&|r| r.top_p),
             top_k_bx1x1: Tensor::from_slice(&top_k).view([-1, 1, 1]).to_device(device),
             max_top_k: top_k.iter().copied().max().unwrap_or(1),
@@ -103,7 +105,9 @@ pub fn filter(
     let vocab = logits.size()[2];
     let ids_v = Tensor::arange(vocab, (Kind::Int64, logits.device()));
     let eos_top_bxcx1 = logits.argmax(-1, true).eq(eos);
-    let ban = ids_v.lt(eos).logical_and(&eos_top_bxcx1)
+    let ban = ids_v
+        .lt(eos)
+        .logical_and(&eos_top_bxcx1)
         .logical_or(&ids_v.eq(eos).logical_and(&eos_top_bxcx1.logical_not()));
     let logits = logits.masked_fill(&ban, f64::NEG_INFINITY);
     let logits = top_k_filter(&logits, &logits, p);
@@ -113,7 +117,11 @@ pub fn filter(
     let (sorted, order) = probs.sort(-1, true);
     let cumulative = sorted.cumsum(-1, Kind::Float);
     let over = cumulative.gt_tensor(&p.top_p_bx1x1);
-    let shifted = over.roll([1], [-1]).index_fill(-1, &Tensor::from_slice(&[0i64]).to_device(logits.device()), 0);
+    let shifted = over.roll([1], [-1]).index_fill(
+        -1,
+        &Tensor::from_slice(&[0i64]).to_device(logits.device()),
+        0,
+    );
     let remove_sorted = shifted.logical_and(&p.top_p_bx1x1.lt(1.0));
     let remove = remove_sorted.zeros_like().scatter(-1, &order, &remove_sorted);
     Filtered { logits_bxcxv: logits.masked_fill(&remove, f64::NEG_INFINITY), greedy_bxc }
@@ -127,6 +135,7 @@ pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Te
     let total = cdf.narrow(-1, cdf.size()[2] - 1, 1);
     let target = uniforms_bxc.unsqueeze(-1) * total;
     let vocab = cdf.size()[2];
-    let sampled = cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
+    let sampled =
+        cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
     filtered.greedy_bxc.where_self(&p.greedy_bx1, &sampled)
 }

@@ -37,7 +37,13 @@ fn dac_parity_encode_and_decode_match_the_reference_for_every_layout() {
             assert_close(&what("latents"), &q.projected, case.get("latents"), 1e-4, 1e-4);
             assert_close(&what("z_q_encode"), &q.z_q, case.get("z_q_encode"), 1e-4, 1e-4);
             let codes = case.get("codes");
-            assert_close(&what("z_p_from_codes"), &dac.codebook_rows(codes), case.get("z_p_from_codes"), 1e-4, 1e-4);
+            assert_close(
+                &what("z_p_from_codes"),
+                &dac.codebook_rows(codes),
+                case.get("z_p_from_codes"),
+                1e-4,
+                1e-4,
+            );
             let z_q = dac.latent_from_codes(codes);
             assert_close(&what("z_q_from_codes"), &z_q, case.get("z_q_from_codes"), 1e-4, 1e-4);
             let audio = dac.decode_latent(&z_q);

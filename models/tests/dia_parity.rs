@@ -49,7 +49,8 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
     let case = Case::load(&dia_dir(), name);
     let meta = &case.meta;
     let gen = &meta["gen"];
-    let texts: Vec<&str> = meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let texts: Vec<&str> =
+        meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     let b = texts.len();
     let max_tokens = gen["max_tokens"].as_i64().unwrap();
     let first_step = meta["first_step"].as_i64().unwrap();
@@ -71,9 +72,19 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
         let wav = dia_dir().join(prompt["wav"].as_str().unwrap());
         let (pcm, rate) = audio::read_wav(&wav).unwrap();
         assert_eq!(rate, audio::SAMPLE_RATE);
-        assert_close(&format!("{name} prompt{i}_waveform"), &pcm, case.get(&format!("prompt{i}_waveform")), 0.0, 0.0);
+        assert_close(
+            &format!("{name} prompt{i}_waveform"),
+            &pcm,
+            case.get(&format!("prompt{i}_waveform")),
+            0.0,
+            0.0,
+        );
         let codes = dac.encode(&Vec::<f32>::try_from(pcm.flatten(0, -1)).unwrap()).unwrap();
-        assert_same(&format!("{name} prompt{i}_codes"), &codes, case.get(&format!("prompt{i}_codes")));
+        assert_same(
+            &format!("{name} prompt{i}_codes"),
+            &codes,
+            case.get(&format!("prompt{i}_codes")),
+        );
         prompts.push(Some(codes));
     }
     let prompt_len = |p: &Option<Tensor>| p.as_ref().map_or(0, |c| c.size()[0]);
@@ -85,8 +96,17 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
         let l = prompt_len(prompt);
         assert_eq!(l + 1, expected_prefill.int64_value(&[i as i64]), "{name}: prefill_steps[{i}]");
         let empty = Tensor::zeros([0, model.config.num_channels()], (Kind::Int64, Device::Cpu));
-        let rows = prefill_rows(prompt.as_ref().unwrap_or(&empty), longest + max_delay, &model.config.delay_pattern, model.config.bos_token_id);
-        assert_same(&format!("{name} prefill_buffer[{i}]"), &rows, &case.get("prefill_buffer").get(i as i64));
+        let rows = prefill_rows(
+            prompt.as_ref().unwrap_or(&empty),
+            longest + max_delay,
+            &model.config.delay_pattern,
+            model.config.bos_token_id,
+        );
+        assert_same(
+            &format!("{name} prefill_buffer[{i}]"),
+            &rows,
+            &case.get("prefill_buffer").get(i as i64),
+        );
         requests.push(GenerationRequest {
             text: text.to_string(),
             prompt_codes: prompt.as_ref().map(Tensor::shallow_clone),
@@ -118,7 +138,13 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
             if step_index < recorded_steps {
                 let theirs = step_logits.get(step_index).narrow(0, 2 * req as i64, 2);
                 let what = format!("{name} step_logits[{step_index}] request {req}");
-                assert_close(&what, &out.logits_nxcxv.narrow(0, 2 * row as i64, 2), &theirs, 1e-4, 1e-4);
+                assert_close(
+                    &what,
+                    &out.logits_nxcxv.narrow(0, 2 * row as i64, 2),
+                    &theirs,
+                    1e-4,
+                    1e-4,
+                );
             }
         }
         finished.extend(out.finished);
@@ -130,18 +156,29 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
     for f in finished {
         let req = ids.iter().position(|x| *x == f.id).unwrap();
         let expected_codes = case.get(&format!("codes_{req}"));
-        assert_eq!(f.codes_lxc.size()[0], lengths[req].as_i64().unwrap(), "{name}: code length {req}");
+        assert_eq!(
+            f.codes_lxc.size()[0],
+            lengths[req].as_i64().unwrap(),
+            "{name}: code length {req}"
+        );
         let sampled_eos = !meta["eos"][req]["first_sampled_eos_step"].is_null();
         assert_eq!(f.reason == FinishReason::Eos, sampled_eos, "{name}: finish reason of {req}");
         assert_same(&format!("{name} codes_{req}"), &f.codes_lxc, expected_codes);
         let rows = f.rows.len() as i64 / model.config.num_channels();
-        let written = expected_prefill.int64_value(&[req as i64]) + f.codes_lxc.size()[0] + max_delay;
+        let written =
+            expected_prefill.int64_value(&[req as i64]) + f.codes_lxc.size()[0] + max_delay;
         assert!(rows >= written);
         let ours = Tensor::from_slice(&f.rows).view([rows, -1]).narrow(0, 0, written);
         let theirs = case.get("final_buffer").get(req as i64).narrow(0, 0, written);
         assert_same(&format!("{name} final_buffer[{req}]"), &ours, &theirs);
         let waveform = Tensor::from_slice(&dac.decode(&f.codes_lxc).unwrap());
-        assert_close(&format!("{name} waveform_{req}"), &waveform, case.get(&format!("waveform_{req}")), 1e-5, 0.0);
+        assert_close(
+            &format!("{name} waveform_{req}"),
+            &waveform,
+            case.get(&format!("waveform_{req}")),
+            1e-5,
+            0.0,
+        );
     }
 }
 
@@ -187,7 +224,8 @@ fn cuda_generation_parity_when_a_gpu_is_present() {
     let _guard = tch::no_grad_guard();
     for kind in [Kind::BFloat16, Kind::Half] {
         let model = DiaModel::load(&dia_dir(), cuda, kind).expect("Dia loads in half precision");
-        let mut g = Generator::new(&model, BatchLimits { max_batch: 2, max_positions: 128, max_text: 128 });
+        let mut g =
+            Generator::new(&model, BatchLimits { max_batch: 2, max_positions: 128, max_text: 128 });
         let request = |seed| GenerationRequest {
             text: "[S1] Half precision. [S2] Still sound.".into(),
             prompt_codes: None,
@@ -203,7 +241,10 @@ fn cuda_generation_parity_when_a_gpu_is_present() {
         for f in done {
             assert!(f.codes_lxc.size()[0] <= 40);
             let pcm = dac.decode(&f.codes_lxc).unwrap();
-            assert!(pcm.iter().all(|x| x.is_finite() && x.abs() <= 1.0), "{kind:?} audio out of range");
+            assert!(
+                pcm.iter().all(|x| x.is_finite() && x.abs() <= 1.0),
+                "{kind:?} audio out of range"
+            );
         }
     }
 }
@@ -218,7 +259,8 @@ fn nari_and_transformers_layouts_load_to_identical_logits() {
     let nari = DiaModel::load(dir.path(), Device::Cpu, Kind::Float).expect("Nari layout loads");
     let shards = model();
     let step = |m: &DiaModel| {
-        let mut g = Generator::new(m, BatchLimits { max_batch: 1, max_positions: 64, max_text: 64 });
+        let mut g =
+            Generator::new(m, BatchLimits { max_batch: 1, max_positions: 64, max_text: 64 });
         let request = GenerationRequest {
             text: "[S1] Same weights, two layouts.".into(),
             prompt_codes: None,
@@ -237,9 +279,19 @@ fn speed_factor_parity_with_the_reference_app() {
     let case = Case::load(&dia_dir(), "greedy_noprompt");
     let waveform = Vec::<f32>::try_from(case.get("waveform_0")).unwrap();
     let slowed = audio::apply_speed_factor(&waveform, 0.8);
-    assert_close("waveform_speed", &Tensor::from_slice(&slowed), case.get("waveform_speed"), 1e-7, 0.0);
+    assert_close(
+        "waveform_speed",
+        &Tensor::from_slice(&slowed),
+        case.get("waveform_speed"),
+        1e-7,
+        0.0,
+    );
     let pcm: Vec<i64> = audio::to_i16(&slowed).into_iter().map(i64::from).collect();
-    assert_same("waveform_speed_int16", &Tensor::from_slice(&pcm), case.get("waveform_speed_int16"));
+    assert_same(
+        "waveform_speed_int16",
+        &Tensor::from_slice(&pcm),
+        case.get("waveform_speed_int16"),
+    );
 }
 
 #[test]
@@ -250,15 +302,38 @@ fn prompt_loading_parity_resampling_and_downmix() {
     for i in 0..3 {
         let wav = dia_dir().join(format!("cases/prompt_load_{i}.wav"));
         let (loaded, rate) = audio::read_wav(&wav).unwrap();
-        assert_close(&format!("wav{i}_loaded"), &loaded, case.get(&format!("wav{i}_loaded")), 0.0, 0.0);
+        assert_close(
+            &format!("wav{i}_loaded"),
+            &loaded,
+            case.get(&format!("wav{i}_loaded")),
+            0.0,
+            0.0,
+        );
         let resampled = audio::resample(&loaded, rate, audio::SAMPLE_RATE);
         if case.has(&format!("wav{i}_resampled")) {
-            assert_close(&format!("wav{i}_resampled"), &resampled, case.get(&format!("wav{i}_resampled")), 1e-5, 0.0);
+            assert_close(
+                &format!("wav{i}_resampled"),
+                &resampled,
+                case.get(&format!("wav{i}_resampled")),
+                1e-5,
+                0.0,
+            );
         }
         let mono = audio::load_prompt_wav(Path::new(&wav)).unwrap();
-        assert_close(&format!("wav{i}_mono"), &mono.unsqueeze(0), case.get(&format!("wav{i}_mono")), 1e-5, 0.0);
+        assert_close(
+            &format!("wav{i}_mono"),
+            &mono.unsqueeze(0),
+            case.get(&format!("wav{i}_mono")),
+            1e-5,
+            0.0,
+        );
         // Codes from the reference's own mono signal must be exact.
-        let reference_mono = Vec::<f32>::try_from(case.get(&format!("wav{i}_mono")).flatten(0, -1)).unwrap();
-        assert_same(&format!("wav{i}_codes"), &dac.encode(&reference_mono).unwrap(), case.get(&format!("wav{i}_codes")));
+        let reference_mono =
+            Vec::<f32>::try_from(case.get(&format!("wav{i}_mono")).flatten(0, -1)).unwrap();
+        assert_same(
+            &format!("wav{i}_codes"),
+            &dac.encode(&reference_mono).unwrap(),
+            case.get(&format!("wav{i}_codes")),
+        );
     }
 }

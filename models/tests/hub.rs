@@ -42,18 +42,21 @@ fn serve(files: Vec<Served>) -> (String, Arc<Mutex<Vec<String>>>) {
                 if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
                     let range = range.trim();
                     single_byte = range == "0-0";
-                    start = range.trim_end_matches('-').split('-').next().unwrap().parse().unwrap_or(0);
+                    start =
+                        range.trim_end_matches('-').split('-').next().unwrap().parse().unwrap_or(0);
                 }
             }
             log.lock().unwrap().push(path.clone());
             let body = files
                 .iter()
                 .find(|(repo, name, _)| {
-                    path.starts_with(&format!("/{repo}/resolve/")) && path.ends_with(&format!("/{name}"))
+                    path.starts_with(&format!("/{repo}/resolve/"))
+                        && path.ends_with(&format!("/{name}"))
                 })
                 .map(|(_, _, file)| std::fs::read(file).unwrap());
             let response = match body {
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
                 Some(bytes) => {
                     let end = if single_byte { 1 } else { bytes.len() };
                     let part = &bytes[start..end];
@@ -86,7 +89,12 @@ fn pinned_checkpoints_download_from_a_hub_and_load() {
     let mut files = repo_files(
         hub::DIA_REPO,
         dia_dir(),
-        &["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+        &[
+            "config.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ],
     );
     files.extend(repo_files(hub::DAC_REPO, dac_dir(), &["config.json", "model.safetensors"]));
     let (endpoint, seen) = serve(files);
@@ -99,8 +107,16 @@ fn pinned_checkpoints_download_from_a_hub_and_load() {
     let dac = hub::dac_weights(hub::DAC_REPO).expect("DAC downloads");
     Dac::load(&dac, Device::Cpu).expect("downloaded DAC loads");
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|p| p.contains(&format!("/resolve/{}/model-00002-of-00002", hub::DIA_REVISION))), "{seen:?}");
-    assert!(seen.iter().any(|p| p.contains(&format!("/resolve/{}/model.safetensors", hub::DAC_REVISION))), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|p| p.contains(&format!("/resolve/{}/model-00002-of-00002", hub::DIA_REVISION))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.contains(&format!("/resolve/{}/model.safetensors", hub::DAC_REVISION))),
+        "{seen:?}"
+    );
 
     // A local folder is used as it is, without the hub.
     assert_eq!(hub::dia_weights(dia_dir().to_str().unwrap()).unwrap(), dia_dir());

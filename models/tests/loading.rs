@@ -26,7 +26,8 @@ fn load(dir: &Path) -> Result<DiaModel, ModelError> {
 
 #[test]
 fn a_missing_tensor_is_named_with_its_expected_shape() {
-    let dir = edited_checkpoint(|t| t.retain(|(name, _)| name != "decoder.layers.1.pre_ca_norm.weight"));
+    let dir =
+        edited_checkpoint(|t| t.retain(|(name, _)| name != "decoder.layers.1.pre_ca_norm.weight"));
     match load(dir.path()) {
         Err(ModelError::MissingTensor { name, expected }) => {
             assert_eq!(name, "model.decoder.layers.1.pre_ca_norm.weight");
@@ -94,16 +95,19 @@ fn the_fixture_config_parses_with_the_values_it_declares() {
     assert_eq!(cfg.max_delay(), 15);
     assert_eq!(cfg.decoder_config.cross_head_dim, 8);
     assert_eq!(cfg.encoder_config.rope.theta(), 10_000.0);
-    let mismatched = std::fs::read_to_string(dia_dir().join("config.json"))
-        .unwrap()
-        .replacen("\"num_channels\": 9", "\"num_channels\": 8", 1);
+    let mismatched = std::fs::read_to_string(dia_dir().join("config.json")).unwrap().replacen(
+        "\"num_channels\": 9",
+        "\"num_channels\": 8",
+        1,
+    );
     assert!(DiaConfig::from_json(&mismatched).unwrap_err().contains("delay_pattern"));
 }
 
 #[test]
 fn a_dac_with_a_missing_weight_g_partner_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(dac_dir().join("dac-metadata.json"), dir.path().join("dac-metadata.json")).unwrap();
+    std::fs::copy(dac_dir().join("dac-metadata.json"), dir.path().join("dac-metadata.json"))
+        .unwrap();
     let mut tensors = Tensor::read_safetensors(dac_dir().join("weights-orig.safetensors")).unwrap();
     tensors.retain(|(name, _)| name != "decoder.model.0.weight_v");
     Tensor::write_safetensors(&tensors, dir.path().join("weights-orig.safetensors")).unwrap();

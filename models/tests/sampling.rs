@@ -4,7 +4,9 @@
 mod common;
 
 use common::{assert_same, dia_dir, Case};
-use models::dia::{BatchLimits, DiaModel, FinishReason, Finished, GenerationRequest, Generator, SeqId};
+use models::dia::{
+    BatchLimits, DiaModel, FinishReason, Finished, GenerationRequest, Generator, SeqId,
+};
 use models::sampling::{self, Sampling, SamplingBatch};
 use tch::{Device, Kind, Tensor};
 
@@ -29,17 +31,27 @@ fn sampled_seed_parity_filters_reproduce_the_reference_draws_on_its_logits() {
     let model = model();
     let cfg = &model.config;
     let c = cfg.num_channels();
-    let mask = sampling::special_id_mask(c, cfg.decoder_config.vocab_size, cfg.eos_token_id, Device::Cpu);
+    let mask =
+        sampling::special_id_mask(c, cfg.decoder_config.vocab_size, cfg.eos_token_id, Device::Cpu);
     let batch = SamplingBatch::new(&[params], Device::Cpu);
     let logits = case.get("step_logits");
     tch::manual_seed(gen["seed"].as_i64().unwrap());
     for step in 0..logits.size()[0] {
         let pair = logits.get(step);
-        let filtered = sampling::filter(&pair.narrow(0, 1, 1), &pair.narrow(0, 0, 1), &mask, cfg.eos_token_id, &batch);
+        let filtered = sampling::filter(
+            &pair.narrow(0, 1, 1),
+            &pair.narrow(0, 0, 1),
+            &mask,
+            cfg.eos_token_id,
+            &batch,
+        );
         let probs_cxv = filtered.logits_bxcxv.softmax(-1, Kind::Float).squeeze_dim(0);
         let expected = case.get("step_preds").get(step).get(0);
         let allowed = probs_cxv.gather(1, &expected.unsqueeze(1), false);
-        assert!(allowed.gt(0.0).all().int64_value(&[]) == 1, "step {step}: a reference draw is not a candidate");
+        assert!(
+            allowed.gt(0.0).all().int64_value(&[]) == 1,
+            "step {step}: a reference draw is not a candidate"
+        );
         let drawn = probs_cxv.multinomial(1, false).squeeze_dim(1);
         assert_same(&format!("step {step} draws"), &drawn, &expected);
     }
@@ -54,7 +66,8 @@ fn run_alone(model: &DiaModel, r: GenerationRequest) -> Tensor {
 }
 
 fn finish_alone(model: &DiaModel, r: GenerationRequest) -> Finished {
-    let mut g = Generator::new(model, BatchLimits { max_batch: 1, max_positions: 256, max_text: 256 });
+    let mut g =
+        Generator::new(model, BatchLimits { max_batch: 1, max_positions: 256, max_text: 256 });
     g.admit(model, vec![r]).unwrap();
     loop {
         if let Some(f) = g.step(model).unwrap().finished.pop() {
@@ -72,7 +85,10 @@ fn the_same_seed_gives_the_same_audio_and_another_seed_other_audio() {
     let b = run_alone(&model, request(text, 7, Sampling::default(), 40));
     let c = run_alone(&model, request(text, 8, Sampling::default(), 40));
     assert_same("same seed", &a, &b);
-    assert!(a.size() != c.size() || a.ne_tensor(&c).any().int64_value(&[]) == 1, "another seed changed nothing");
+    assert!(
+        a.size() != c.size() || a.ne_tensor(&c).any().int64_value(&[]) == 1,
+        "another seed changed nothing"
+    );
 }
 
 /// Requests joining and leaving between steps get exactly what each gets alone.
@@ -82,13 +98,19 @@ fn batched_generation_with_joins_and_leaves_equals_each_request_alone() {
     let model = model();
     let greedy = Sampling { temperature: 0.0, ..Sampling::default() };
     let warm = Sampling { temperature: 1.0, top_p: 0.9, top_k: 30, cfg_scale: 2.0 };
-    let codes = Tensor::from_slice(&(0..9 * 12).map(|i| (i * 37) % 1024).collect::<Vec<i64>>()).view([12, 9]);
+    let codes = Tensor::from_slice(&(0..9 * 12).map(|i| (i * 37) % 1024).collect::<Vec<i64>>())
+        .view([12, 9]);
     let make = || {
         vec![
             request("[S1] The first request, greedy and short.", 1, greedy, 30),
             GenerationRequest {
                 prompt_codes: Some(codes.shallow_clone()),
-                ..request("[S1] A prompt transcript. [S2] The second one carries a prompt.", 2, Sampling::default(), 45)
+                ..request(
+                    "[S1] A prompt transcript. [S2] The second one carries a prompt.",
+                    2,
+                    Sampling::default(),
+                    45,
+                )
             },
             request("[S1] Third (laughs), sampled at its own temperature.", 3, warm, 60),
             request("[S2] Not allowed by the API, but the model does not care.", 4, greedy, 20),
@@ -96,7 +118,8 @@ fn batched_generation_with_joins_and_leaves_equals_each_request_alone() {
     };
     let alone: Vec<Tensor> = make().into_iter().map(|r| run_alone(&model, r)).collect();
 
-    let mut g = Generator::new(&model, BatchLimits { max_batch: 3, max_positions: 256, max_text: 256 });
+    let mut g =
+        Generator::new(&model, BatchLimits { max_batch: 3, max_positions: 256, max_text: 256 });
     let mut pending = make().into_iter().enumerate();
     let mut ids: Vec<(SeqId, usize)> = Vec::new();
     let mut results: Vec<Option<Tensor>> = vec![None, None, None, None];
@@ -130,7 +153,12 @@ fn max_new_tokens_bounds_the_generated_frames_prompt_excluded() {
     for (prompt, max_new) in [(None, 25), (Some(codes.shallow_clone()), 17), (Some(codes), 33)] {
         let r = GenerationRequest {
             prompt_codes: prompt,
-            ..request("[S1] Length test.", 5, Sampling { temperature: 0.0, ..Sampling::default() }, max_new)
+            ..request(
+                "[S1] Length test.",
+                5,
+                Sampling { temperature: 0.0, ..Sampling::default() },
+                max_new,
+            )
         };
         let f = finish_alone(&model, r);
         let frames = f.codes_lxc.size()[0];
@@ -149,7 +177,8 @@ fn max_new_tokens_bounds_the_generated_frames_prompt_excluded() {
 #[test]
 fn the_generator_refuses_what_it_cannot_hold() {
     let model = model();
-    let mut g = Generator::new(&model, BatchLimits { max_batch: 1, max_positions: 64, max_text: 64 });
+    let mut g =
+        Generator::new(&model, BatchLimits { max_batch: 1, max_positions: 64, max_text: 64 });
     let long = request("[S1] Too long.", 1, Sampling::default(), 64);
     assert!(g.admit(&model, vec![long]).is_err());
     let empty = request("", 1, Sampling::default(), 8);
@@ -174,15 +203,25 @@ fn generation_runs_past_the_trained_positions() {
     let model = model();
     let trained = model.config.decoder_config.max_position_embeddings;
     let prompt_frames = trained - 10;
-    let codes = Tensor::from_slice(&(0..9 * prompt_frames).map(|i| (i * 7) % 1024).collect::<Vec<i64>>())
-        .view([prompt_frames, 9]);
+    let codes =
+        Tensor::from_slice(&(0..9 * prompt_frames).map(|i| (i * 7) % 1024).collect::<Vec<i64>>())
+            .view([prompt_frames, 9]);
     let max_new = 40;
     let positions = Generator::positions_needed(&model, prompt_frames, max_new);
     assert!(positions > trained);
-    let mut g = Generator::new(&model, BatchLimits { max_batch: 1, max_positions: positions, max_text: 64 });
+    let mut g = Generator::new(
+        &model,
+        BatchLimits { max_batch: 1, max_positions: positions, max_text: 64 },
+    );
     let greedy = Sampling { temperature: 0.0, ..Sampling::default() };
-    g.admit(&model, vec![GenerationRequest { prompt_codes: Some(codes), ..request("[S1] Long.", 1, greedy, max_new) }])
-        .unwrap();
+    g.admit(
+        &model,
+        vec![GenerationRequest {
+            prompt_codes: Some(codes),
+            ..request("[S1] Long.", 1, greedy, max_new)
+        }],
+    )
+    .unwrap();
     let finished = loop {
         let out = g.step(&model).unwrap();
         assert!(out.logits_nxcxv.isfinite().all().int64_value(&[]) == 1, "non-finite logits");

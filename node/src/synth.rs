@@ -68,7 +68,8 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let script = proto::script::Script::parse(&args.text)?;
 
     let started = Instant::now();
-    let model = DiaModel::load(&hub::dia_weights(&args.weights)?, device, kind).context("loading Dia")?;
+    let model =
+        DiaModel::load(&hub::dia_weights(&args.weights)?, device, kind).context("loading Dia")?;
     let dac = Dac::load(&hub::dac_weights(&args.dac)?, device).context("loading the DAC")?;
     eprintln!("models loaded in {:.1?} on {device:?} ({kind:?})", started.elapsed());
 
@@ -116,7 +117,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         if let Some((_, frames)) = generator.progress().next() {
             let fps = frames as f64 / started.elapsed().as_secs_f64();
             bar.set_position(frames as u64);
-            bar.set_message(format!("{:.2} s of audio, {fps:.1} frames/s", frames as f64 / frame_rate));
+            bar.set_message(format!(
+                "{:.2} s of audio, {fps:.1} frames/s",
+                frames as f64 / frame_rate
+            ));
         }
     };
     let generated = started.elapsed();

@@ -36,7 +36,11 @@ fn synth_writes_a_wav_of_the_generated_length_and_a_seed_repeats_it() {
     let wav = hound::WavReader::open(&a).unwrap();
     assert_eq!(wav.spec().sample_rate, 44_100);
     assert_eq!(wav.spec().bits_per_sample, 16);
-    assert!(wav.len() > 0 && wav.len() <= 40 * 512 && wav.len() % 512 == 0, "{} samples", wav.len());
+    assert!(
+        wav.len() > 0 && wav.len() <= 40 * 512 && wav.len() % 512 == 0,
+        "{} samples",
+        wav.len()
+    );
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, same audio");
 }
 
@@ -44,8 +48,18 @@ fn synth_writes_a_wav_of_the_generated_length_and_a_seed_repeats_it() {
 fn synth_clones_from_a_prompt_wav_and_refuses_bad_scripts() {
     let dir = tempfile::tempdir().unwrap();
     let prompt = fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_0.wav");
-    let clone = ["--text", "[S1] Cloned.", "--prompt-audio", prompt.to_str().unwrap(),
-                 "--prompt-transcript", "[S1] words", "--max-new-tokens", "30", "--seed", "5"];
+    let clone = [
+        "--text",
+        "[S1] Cloned.",
+        "--prompt-audio",
+        prompt.to_str().unwrap(),
+        "--prompt-transcript",
+        "[S1] words",
+        "--max-new-tokens",
+        "30",
+        "--seed",
+        "5",
+    ];
     let mut lengths = Vec::new();
     for (name, speed) in [("c.wav", "1.0"), ("d.wav", "0.5")] {
         let out = dir.path().join(name);

@@ -25,8 +25,10 @@ pub fn read_weights(path: &Path, cfg: &DacConfig) -> Result<TensorMap> {
 
 /// Replaces every `g`/`v` pair by the folded `weight`.
 fn fold_all(mut tensors: TensorMap) -> Result<TensorMap> {
-    const PAIRS: [(&str, &str); 2] =
-        [(".weight_g", ".weight_v"), (".parametrizations.weight.original0", ".parametrizations.weight.original1")];
+    const PAIRS: [(&str, &str); 2] = [
+        (".weight_g", ".weight_v"),
+        (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+    ];
     let names: Vec<String> = tensors.keys().cloned().collect();
     for name in names {
         for (g_suffix, v_suffix) in PAIRS {
@@ -58,7 +60,12 @@ fn original_to_transformers(name: &str, cfg: &DacConfig) -> Option<String> {
                 i if i <= n => {
                     let b = i - 1;
                     match index(4)? {
-                        r @ 0..=2 => format!("encoder.block.{b}.res_unit{}.{}.{}", r + 1, UNIT.get(index(6)?)?, rest(7)),
+                        r @ 0..=2 => format!(
+                            "encoder.block.{b}.res_unit{}.{}.{}",
+                            r + 1,
+                            UNIT.get(index(6)?)?,
+                            rest(7)
+                        ),
                         3 => format!("encoder.block.{b}.snake1.{}", rest(5)),
                         4 => format!("encoder.block.{b}.conv1.{}", rest(5)),
                         _ => return None,
@@ -79,7 +86,12 @@ fn original_to_transformers(name: &str, cfg: &DacConfig) -> Option<String> {
                     match index(4)? {
                         0 => format!("decoder.block.{b}.snake1.{}", rest(5)),
                         1 => format!("decoder.block.{b}.conv_t1.{}", rest(5)),
-                        r @ 2..=4 => format!("decoder.block.{b}.res_unit{}.{}.{}", r - 1, UNIT.get(index(6)?)?, rest(7)),
+                        r @ 2..=4 => format!(
+                            "decoder.block.{b}.res_unit{}.{}.{}",
+                            r - 1,
+                            UNIT.get(index(6)?)?,
+                            rest(7)
+                        ),
                         _ => return None,
                     }
                 }

@@ -62,33 +62,39 @@ impl DacConfig {
     pub fn from_transformers_file(path: &Path) -> Result<Self> {
         let c: TransformersConfig = read_json(path)?;
         let latent = c.hidden_size;
-        Self::checked(path, Self {
-            latent_dim: latent.unwrap_or(c.encoder_hidden_size << c.downsampling_ratios.len()),
-            encoder_dim: c.encoder_hidden_size,
-            encoder_rates: c.downsampling_ratios,
-            decoder_dim: c.decoder_hidden_size,
-            decoder_rates: c.upsampling_ratios,
-            n_codebooks: c.n_codebooks,
-            codebook_size: c.codebook_size,
-            codebook_dim: c.codebook_dim,
-            sample_rate: c.sampling_rate,
-        })
+        Self::checked(
+            path,
+            Self {
+                latent_dim: latent.unwrap_or(c.encoder_hidden_size << c.downsampling_ratios.len()),
+                encoder_dim: c.encoder_hidden_size,
+                encoder_rates: c.downsampling_ratios,
+                decoder_dim: c.decoder_hidden_size,
+                decoder_rates: c.upsampling_ratios,
+                n_codebooks: c.n_codebooks,
+                codebook_size: c.codebook_size,
+                codebook_dim: c.codebook_dim,
+                sample_rate: c.sampling_rate,
+            },
+        )
     }
 
     /// Reads the original checkpoint's metadata (`{"kwargs": {...}}`).
     pub fn from_original_metadata_file(path: &Path) -> Result<Self> {
         let OriginalMetadata { kwargs: k } = read_json(path)?;
-        Self::checked(path, Self {
-            latent_dim: k.latent_dim.unwrap_or(k.encoder_dim << k.encoder_rates.len()),
-            encoder_dim: k.encoder_dim,
-            encoder_rates: k.encoder_rates,
-            decoder_dim: k.decoder_dim,
-            decoder_rates: k.decoder_rates,
-            n_codebooks: k.n_codebooks,
-            codebook_size: k.codebook_size,
-            codebook_dim: k.codebook_dim,
-            sample_rate: k.sample_rate,
-        })
+        Self::checked(
+            path,
+            Self {
+                latent_dim: k.latent_dim.unwrap_or(k.encoder_dim << k.encoder_rates.len()),
+                encoder_dim: k.encoder_dim,
+                encoder_rates: k.encoder_rates,
+                decoder_dim: k.decoder_dim,
+                decoder_rates: k.decoder_rates,
+                n_codebooks: k.n_codebooks,
+                codebook_size: k.codebook_size,
+                codebook_dim: k.codebook_dim,
+                sample_rate: k.sample_rate,
+            },
+        )
     }
 
     fn checked(path: &Path, cfg: Self) -> Result<Self> {

@@ -52,7 +52,8 @@ impl Module for ResidualUnit {
 
 /// Residual units 1..3 with dilations 1, 3, 9.
 fn residual_units(vs: &nn::Path, channels: i64) -> [ResidualUnit; 3] {
-    [(1, 1), (2, 3), (3, 9)].map(|(i, d)| ResidualUnit::new(vs / format!("res_unit{i}"), channels, d))
+    [(1, 1), (2, 3), (3, 9)]
+        .map(|(i, d)| ResidualUnit::new(vs / format!("res_unit{i}"), channels, d))
 }
 
 /// Three residual units on `dim/2` channels, then a strided conv to `dim` channels.

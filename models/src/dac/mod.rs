@@ -171,7 +171,7 @@ impl Dac {
 
     /// Decoder input for codes `[B, Q, N]`.
     pub fn latent_from_codes(&self, codes_bxqxn: &Tensor) -> Tensor {
-        self.quantizer.from_codes(codes_bxqxn)
+        self.quantizer.latent_from_codes(codes_bxqxn)
     }
 
     /// Raw codebook rows `[B, Q·d, N]` for codes `[B, Q, N]`.
@@ -198,9 +198,13 @@ impl Dac {
 
     /// Codes `[N, Q]` → mono f32 PCM of exactly `hop·N` samples.
     pub fn decode(&self, codes_nxq: &Tensor) -> Result<Vec<f32>> {
-        let (n, q) = codes_nxq.size2().map_err(|_| ModelError::Input("codes must be [N, Q]".into()))?;
+        let (n, q) =
+            codes_nxq.size2().map_err(|_| ModelError::Input("codes must be [N, Q]".into()))?;
         if q != self.config.n_codebooks {
-            return Err(ModelError::Input(format!("codes have {q} codebooks, the codec {}", self.config.n_codebooks)));
+            return Err(ModelError::Input(format!(
+                "codes have {q} codebooks, the codec {}",
+                self.config.n_codebooks
+            )));
         }
         if n == 0 {
             return Ok(Vec::new());

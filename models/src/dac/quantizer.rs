@@ -19,16 +19,19 @@ impl VectorQuantizer {
         Self {
             in_proj: nn::conv1d(&vs / "in_proj", latent, dim, 1, Default::default()),
             out_proj: nn::conv1d(&vs / "out_proj", dim, latent, 1, Default::default()),
-            codebook_kxd: (&vs / "codebook").var("weight", &[cfg.codebook_size, dim], nn::Init::Const(0.)),
+            codebook_kxd: (&vs / "codebook").var(
+                "weight",
+                &[cfg.codebook_size, dim],
+                nn::Init::Const(0.),
+            ),
         }
     }
 
     /// Codes `[B, N]` of the projected latent `[B, d, N]`: the reference's nearest neighbour
     /// between L2-normalised vectors, written as its argmax of the negated squared distance.
     fn nearest(&self, projected_bxdxn: &Tensor) -> Tensor {
-        let normalise = |x: &Tensor| {
-            x / x.norm_scalaropt_dim(2, [-1].as_slice(), true).clamp_min(1e-12)
-        };
+        let normalise =
+            |x: &Tensor| x / x.norm_scalaropt_dim(2, [-1].as_slice(), true).clamp_min(1e-12);
         let e_bxnxd = normalise(&projected_bxdxn.transpose(1, 2));
         let c_kxd = normalise(&self.codebook_kxd);
         let dist_bxnxk = e_bxnxd.square().sum_dim_intlist(-1, true, Kind::Float)
@@ -62,8 +65,9 @@ pub struct Quantized {
 
 impl ResidualVectorQuantizer {
     pub fn new(vs: nn::Path, cfg: &DacConfig) -> Self {
-        let quantizers =
-            (0..cfg.n_codebooks).map(|q| VectorQuantizer::new(&vs / "quantizers" / q, cfg)).collect();
+        let quantizers = (0..cfg.n_codebooks)
+            .map(|q| VectorQuantizer::new(&vs / "quantizers" / q, cfg))
+            .collect();
         Self { quantizers }
     }
 
@@ -78,7 +82,7 @@ impl ResidualVectorQuantizer {
             let code = q.nearest(&p);
             // The reference's straight-through form, `p + (rows − p)`, rounds like it does.
             let z_q_i = (&p + (q.codebook_rows(&code) - &p)).apply(&q.out_proj);
-            residual = residual - &z_q_i;
+            residual -= &z_q_i;
             z_q = Some(z_q.map_or_else(|| z_q_i.shallow_clone(), |acc: Tensor| acc + &z_q_i));
             codes.push(code);
             projected.push(p);
@@ -91,7 +95,7 @@ impl ResidualVectorQuantizer {
     }
 
     /// The latent the decoder reads, `Σ_q out_proj_q(codebook_q[codes_q])`, for `[B, Q, N]`.
-    pub fn from_codes(&self, codes_bxqxn: &Tensor) -> Tensor {
+    pub fn latent_from_codes(&self, codes_bxqxn: &Tensor) -> Tensor {
         self.quantizers
             .iter()
             .enumerate()

@@ -17,7 +17,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.exists() {
         let err = |message: String| ModelError::Checkpoint { path: index.clone(), message };
         let text = std::fs::read_to_string(&index).map_err(|e| err(e.to_string()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         let map = json["weight_map"].as_object().ok_or_else(|| err("no `weight_map`".into()))?;
         let mut shards: Vec<String> =
             map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
@@ -57,7 +58,9 @@ fn nari_to_transformers(tensors: TensorMap, cfg: &DecoderConfig) -> Result<Tenso
     let mut out = TensorMap::new();
     let mut embeddings: Vec<Option<Tensor>> = (0..cfg.num_channels).map(|_| None).collect();
     for (name, t) in tensors {
-        if let Some(c) = name.strip_prefix("decoder.embeddings.").and_then(|r| r.strip_suffix(".weight")) {
+        if let Some(c) =
+            name.strip_prefix("decoder.embeddings.").and_then(|r| r.strip_suffix(".weight"))
+        {
             let slot = c.parse::<usize>().ok().and_then(|c| embeddings.get_mut(c));
             match slot {
                 Some(slot) => *slot = Some(t),
@@ -86,7 +89,10 @@ fn nari_to_transformers(tensors: TensorMap, cfg: &DecoderConfig) -> Result<Tenso
         .map(|(c, t)| {
             let name = format!("decoder.embeddings.{c}.weight");
             let expected = vec![cfg.vocab_size, cfg.hidden_size];
-            let t = t.ok_or_else(|| ModelError::MissingTensor { name: name.clone(), expected: expected.clone() })?;
+            let t = t.ok_or_else(|| ModelError::MissingTensor {
+                name: name.clone(),
+                expected: expected.clone(),
+            })?;
             if t.size() != expected {
                 return Err(ModelError::ShapeMismatch { name, expected, found: t.size() });
             }

@@ -122,7 +122,10 @@ impl DiaConfig {
         }
         let ids = [self.eos_token_id, self.pad_token_id, self.bos_token_id];
         if ids.iter().any(|&id| id < 0 || id >= d.vocab_size) {
-            return Err(format!("special token ids {ids:?} outside the vocabulary {}", d.vocab_size));
+            return Err(format!(
+                "special token ids {ids:?} outside the vocabulary {}",
+                d.vocab_size
+            ));
         }
         Ok(())
     }

@@ -68,11 +68,17 @@ impl DecoderLayer {
             pre_ca_norm: RmsNorm::new(&vs / "pre_ca_norm", d, cfg.norm_eps),
             cross_attention: Attention::new(&vs / "cross_attention", cross_dims),
             pre_mlp_norm: RmsNorm::new(&vs / "pre_mlp_norm", d, cfg.norm_eps),
-            mlp: Mlp::new(&vs / "mlp", d, cfg.intermediate_size, ),
+            mlp: Mlp::new(&vs / "mlp", d, cfg.intermediate_size),
         }
     }
 
-    fn forward(&self, xs: &Tensor, ctx: &StepContext, self_kv: &KvCache, cross_kv: &KvCache) -> Tensor {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        ctx: &StepContext,
+        self_kv: &KvCache,
+        cross_kv: &KvCache,
+    ) -> Tensor {
         let (n, t, _) = xs.size3().expect("decoder stream is [N, T, D]");
         // Self-attention: write this forward's keys at their positions, then attend the window.
         let h = self.pre_sa_norm.forward(xs);
@@ -124,9 +130,11 @@ impl Decoder {
     /// `vs` is the `model.decoder` path; the head lives at the checkpoint's top level (`head`).
     pub fn new(vs: nn::Path, head: nn::Path, cfg: &DecoderConfig) -> Self {
         let (c, v, d) = (cfg.num_channels, cfg.vocab_size, cfg.hidden_size);
-        let embeddings = (&vs / "embeddings" / "embed").var("weight", &[c * v, d], nn::Init::Const(0.));
-        let layers =
-            (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&vs / "layers" / i, cfg)).collect();
+        let embeddings =
+            (&vs / "embeddings" / "embed").var("weight", &[c * v, d], nn::Init::Const(0.));
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&vs / "layers" / i, cfg))
+            .collect();
         Self {
             embeddings,
             layers,
@@ -156,7 +164,8 @@ impl Decoder {
         let (n, t, _) = input.tokens_nxtxc.size3().expect("decoder tokens are [N, T, C]");
         let device = input.tokens_nxtxc.device();
         let keys_s = Tensor::arange(input.self_len, (Kind::Int64, device));
-        let self_mask = keys_s.view([1, 1, 1, -1]).le_tensor(&input.positions_nxt.view([n, 1, t, 1]));
+        let self_mask =
+            keys_s.view([1, 1, 1, -1]).le_tensor(&input.positions_nxt.view([n, 1, t, 1]));
         let cross_mask = cache
             .cross_mask_rxs
             .narrow(0, input.first_row, n)

@@ -55,10 +55,14 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(vs: nn::Path, cfg: &EncoderConfig) -> Self {
-        let embedding = (&vs / "embedding")
-            .var("weight", &[cfg.vocab_size, cfg.hidden_size], nn::Init::Const(0.));
-        let layers =
-            (0..cfg.num_hidden_layers).map(|i| EncoderLayer::new(&vs / "layers" / i, cfg)).collect();
+        let embedding = (&vs / "embedding").var(
+            "weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+            nn::Init::Const(0.),
+        );
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(&vs / "layers" / i, cfg))
+            .collect();
         Self {
             embedding,
             layers,
@@ -71,7 +75,8 @@ impl Encoder {
     /// padding (of the conditional text, for both rows of a CFG pair).
     pub fn forward(&self, ids_nxs: &Tensor, mask_nx1xsxs: &Tensor) -> Tensor {
         let (n, s) = ids_nxs.size2().expect("encoder input is [N, S]");
-        let positions = Tensor::arange(s, (tch::Kind::Int64, ids_nxs.device())).expand([n, s], false);
+        let positions =
+            Tensor::arange(s, (tch::Kind::Int64, ids_nxs.device())).expand([n, s], false);
         let rope = self.rope.angles(&positions);
         let mut xs = Tensor::embedding(&self.embedding, ids_nxs, -1, false, false);
         for layer in &self.layers {

@@ -163,7 +163,11 @@ impl Generator {
     /// prefills their prompts. A group behaves like one call of the reference's batched
     /// `generate` (its prefill rows are sized by the group's longest prompt); the scheduler
     /// admits every request as its own group so that results never depend on the batch.
-    pub fn admit(&mut self, model: &DiaModel, requests: Vec<GenerationRequest>) -> Result<Vec<SeqId>> {
+    pub fn admit(
+        &mut self,
+        model: &DiaModel,
+        requests: Vec<GenerationRequest>,
+    ) -> Result<Vec<SeqId>> {
         if requests.len() > self.free_slots() {
             return Err(ModelError::Input(format!(
                 "{} requests do not fit the {} free slots",
@@ -188,7 +192,12 @@ impl Generator {
         let mut ids = Vec::with_capacity(requests.len());
         for ((request, codes), text) in requests.into_iter().zip(prompts).zip(&texts) {
             let prompt_len = codes.size()[0];
-            let rows = prefill_rows(&codes, longest_prompt + max_delay, &cfg.delay_pattern, cfg.bos_token_id);
+            let rows = prefill_rows(
+                &codes,
+                longest_prompt + max_delay,
+                &cfg.delay_pattern,
+                cfg.bos_token_id,
+            );
             let seq = Sequence {
                 id: self.next_id,
                 rows: Vec::<i64>::try_from(rows.flatten(0, -1))?,
@@ -221,16 +230,27 @@ impl Generator {
             Some(codes) => codes.to_device(tch::Device::Cpu).to_kind(Kind::Int64),
         };
         if codes.dim() != 2 || codes.size()[1] != c {
-            return Err(ModelError::Input(format!("prompt codes must be [L, {c}], got {:?}", codes.size())));
+            return Err(ModelError::Input(format!(
+                "prompt codes must be [L, {c}], got {:?}",
+                codes.size()
+            )));
         }
-        if codes.numel() > 0 && (codes.min().int64_value(&[]) < 0 || codes.max().int64_value(&[]) >= cfg.eos_token_id) {
+        if codes.numel() > 0
+            && (codes.min().int64_value(&[]) < 0
+                || codes.max().int64_value(&[]) >= cfg.eos_token_id)
+        {
             return Err(ModelError::Input("prompt codes outside the codebook".into()));
         }
         if r.max_new_tokens < 1 {
             return Err(ModelError::Input("max_new_tokens must be at least 1".into()));
         }
         let s = &r.sampling;
-        if !(s.temperature >= 0.0 && s.top_p > 0.0 && s.top_k >= 1 && s.top_k <= cfg.decoder_config.vocab_size && s.cfg_scale.is_finite()) {
+        if !(s.temperature >= 0.0
+            && s.top_p > 0.0
+            && s.top_k >= 1
+            && s.top_k <= cfg.decoder_config.vocab_size
+            && s.cfg_scale.is_finite())
+        {
             return Err(ModelError::Input(format!("invalid sampling parameters {s:?}")));
         }
         let needed = Self::positions_needed(model, codes.size()[0], r.max_new_tokens);
@@ -245,9 +265,19 @@ impl Generator {
         Ok(codes)
     }
 
-    fn write_cross_cache(&mut self, model: &DiaModel, first_row: i64, encoded: &super::EncodedText) {
+    fn write_cross_cache(
+        &mut self,
+        model: &DiaModel,
+        first_row: i64,
+        encoded: &super::EncodedText,
+    ) {
         let (n, s) = encoded.mask_nxs.size2().expect("mask is [N, S]");
-        for (kv, (k, v)) in self.cache.cross_kv.iter_mut().zip(model.decoder.cross_key_values(&encoded.states_nxsxd)) {
+        for (kv, (k, v)) in self
+            .cache
+            .cross_kv
+            .iter_mut()
+            .zip(model.decoder.cross_key_values(&encoded.states_nxsxd))
+        {
             kv.k.narrow(0, first_row, n).narrow(2, 0, s).copy_(&k);
             kv.v.narrow(0, first_row, n).narrow(2, 0, s).copy_(&v);
         }
@@ -258,7 +288,13 @@ impl Generator {
 
     /// Runs the rows before the first decode step (BOS and the prompt) through the decoder,
     /// filling the self-attention cache; the logits are not needed.
-    fn prefill(&mut self, model: &DiaModel, seq: &Sequence, first_row: i64, channels: i64) -> Result<()> {
+    fn prefill(
+        &mut self,
+        model: &DiaModel,
+        seq: &Sequence,
+        first_row: i64,
+        channels: i64,
+    ) -> Result<()> {
         let len = seq.step;
         if len == 0 {
             return Ok(());
@@ -348,7 +384,8 @@ impl Generator {
             cfg.eos_token_id,
             params,
         );
-        let sampled = Vec::<i64>::try_from(sampling::draw(&filtered, &uniforms_bxc, params).flatten(0, -1))?;
+        let sampled =
+            Vec::<i64>::try_from(sampling::draw(&filtered, &uniforms_bxc, params).flatten(0, -1))?;
 
         let mut done = Vec::new();
         for (i, seq) in self.seqs.iter_mut().enumerate() {
@@ -416,8 +453,14 @@ impl Sequence {
         let start = (self.prefill_steps * c) as usize;
         let window = &self.rows[start..start + ((len + max_delay) * c) as usize];
         let window_1xtxc = Tensor::from_slice(window).view([1, len + max_delay, c]);
-        let codes = revert_delay(&window_1xtxc, &cfg.delay_pattern).squeeze_dim(0).narrow(0, 0, len);
+        let codes =
+            revert_delay(&window_1xtxc, &cfg.delay_pattern).squeeze_dim(0).narrow(0, 0, len);
         let invalid = codes.lt(0).logical_or(&codes.ge(cfg.eos_token_id));
-        Ok(Finished { id: self.id, reason: self.reason, codes_lxc: codes.masked_fill(&invalid, 0), rows: self.rows })
+        Ok(Finished {
+            id: self.id,
+            reason: self.reason,
+            codes_lxc: codes.masked_fill(&invalid, 0),
+            rows: self.rows,
+        })
     }
 }

@@ -31,7 +31,8 @@ impl RotaryEmbedding {
 
     /// Angles for integer positions `[N, T]`.
     pub fn angles(&self, positions_nxt: &Tensor) -> RopeAngles {
-        let angle = positions_nxt.to_kind(Kind::Float).unsqueeze(-1).unsqueeze(-1) / &self.timescale_e2;
+        let angle =
+            positions_nxt.to_kind(Kind::Float).unsqueeze(-1).unsqueeze(-1) / &self.timescale_e2;
         RopeAngles { cos_nxtx1xe2: angle.cos(), sin_nxtx1xe2: angle.sin() }
     }
 }
@@ -122,12 +123,25 @@ impl Attention {
 
     /// Attends `q [N, T, H, E]` over `k, v [N, K, S, E]` (keys already head-major), mask
     /// broadcastable to `[N, 1, T, S]`, true = attend; returns `[N, T, D]`.
-    pub fn attend(&self, q_nxtxhxe: &Tensor, k_nxkxsxe: &Tensor, v_nxkxsxe: &Tensor, mask: &Tensor) -> Tensor {
+    pub fn attend(
+        &self,
+        q_nxtxhxe: &Tensor,
+        k_nxkxsxe: &Tensor,
+        v_nxkxsxe: &Tensor,
+        mask: &Tensor,
+    ) -> Tensor {
         let (n, t, _, _) = q_nxtxhxe.size4().expect("query is [N, T, H, E]");
         let q_nxhxtxe = q_nxtxhxe.transpose(1, 2);
         let gqa = self.dims.kv_heads != self.dims.heads;
         let out_nxhxtxe = Tensor::scaled_dot_product_attention(
-            &q_nxhxtxe, k_nxkxsxe, v_nxkxsxe, Some(mask), 0.0, false, 1.0, gqa,
+            &q_nxhxtxe,
+            k_nxkxsxe,
+            v_nxkxsxe,
+            Some(mask),
+            0.0,
+            false,
+            1.0,
+            gqa,
         );
         let out = out_nxhxtxe.transpose(1, 2).reshape([n, t, self.dims.heads * self.dims.head_dim]);
         self.o_proj.forward(&out)

@@ -19,7 +19,9 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 pub use config::DiaConfig;
-pub use generation::{BatchLimits, FinishReason, Finished, GenerationRequest, Generator, SeqId, StepOutput};
+pub use generation::{
+    BatchLimits, FinishReason, Finished, GenerationRequest, Generator, SeqId, StepOutput,
+};
 
 use crate::checkpoint::load_into;
 use crate::error::{ModelError, Result};
@@ -71,7 +73,8 @@ impl DiaModel {
                 let value = if name.ends_with(crate::nn_ext::F32_SUFFIX) {
                     Tensor::ones(&size, (Kind::Float, Device::Cpu))
                 } else {
-                    Tensor::randn(&size, (Kind::Float, Device::Cpu)) / (size[size.len() - 1] as f64).sqrt()
+                    Tensor::randn(&size, (Kind::Float, Device::Cpu))
+                        / (size[size.len() - 1] as f64).sqrt()
                 };
                 (name, value)
             })
@@ -85,7 +88,8 @@ impl DiaModel {
         let vs = VarStore::new(device);
         let root = vs.root();
         let encoder = Encoder::new(&root / "model" / "encoder", &config.encoder_config);
-        let decoder = Decoder::new(&root / "model" / "decoder", root.clone(), &config.decoder_config);
+        let decoder =
+            Decoder::new(&root / "model" / "decoder", root.clone(), &config.decoder_config);
         Self { config, encoder, decoder, device, kind, _weights: vs }
     }
 
@@ -101,7 +105,9 @@ impl DiaModel {
     /// Runs the encoder on the unconditional/conditional row pair of each text.
     pub fn encode(&self, texts: &[Vec<i64>]) -> Result<EncodedText> {
         let s = texts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        if texts.is_empty() || texts.iter().any(|t| t.iter().all(|&id| id == crate::prompt::TEXT_PAD)) {
+        if texts.is_empty()
+            || texts.iter().any(|t| t.iter().all(|&id| id == crate::prompt::TEXT_PAD))
+        {
             return Err(ModelError::Input("every request needs a non-empty text".into()));
         }
         let mut ids = vec![0i64; texts.len() * 2 * s as usize];

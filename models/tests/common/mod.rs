@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
@@ -30,7 +30,7 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn load(dir: &PathBuf, name: &str) -> Self {
+    pub fn load(dir: &Path, name: &str) -> Self {
         let cases = dir.join("cases");
         let tensors = Tensor::read_safetensors(cases.join(format!("{name}.safetensors")))
             .unwrap_or_else(|e| panic!("case {name}: {e}"))
@@ -50,7 +50,7 @@ impl Case {
 }
 
 /// Case names of a folder whose file name starts with `prefix`.
-pub fn case_names(dir: &PathBuf, prefix: &str) -> Vec<String> {
+pub fn case_names(dir: &Path, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("cases"))
         .expect("cases folder")
         .filter_map(|e| {
@@ -71,7 +71,10 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, r
     let excess = (&a - &b).abs() - (b.abs() * rtol + atol);
     let worst = excess.max().double_value(&[]);
     let max_diff = (&a - &b).abs().max().double_value(&[]);
-    assert!(worst <= 0.0, "{what}: max abs diff {max_diff:e} exceeds {atol:e} + {rtol:e}·|expected|");
+    assert!(
+        worst <= 0.0,
+        "{what}: max abs diff {max_diff:e} exceeds {atol:e} + {rtol:e}·|expected|"
+    );
 }
 
 /// Asserts integer tensors are identical, reporting the first difference.
