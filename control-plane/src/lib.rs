@@ -16,6 +16,7 @@ pub mod validation;
 pub use config::Config;
 pub use state::AppState;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -30,7 +31,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let state = AppState::start(config).await?;
+    serve(listener, state).await
+}
+
+/// Serves the app on a bound listener until SIGINT/SIGTERM, then tells the nodes to drain.
+pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let registry = state.registry.clone();
+    // Small frames (a submit, then its prompt) must not wait for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

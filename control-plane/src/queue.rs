@@ -204,17 +204,23 @@ impl Queue {
         }
     }
 
-    /// Claims jobs until no free node of this replica finds one.
+    /// Claims jobs until the queue is empty or no free node of this replica finds one.
     async fn dispatch(&self) -> Result<(), sqlx::Error> {
         'claiming: loop {
-            for node in self.registry.candidates() {
-                if let Some(job) = self.claim_for(&node).await? {
-                    self.send(&node.id, job).await;
-                    // Loads changed: rank the nodes again.
-                    continue 'claiming;
+            // A read first: claiming is a write, and most wake-ups find nothing to claim.
+            let queued = self.db.count_queued().await?;
+            self.metrics.queue_depth.set(queued);
+            if queued > 0 {
+                for node in self.registry.candidates() {
+                    if let Some(job) = self.claim_for(&node).await? {
+                        self.send(&node.id, job).await;
+                        // Loads changed: rank the nodes again.
+                        continue 'claiming;
+                    }
                 }
             }
-            self.metrics.queue_depth.set(self.db.count_queued().await?);
+            // Reset first, so a feature whose last node left drops to zero.
+            self.metrics.nodes_online.reset();
             for (feature, count) in self.registry.online_by_feature() {
                 self.metrics.nodes_online.with_label_values(&[feature.as_str()]).set(count);
             }
@@ -240,9 +246,7 @@ impl Queue {
             tracing::error!(request = claimed.id, "stored job does not parse");
             return;
         };
-        if let Some(queued) = self.queue_seconds(&claimed.id).await {
-            self.metrics.queue_seconds.observe(queued);
-        }
+        self.metrics.queue_seconds.observe(claimed.queue_seconds);
         let sent = self.registry.assign(node, request_id, attempt).is_some_and(|tx| {
             let job = ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
             let mut ok = tx.send(text(&job)).is_ok();
@@ -255,12 +259,8 @@ impl Queue {
         if !sent {
             self.registry.take(node, request_id, attempt);
             let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
-            Box::pin(self.attempt_failed(request_id, attempt, "node_lost", &lost, true)).await;
+            self.attempt_failed(request_id, attempt, "node_lost", &lost, true).await;
         }
-    }
-
-    async fn queue_seconds(&self, id: &str) -> Option<f64> {
-        self.db.outcome(id).await.ok().flatten().and_then(|o| o.queue_seconds)
     }
 
     async fn sweep(&self) -> Result<(), sqlx::Error> {

@@ -46,6 +46,8 @@ pub struct Claimed {
     pub task: String,
     /// Voice prompt PCM.
     pub prompt_audio: Option<Vec<u8>>,
+    /// Seconds it waited before its first attempt.
+    pub queue_seconds: f64,
 }
 
 /// Where a request stands, as its waiting handler reads it.
@@ -114,8 +116,9 @@ pub struct HistoryRow {
     pub queue_position: Option<i64>,
 }
 
-/// One attempt of a request.
-#[derive(Debug, sqlx::FromRow)]
+/// One try of a request on a node, as stored and as the history shows it.
+#[derive(Debug, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Attempt)]
 pub struct AttemptRow {
     /// 1-based.
     pub attempt: i64,
@@ -179,7 +182,7 @@ impl Db {
                  queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
              WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
                           ORDER BY seq LIMIT 1 {lock})
-             RETURNING id, attempts, model, task, prompt_audio"
+             RETURNING id, attempts, model, task, prompt_audio, queue_seconds"
         );
         let attempt_sql = "INSERT INTO attempts (request_id, attempt, node_id, replica_id, started_at, outcome)
                            VALUES ($1, $2, $3, $4, $5, 'running')";

@@ -2,18 +2,19 @@
 
 use super::{now_ms, on_pool, Db};
 
-/// A sample's metadata, as listed.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A sample's metadata, as stored and as the API shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Voice)]
 pub struct VoiceRow {
-    /// Id.
+    /// Id to use in a generation's `speakers`.
     pub id: i64,
     /// Display name of the voice.
     pub speaker_name: String,
     /// What is said in the clip; needed for cloning.
     pub transcript: Option<String>,
-    /// Pre-selected in the playground.
+    /// Pre-selected in the playground; at most one per account.
     pub is_default: bool,
-    /// Upload container format.
+    /// Upload container format: wav, mp3, flac, ogg, webm.
     pub format: String,
     /// Length after decoding.
     pub duration_seconds: f64,

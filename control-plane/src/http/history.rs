@@ -74,26 +74,7 @@ pub struct HistoryItem {
     pub audio_url: Option<String>,
     /// Every try on a node, in order (only in the single-item view).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<Vec<Attempt>>,
-}
-
-/// One try of a request on a node.
-#[derive(Serialize, ToSchema)]
-pub struct Attempt {
-    /// 1-based.
-    pub attempt: i64,
-    /// Node.
-    pub node_id: String,
-    /// running, succeeded, failed, node_lost or cancelled.
-    pub outcome: String,
-    /// Error type of a failed attempt.
-    pub error_type: Option<String>,
-    /// Error message of a failed attempt.
-    pub error_message: Option<String>,
-    /// Epoch ms.
-    pub started_at: i64,
-    /// Epoch ms.
-    pub finished_at: Option<i64>,
+    pub attempts: Option<Vec<AttemptRow>>,
 }
 
 /// A page of history.
@@ -132,20 +113,6 @@ impl From<HistoryRow> for HistoryItem {
     }
 }
 
-impl From<AttemptRow> for Attempt {
-    fn from(a: AttemptRow) -> Self {
-        Self {
-            attempt: a.attempt,
-            node_id: a.node_id,
-            outcome: a.outcome,
-            error_type: a.error_type,
-            error_message: a.error_message,
-            started_at: a.started_at,
-            finished_at: a.finished_at,
-        }
-    }
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no request `{id}` in your history"))
 }
@@ -173,7 +140,7 @@ pub async fn list(State(state): State<AppState>, Account(account): Account, Quer
 pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<String>) -> Result<Json<HistoryItem>, ApiError> {
     let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     let mut item = HistoryItem::from(row);
-    item.attempts = Some(state.db.attempts(&id).await?.into_iter().map(Attempt::from).collect());
+    item.attempts = Some(state.db.attempts(&id).await?);
     Ok(Json(item))
 }
 

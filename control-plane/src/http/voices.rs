@@ -25,53 +25,11 @@ pub fn router(max_voice_bytes: usize) -> Router<AppState> {
         .route("/v1/voices/{id}/audio", get(audio))
 }
 
-/// A voice sample.
-#[derive(Serialize, ToSchema)]
-pub struct Voice {
-    /// Id to use in `speakers`.
-    pub id: i64,
-    /// Display name.
-    pub speaker_name: String,
-    /// What the clip says; required for cloning.
-    pub transcript: Option<String>,
-    /// Pre-selected in the playground; at most one per account.
-    pub is_default: bool,
-    /// Upload format: wav, mp3, flac, ogg, webm.
-    pub format: String,
-    /// Length in seconds.
-    pub duration_seconds: f64,
-    /// Sample rate of the upload.
-    pub sample_rate: i64,
-    /// Channels of the upload.
-    pub channels: i64,
-    /// Epoch milliseconds.
-    pub created_at: i64,
-    /// Epoch milliseconds.
-    pub updated_at: i64,
-}
-
-impl From<VoiceRow> for Voice {
-    fn from(r: VoiceRow) -> Self {
-        Self {
-            id: r.id,
-            speaker_name: r.speaker_name,
-            transcript: r.transcript,
-            is_default: r.is_default,
-            format: r.format,
-            duration_seconds: r.duration_seconds,
-            sample_rate: r.source_sample_rate,
-            channels: r.source_channels,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-}
-
 /// The account's samples.
 #[derive(Serialize, ToSchema)]
 pub struct VoiceList {
     /// Oldest first.
-    pub data: Vec<Voice>,
+    pub data: Vec<VoiceRow>,
 }
 
 /// Changes to a sample; absent fields stay, `transcript: null` clears it.
@@ -113,16 +71,16 @@ fn not_found(id: i64) -> ApiError {
 /// Lists the account's voice samples.
 #[utoipa::path(get, path = "/v1/voices", responses((status = 200, body = VoiceList)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Account(account): Account) -> Result<Json<VoiceList>, ApiError> {
-    let data = state.db.list_voices(&account).await?.into_iter().map(Voice::from).collect();
+    let data = state.db.list_voices(&account).await?.into_iter().collect();
     Ok(Json(VoiceList { data }))
 }
 
 /// Uploads a sample: decoded, downmixed to mono and resampled to 44.1 kHz; kept as uploaded too.
 #[utoipa::path(post, path = "/v1/voices", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
-    responses((status = 201, body = Voice), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
+    responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody)),
     security(("api_key" = [])))]
-pub async fn upload(State(state): State<AppState>, Account(account): Account, mut form: Multipart) -> Result<(StatusCode, Json<Voice>), ApiError> {
+pub async fn upload(State(state): State<AppState>, Account(account): Account, mut form: Multipart) -> Result<(StatusCode, Json<VoiceRow>), ApiError> {
     let (mut file, mut speaker_name, mut transcript, mut is_default) = (None, None, None, false);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -163,7 +121,7 @@ pub async fn upload(State(state): State<AppState>, Account(account): Account, mu
         source_channels: i64::from(decoded.source_channels),
     };
     let row = state.db.insert_voice(&account, &voice).await?;
-    Ok((StatusCode::CREATED, Json(row.into())))
+    Ok((StatusCode::CREATED, Json(row)))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -172,10 +130,10 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 }
 
 /// One sample.
-#[utoipa::path(get, path = "/v1/voices/{id}", responses((status = 200, body = Voice), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<Json<Voice>, ApiError> {
+#[utoipa::path(get, path = "/v1/voices/{id}", responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<Json<VoiceRow>, ApiError> {
     let row = state.db.get_voice(&account, id).await?.ok_or_else(|| not_found(id))?;
-    Ok(Json(row.into()))
+    Ok(Json(row))
 }
 
 /// The sample as uploaded.
@@ -193,14 +151,14 @@ pub async fn audio(State(state): State<AppState>, Account(account): Account, Pat
 }
 
 /// Updates name, transcript or default flag; making one the default unsets the previous one.
-#[utoipa::path(patch, path = "/v1/voices/{id}", request_body = VoiceUpdate, responses((status = 200, body = Voice), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn update(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>, ApiJson(body): ApiJson<VoiceUpdate>) -> Result<Json<Voice>, ApiError> {
+#[utoipa::path(patch, path = "/v1/voices/{id}", request_body = VoiceUpdate, responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+pub async fn update(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>, ApiJson(body): ApiJson<VoiceUpdate>) -> Result<Json<VoiceRow>, ApiError> {
     if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` must not be empty"));
     }
     let patch = VoicePatch { speaker_name: body.speaker_name, transcript: body.transcript, is_default: body.is_default };
     let row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
-    Ok(Json(row.into()))
+    Ok(Json(row))
 }
 
 /// Deletes a sample.

@@ -112,8 +112,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::start(config).await.unwrap();
-        let app = control_plane::app(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(control_plane::serve(listener, state.clone()));
         Self { addr, state, http: reqwest::Client::new() }
     }
 

@@ -32,7 +32,7 @@ impl ScriptedNode {
     }
 
     pub async fn connect_with(ws_url: &str, id: &str, capacity: u32, models: Vec<ModelInfo>) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true).await.unwrap();
         let hello = NodeToControl::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             node_id: NodeId(id.into()),
