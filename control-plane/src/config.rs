@@ -94,7 +94,10 @@ impl fmt::Debug for Config {
         let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("database_url", &format!("{}://<redacted>", self.database_url.split(':').next().unwrap_or("")))
+            .field(
+                "database_url",
+                &format!("{}://<redacted>", self.database_url.split(':').next().unwrap_or("")),
+            )
             .field("admin_token", &redacted(self.admin_token.is_some()))
             .field("bootstrap_api_key", &redacted(self.bootstrap_api_key.is_some()))
             .field("join_tokens", &format!("<{} redacted>", self.join_tokens.len()))

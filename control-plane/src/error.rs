@@ -51,8 +51,10 @@ impl ApiError {
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     use ErrorKind::*;
     match kind {
-        MissingInput | InvalidScript | InvalidVoiceSample | MissingTranscript | AudioDecodeFailed
-        | AudioTooLong | InvalidParameter | InvalidJson | UnknownModel => StatusCode::BAD_REQUEST,
+        MissingInput | InvalidScript | InvalidVoiceSample | MissingTranscript
+        | AudioDecodeFailed | AudioTooLong | InvalidParameter | InvalidJson | UnknownModel => {
+            StatusCode::BAD_REQUEST
+        }
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NoProvider | NotFound => StatusCode::NOT_FOUND,
         UpstreamError => StatusCode::BAD_GATEWAY,

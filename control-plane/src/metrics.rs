@@ -7,7 +7,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, Counter, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 use std::time::Instant;
 
 /// The control plane's collectors.
@@ -28,42 +31,60 @@ pub struct Metrics {
 }
 
 /// Latency buckets from a fast error to a long generation.
-const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const SECONDS_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
 impl Metrics {
     /// Creates and registers every collector.
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tts_http_requests_total", "HTTP requests by route, method, status and error type"),
+            Opts::new(
+                "tts_http_requests_total",
+                "HTTP requests by route, method, status and error type",
+            ),
             &["route", "method", "status", "error_type"],
         )
         .expect("valid metric");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new("tts_http_request_duration_seconds", "HTTP request latency").buckets(SECONDS_BUCKETS.to_vec()),
+            HistogramOpts::new("tts_http_request_duration_seconds", "HTTP request latency")
+                .buckets(SECONDS_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let queue_seconds = Histogram::with_opts(
-            HistogramOpts::new("tts_queue_wait_seconds", "Time from acceptance until a node took the job")
-                .buckets(SECONDS_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "tts_queue_wait_seconds",
+                "Time from acceptance until a node took the job",
+            )
+            .buckets(SECONDS_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        let queue_depth = IntGauge::new("tts_queue_depth", "Requests waiting for a node").expect("valid metric");
+        let queue_depth =
+            IntGauge::new("tts_queue_depth", "Requests waiting for a node").expect("valid metric");
         let nodes_online = IntGaugeVec::new(
             Opts::new("tts_nodes_online", "Healthy nodes connected to this replica, by feature"),
             &["feature"],
         )
         .expect("valid metric");
         let audio_seconds =
-            Counter::new("tts_audio_generated_seconds_total", "Seconds of audio generated").expect("valid metric");
+            Counter::new("tts_audio_generated_seconds_total", "Seconds of audio generated")
+                .expect("valid metric");
         registry.register(Box::new(requests.clone())).expect("registered once");
         registry.register(Box::new(request_seconds.clone())).expect("registered once");
         registry.register(Box::new(queue_seconds.clone())).expect("registered once");
         registry.register(Box::new(queue_depth.clone())).expect("registered once");
         registry.register(Box::new(nodes_online.clone())).expect("registered once");
         registry.register(Box::new(audio_seconds.clone())).expect("registered once");
-        Self { registry, requests, request_seconds, queue_seconds, queue_depth, nodes_online, audio_seconds }
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            queue_seconds,
+            queue_depth,
+            nodes_online,
+            audio_seconds,
+        }
     }
 
     /// The text exposition of every metric.
@@ -82,13 +103,21 @@ impl Default for Metrics {
 
 /// Middleware: counts and times every request, labelled by its route pattern (never a raw path).
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = request.method().clone();
     let start = Instant::now();
     let response = next.run(request).await;
     let error_type = response.extensions().get::<ErrorKindExt>().map_or("", |k| k.0.as_str());
     let m = &state.metrics;
-    m.requests.with_label_values(&[route.as_str(), method.as_str(), response.status().as_str(), error_type]).inc();
+    m.requests
+        .with_label_values(&[
+            route.as_str(),
+            method.as_str(),
+            response.status().as_str(),
+            error_type,
+        ])
+        .inc();
     m.request_seconds.with_label_values(&[route.as_str()]).observe(start.elapsed().as_secs_f64());
     response
 }

@@ -7,14 +7,17 @@
 //! has one replica and runs the same path without the NOTIFYs.
 
 use crate::audio::wav_i16_bytes;
+use crate::config::Config;
 use crate::db::requests::{AttemptFailure, Claimed, Outcome};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::nodes::registry::{Candidate, Registry};
 use crate::nodes::ws::text;
-use crate::config::Config;
 use axum::extract::ws::Message;
-use proto::{BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding, RequestId, Stream, Task, WireError, SAMPLE_RATE};
+use proto::{
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
+    RequestId, Stream, Task, WireError, SAMPLE_RATE,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,8 +53,22 @@ impl Drop for Waiter<'_> {
 
 impl Queue {
     /// A queue over the store and this replica's nodes.
-    pub fn new(db: Db, registry: Arc<Registry>, replica_id: String, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Self { db, registry, replica_id, config, metrics, wake: Notify::new(), waiters: Mutex::default() }
+    pub fn new(
+        db: Db,
+        registry: Arc<Registry>,
+        replica_id: String,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            db,
+            registry,
+            replica_id,
+            config,
+            metrics,
+            wake: Notify::new(),
+            waiters: Mutex::default(),
+        }
     }
 
     /// Registers interest in a request's end; do it before the request is stored.
@@ -97,7 +114,8 @@ impl Queue {
             if matches!(outcome.status.as_str(), "succeeded" | "failed") {
                 return Ok(outcome);
             }
-            let until_deadline = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            let until_deadline =
+                deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             tokio::select! {
                 () = waiter.notify.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval()) => {}
@@ -137,14 +155,23 @@ impl Queue {
     pub async fn finished(&self, node: &NodeId, done: &Finished, audio: Vec<u8>) {
         let samples = proto::frames::i16_from_le_bytes(&audio);
         if samples.len() as u64 != done.samples {
-            let msg = format!("node {node} announced {} samples but sent {}", done.samples, samples.len());
+            let msg = format!(
+                "node {node} announced {} samples but sent {}",
+                done.samples,
+                samples.len()
+            );
             let error = WireError::new(ErrorKind::UpstreamError, msg);
-            return self.attempt_failed(done.request_id, done.attempt, "failed", &error, true).await;
+            return self
+                .attempt_failed(done.request_id, done.attempt, "failed", &error, true)
+                .await;
         }
         let seconds = samples.len() as f64 / f64::from(SAMPLE_RATE);
         let wav = wav_i16_bytes(&samples, SAMPLE_RATE);
         let id = done.request_id.to_string();
-        let result = self.db.succeed(&id, i64::from(done.attempt), &wav, seconds, f64::from(done.inference_seconds)).await;
+        let result = self
+            .db
+            .succeed(&id, i64::from(done.attempt), &wav, seconds, f64::from(done.inference_seconds))
+            .await;
         match result {
             Ok(true) => {
                 self.metrics.audio_seconds.inc_by(seconds);
@@ -158,7 +185,14 @@ impl Queue {
 
     /// Ends an attempt without audio: retried while the error is retryable and attempts remain,
     /// otherwise the request fails (with `upstream_error` once every attempt has failed).
-    pub async fn attempt_failed(&self, id: RequestId, attempt: u32, outcome: &str, error: &WireError, retryable: bool) {
+    pub async fn attempt_failed(
+        &self,
+        id: RequestId,
+        attempt: u32,
+        outcome: &str,
+        error: &WireError,
+        retryable: bool,
+    ) {
         let max = self.config.max_attempts;
         let exhausted;
         let final_error = match (retryable, i64::from(attempt) < max) {
@@ -178,7 +212,9 @@ impl Queue {
             }
             Ok(true) => self.announce_done(&id.to_string()).await,
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, request = %id, "could not record a failed attempt"),
+            Err(e) => {
+                tracing::error!(error = %e, request = %id, "could not record a failed attempt")
+            }
         }
         self.wake();
     }
@@ -231,7 +267,9 @@ impl Queue {
     async fn claim_for(&self, node: &Candidate) -> Result<Option<Claimed>, sqlx::Error> {
         for model in &node.models {
             for feature in &model.features {
-                if let Some(job) = self.db.claim(&model.id, feature, &node.id.0, &self.replica_id).await? {
+                if let Some(job) =
+                    self.db.claim(&model.id, feature, &node.id.0, &self.replica_id).await?
+                {
                     return Ok(Some(job));
                 }
             }
@@ -242,17 +280,28 @@ impl Queue {
     /// Sends a claimed job (and its voice prompt) to the node.
     async fn send(&self, node: &NodeId, claimed: Claimed) {
         let attempt = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
-        let (Ok(request_id), Ok(task)) = (claimed.id.parse::<RequestId>(), serde_json::from_str::<Task>(&claimed.task)) else {
+        let (Ok(request_id), Ok(task)) =
+            (claimed.id.parse::<RequestId>(), serde_json::from_str::<Task>(&claimed.task))
+        else {
             tracing::error!(request = claimed.id, "stored job does not parse");
             return;
         };
         self.metrics.queue_seconds.observe(claimed.queue_seconds);
         let sent = self.registry.assign(node, request_id, attempt).is_some_and(|tx| {
-            let job = ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
+            let job =
+                ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
             let mut ok = tx.send(text(&job)).is_ok();
             if let Some(pcm) = claimed.prompt_audio {
-                let header = FrameHeader { request_id, attempt, stream: Stream::VoicePrompt, chunk: 0, encoding: PcmEncoding::F32Le };
-                ok &= tx.send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into())).is_ok();
+                let header = FrameHeader {
+                    request_id,
+                    attempt,
+                    stream: Stream::VoicePrompt,
+                    chunk: 0,
+                    encoding: PcmEncoding::F32Le,
+                };
+                ok &= tx
+                    .send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into()))
+                    .is_ok();
             }
             ok
         });
@@ -267,7 +316,10 @@ impl Queue {
         let fresh = self.config.heartbeat_timeout().as_millis() as i64;
         for (id, attempt) in self.db.orphaned_running(fresh).await? {
             let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };
-            let lost = WireError::new(ErrorKind::UpstreamError, "the node or replica running it went away");
+            let lost = WireError::new(
+                ErrorKind::UpstreamError,
+                "the node or replica running it went away",
+            );
             self.attempt_failed(id, attempt, "node_lost", &lost, true).await;
         }
         Ok(())
@@ -285,7 +337,9 @@ impl Queue {
                     continue;
                 }
             };
-            if let Err(e) = listener.listen_all([CHANNEL_QUEUED, CHANNEL_DONE, CHANNEL_CANCEL]).await {
+            if let Err(e) =
+                listener.listen_all([CHANNEL_QUEUED, CHANNEL_DONE, CHANNEL_CANCEL]).await
+            {
                 tracing::error!(error = %e, "LISTEN failed");
                 continue;
             }

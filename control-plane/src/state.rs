@@ -32,11 +32,18 @@ impl AppState {
         if let Some(key) = &config.bootstrap_api_key {
             db.bootstrap_key(key).await?;
         }
-        let replica_id: Arc<str> = config.replica_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into();
+        let replica_id: Arc<str> =
+            config.replica_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into();
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::default());
-        let queue = Arc::new(Queue::new(db.clone(), registry.clone(), replica_id.to_string(), config.clone(), metrics.clone()));
+        let queue = Arc::new(Queue::new(
+            db.clone(),
+            registry.clone(),
+            replica_id.to_string(),
+            config.clone(),
+            metrics.clone(),
+        ));
         tokio::spawn(queue.clone().run_dispatcher());
         tokio::spawn(queue.clone().run_listener());
         Ok(Self { config, db, registry, queue, metrics, replica_id })

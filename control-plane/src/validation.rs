@@ -92,7 +92,11 @@ fn invalid(message: String) -> WireError {
 /// The value as JSON text for a message, shortened.
 fn shown(v: &Value) -> String {
     let text = v.to_string();
-    if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text }
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
 }
 
 /// A field, with JSON `null` read as absent.
@@ -100,27 +104,51 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).filter(|v| !v.is_null())
 }
 
-fn number(obj: &Map<String, Value>, name: &str, min: f64, max: f64, default: f64) -> Result<f64, WireError> {
+fn number(
+    obj: &Map<String, Value>,
+    name: &str,
+    min: f64,
+    max: f64,
+    default: f64,
+) -> Result<f64, WireError> {
     let Some(v) = field(obj, name) else { return Ok(default) };
     match v.as_f64() {
         Some(x) if (min..=max).contains(&x) => Ok(x),
-        _ => Err(invalid(format!("`{name}` must be a number from {min} to {max}; got {}", shown(v)))),
+        _ => {
+            Err(invalid(format!("`{name}` must be a number from {min} to {max}; got {}", shown(v))))
+        }
     }
 }
 
-fn integer(obj: &Map<String, Value>, name: &str, min: i64, max: i64, default: i64) -> Result<i64, WireError> {
+fn integer(
+    obj: &Map<String, Value>,
+    name: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+) -> Result<i64, WireError> {
     let Some(v) = field(obj, name) else { return Ok(default) };
     match v.as_i64() {
         Some(x) if (min..=max).contains(&x) => Ok(x),
-        _ => Err(invalid(format!("`{name}` must be an integer from {min} to {max}; got {}", shown(v)))),
+        _ => Err(invalid(format!(
+            "`{name}` must be an integer from {min} to {max}; got {}",
+            shown(v)
+        ))),
     }
 }
 
-fn string(obj: &Map<String, Value>, name: &str, max_chars: usize) -> Result<Option<String>, WireError> {
+fn string(
+    obj: &Map<String, Value>,
+    name: &str,
+    max_chars: usize,
+) -> Result<Option<String>, WireError> {
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
-        Some(v) => Err(invalid(format!("`{name}` must be a string of at most {max_chars} characters; got {}", shown(v)))),
+        Some(v) => Err(invalid(format!(
+            "`{name}` must be a string of at most {max_chars} characters; got {}",
+            shown(v)
+        ))),
     }
 }
 
@@ -128,10 +156,18 @@ impl SpeechRequest {
     /// Reads the typed fields out of a JSON body.
     pub fn from_json(body: &Value) -> Result<Self, WireError> {
         let Some(obj) = body.as_object() else {
-            return Err(WireError::new(ErrorKind::InvalidJson, format!("the body must be a JSON object; got {}", shown(body))));
+            return Err(WireError::new(
+                ErrorKind::InvalidJson,
+                format!("the body must be a JSON object; got {}", shown(body)),
+            ));
         };
         let input = match field(obj, "input") {
-            None => return Err(WireError::new(ErrorKind::MissingInput, "`input` is required: the dialogue script")),
+            None => {
+                return Err(WireError::new(
+                    ErrorKind::MissingInput,
+                    "`input` is required: the dialogue script",
+                ))
+            }
             Some(Value::String(s)) => s.clone(),
             Some(v) => return Err(invalid(format!("`input` must be a string; got {}", shown(v)))),
         };
@@ -141,7 +177,10 @@ impl SpeechRequest {
             Some((_, Some("unlisted"))) => Some(Visibility::Unlisted),
             Some((_, Some("public"))) => Some(Visibility::Public),
             Some((v, _)) => {
-                return Err(invalid(format!("`visibility` must be one of \"private\", \"unlisted\", \"public\"; got {}", shown(v))))
+                return Err(invalid(format!(
+                    "`visibility` must be one of \"private\", \"unlisted\", \"public\"; got {}",
+                    shown(v)
+                )))
             }
         };
         let collection = match field(obj, "collection") {
@@ -174,7 +213,9 @@ impl SpeechRequest {
         }
         let script = match Script::parse(&input) {
             Ok(script) => script,
-            Err(ScriptError::Empty) => return Err(WireError::new(ErrorKind::MissingInput, "`input` is empty")),
+            Err(ScriptError::Empty) => {
+                return Err(WireError::new(ErrorKind::MissingInput, "`input` is empty"))
+            }
             Err(e) => return Err(WireError::new(ErrorKind::InvalidScript, e.to_string())),
         };
         let seed = match self.seed {
@@ -192,7 +233,9 @@ impl SpeechRequest {
                 cfg_scale: self.cfg_scale.map_or(defaults.cfg_scale, |x| x as f32),
                 temperature: self.temperature.map_or(defaults.temperature, |x| x as f32),
                 top_p: self.top_p.map_or(defaults.top_p, |x| x as f32),
-                cfg_filter_top_k: self.cfg_filter_top_k.map_or(defaults.cfg_filter_top_k, |x| x as u32),
+                cfg_filter_top_k: self
+                    .cfg_filter_top_k
+                    .map_or(defaults.cfg_filter_top_k, |x| x as u32),
             },
             speed_factor: self.speed_factor.unwrap_or(1.0) as f32,
             max_new_tokens: self.max_new_tokens.unwrap_or(3072) as u32,
@@ -205,20 +248,32 @@ impl SpeechRequest {
 
 fn speakers(v: &Value) -> Result<Speakers, WireError> {
     let Some(obj) = v.as_object() else {
-        return Err(invalid(format!("`speakers` must be an object mapping \"S1\"/\"S2\" to voice-sample ids; got {}", shown(v))));
+        return Err(invalid(format!(
+            "`speakers` must be an object mapping \"S1\"/\"S2\" to voice-sample ids; got {}",
+            shown(v)
+        )));
     };
     let mut out = Speakers::default();
     for (key, id) in obj {
         let slot = match key.as_str() {
             "S1" => &mut out.s1,
             "S2" => &mut out.s2,
-            _ => return Err(invalid(format!("`speakers` keys must be \"S1\" or \"S2\"; got \"{key}\""))),
+            _ => {
+                return Err(invalid(format!(
+                    "`speakers` keys must be \"S1\" or \"S2\"; got \"{key}\""
+                )))
+            }
         };
         *slot = match id {
             Value::Null => None,
             v => match v.as_i64() {
                 Some(id) if id > 0 => Some(id),
-                _ => return Err(invalid(format!("`speakers.{key}` must be a positive voice-sample id; got {}", shown(v)))),
+                _ => {
+                    return Err(invalid(format!(
+                        "`speakers.{key}` must be a positive voice-sample id; got {}",
+                        shown(v)
+                    )))
+                }
             },
         };
     }
@@ -263,7 +318,10 @@ mod tests {
 
     #[test]
     fn bounds_are_inclusive() {
-        let v = validate(json!({"input": "Hi", "temperature": 0.1, "top_p": 1.0, "max_new_tokens": 4096})).unwrap();
+        let v = validate(
+            json!({"input": "Hi", "temperature": 0.1, "top_p": 1.0, "max_new_tokens": 4096}),
+        )
+        .unwrap();
         assert_eq!(v.max_new_tokens, 4096);
     }
 
@@ -283,7 +341,10 @@ mod tests {
 
     #[test]
     fn input_over_the_limit_is_too_large() {
-        assert_eq!(validate(json!({"input": "a".repeat(101)})).unwrap_err().kind, ErrorKind::RequestTooLarge);
+        assert_eq!(
+            validate(json!({"input": "a".repeat(101)})).unwrap_err().kind,
+            ErrorKind::RequestTooLarge
+        );
     }
 
     #[test]
@@ -296,7 +357,8 @@ mod tests {
 
     #[test]
     fn visibility_and_collection_are_read() {
-        let v = validate(json!({"input": "Hi", "visibility": "unlisted", "collection": "pods"})).unwrap();
+        let v = validate(json!({"input": "Hi", "visibility": "unlisted", "collection": "pods"}))
+            .unwrap();
         assert_eq!((v.visibility, v.collection.as_deref()), (Visibility::Unlisted, Some("pods")));
         assert!(validate(json!({"input": "Hi", "visibility": "secret"})).is_err());
     }

@@ -30,10 +30,18 @@ async fn the_spec_curl_example_returns_a_valid_wav(backend: Backend) {
     let mut command = std::process::Command::new("curl");
     command
         .args(["-sS", "-D", "-", &server.url("/v1/voice/generations")])
-        .args(["-H", &format!("Authorization: Bearer {key}"), "-H", "Content-Type: application/json"])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {key}"),
+            "-H",
+            "Content-Type: application/json",
+        ])
         .args(["-d", &body, "--output"])
         .arg(&out);
-    let curl = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("the curl binary runs");
+    let curl = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("the curl binary runs");
     let headers = String::from_utf8_lossy(&curl.stdout).to_lowercase();
     assert!(headers.starts_with("http/1.1 200"), "{headers}");
     assert!(headers.contains("content-type: audio/wav"));
@@ -58,13 +66,22 @@ async fn parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned
     let key = server.api_key().await;
     let mut jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(100);
 
-    let res = server.generate(&key, json!({"input": "Just me.", "temperature": 1.0, "seed": 1234})).await;
+    let res =
+        server.generate(&key, json!({"input": "Just me.", "temperature": 1.0, "seed": 1234})).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-seed"], "1234");
     let task = speech(&jobs.recv().await.unwrap().job).clone();
     assert_eq!(task.text, "[S1] Just me.");
     assert_eq!((task.seed, task.sampling.temperature, task.sampling.cfg_scale), (1234, 1.0, 3.0));
-    assert_eq!((task.sampling.top_p, task.sampling.cfg_filter_top_k, task.max_new_tokens, task.speed_factor), (0.95, 45, 3072, 1.0));
+    assert_eq!(
+        (
+            task.sampling.top_p,
+            task.sampling.cfg_filter_top_k,
+            task.max_new_tokens,
+            task.speed_factor
+        ),
+        (0.95, 45, 3072, 1.0)
+    );
     assert!(task.voice_prompt.is_none());
 
     let res = server.generate(&key, json!({"input": "Again.", "seed": -1})).await;
@@ -83,24 +100,75 @@ async fn every_validation_error_has_its_type_status_and_a_precise_message(backen
     let _jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(100);
 
     expect_error(server.generate(&key, json!({"speakers": {}})).await, 400, "missing_input").await;
-    let msg = expect_error(server.generate(&key, json!({"input": "[S2] Hi.\n[S1] Hey."})).await, 400, "invalid_script").await;
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "[S2] Hi.\n[S1] Hey."})).await,
+        400,
+        "invalid_script",
+    )
+    .await;
     assert!(msg.contains("line 1"), "{msg}");
-    let msg = expect_error(server.generate(&key, json!({"input": "[S1] A.\n[S2] B.\n[S3] C."})).await, 400, "invalid_script").await;
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "[S1] A.\n[S2] B.\n[S3] C."})).await,
+        400,
+        "invalid_script",
+    )
+    .await;
     assert!(msg.contains("line 3") && msg.contains("[S3]"), "{msg}");
-    let msg = expect_error(server.generate(&key, json!({"input": "Hi", "top_p": 0.01})).await, 400, "invalid_parameter").await;
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "Hi", "top_p": 0.01})).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
     assert_eq!(msg, "`top_p` must be a number from 0.1 to 1; got 0.01");
-    let msg = expect_error(server.generate(&key, json!({"input": "Hi", "speed_factor": "fast"})).await, 400, "invalid_parameter").await;
-    assert!(msg.contains("`speed_factor`") && msg.contains("0.5 to 2") && msg.contains("\"fast\""), "{msg}");
-    expect_error(server.generate(&key, json!({"input": "x".repeat(1025)})).await, 413, "request_too_large").await;
-    let msg = expect_error(server.generate(&key, json!({"input": "Hi", "model": "nope"})).await, 400, "unknown_model").await;
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "Hi", "speed_factor": "fast"})).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert!(
+        msg.contains("`speed_factor`") && msg.contains("0.5 to 2") && msg.contains("\"fast\""),
+        "{msg}"
+    );
+    expect_error(
+        server.generate(&key, json!({"input": "x".repeat(1025)})).await,
+        413,
+        "request_too_large",
+    )
+    .await;
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "Hi", "model": "nope"})).await,
+        400,
+        "unknown_model",
+    )
+    .await;
     assert!(msg.contains(MODEL), "{msg}");
 
-    let bad_json = server.http.post(server.url("/v1/voice/generations")).bearer_auth(&key)
-        .header("content-type", "application/json").body("{\"input\": ").send().await.unwrap();
+    let bad_json = server
+        .http
+        .post(server.url("/v1/voice/generations"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"input\": ")
+        .send()
+        .await
+        .unwrap();
     expect_error(bad_json, 400, "invalid_json").await;
-    let no_key = server.http.post(server.url("/v1/voice/generations")).json(&json!({"input": "Hi"})).send().await.unwrap();
+    let no_key = server
+        .http
+        .post(server.url("/v1/voice/generations"))
+        .json(&json!({"input": "Hi"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(no_key, 401, "missing_api_key").await;
-    expect_error(server.generate("dia_wrong", json!({"input": "Hi"})).await, 401, "invalid_api_key").await;
+    expect_error(
+        server.generate("dia_wrong", json!({"input": "Hi"})).await,
+        401,
+        "invalid_api_key",
+    )
+    .await;
 }
 
 async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
@@ -112,7 +180,11 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     let mine_without_transcript = server.voice(&key, 0.2, None).await;
     let theirs = server.voice(&other_key, 0.2, Some("Not yours.")).await;
     let corrupt = server.voice(&key, 0.2, Some("Broken.")).await;
-    sqlx_exec(&server, &format!("UPDATE voices SET pcm = {} WHERE id = {corrupt}", blob_literal(&server))).await;
+    sqlx_exec(
+        &server,
+        &format!("UPDATE voices SET pcm = {} WHERE id = {corrupt}", blob_literal(&server)),
+    )
+    .await;
 
     let gen = |s: i64| server.generate(&key, json!({"input": "[S1] Hi.", "speakers": {"S1": s}}));
     expect_error(gen(999_999).await, 400, "invalid_voice_sample").await;
@@ -142,7 +214,12 @@ async fn no_provider_when_no_node_offers_voice_cloning(backend: Backend) {
     let server = Server::start(&db).await;
     let key = server.api_key().await;
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
-    let stt = ModelInfo { id: "whisper".into(), features: vec!["transcription".into()], max_input_chars: 0, max_new_tokens: 0 };
+    let stt = ModelInfo {
+        id: "whisper".into(),
+        features: vec!["transcription".into()],
+        max_input_chars: 0,
+        max_new_tokens: 0,
+    };
     let _stt = ScriptedNode::connect_with(&server.ws_url(), "stt", 4, vec![stt]).await;
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
 }
@@ -151,13 +228,22 @@ async fn requests_are_routed_only_to_nodes_with_the_feature_and_model(backend: B
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
     let key = server.api_key().await;
-    let stt = ModelInfo { id: "whisper".into(), features: vec!["transcription".into()], max_input_chars: 0, max_new_tokens: 0 };
+    let stt = ModelInfo {
+        id: "whisper".into(),
+        features: vec!["transcription".into()],
+        max_input_chars: 0,
+        max_new_tokens: 0,
+    };
     let _stt_node = ScriptedNode::connect_with(&server.ws_url(), "stt", 8, vec![stt]).await;
-    let mut other = ScriptedNode::connect_with(&server.ws_url(), "other", 8, vec![cloning_model("dia-other")]).await.serve(10);
+    let mut other =
+        ScriptedNode::connect_with(&server.ws_url(), "other", 8, vec![cloning_model("dia-other")])
+            .await
+            .serve(10);
     let mut dia = ScriptedNode::connect(&server.ws_url(), "dia", 1).await.serve(10);
 
     let (_, models) = server.get_json(&key, "/v1/models").await;
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["dia-other", "dia-test", "whisper"]);
     assert_eq!(models["data"][1]["features"], json!(["voice-cloning"]));
 
@@ -183,31 +269,64 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
 
     let (status, list) = server.get_json(&key, "/v1/voices").await;
     assert_eq!(status, 200);
-    let ids: Vec<i64> = list["data"].as_array().unwrap().iter().map(|v| v["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> =
+        list["data"].as_array().unwrap().iter().map(|v| v["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, [a, b]);
     assert_eq!(list["data"][0]["format"], "wav");
     assert!((list["data"][0]["duration_seconds"].as_f64().unwrap() - 0.3).abs() < 0.01);
 
-    let patch = |id: i64, body: Value| server.http.patch(server.url(&format!("/v1/voices/{id}"))).bearer_auth(&key).json(&body).send();
+    let patch = |id: i64, body: Value| {
+        server
+            .http
+            .patch(server.url(&format!("/v1/voices/{id}")))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
     let res = patch(a, json!({"is_default": true, "speaker_name": "Host"})).await.unwrap();
     assert_eq!(res.status(), 200);
     patch(b, json!({"is_default": true, "transcript": "Two."})).await.unwrap();
     let (_, list) = server.get_json(&key, "/v1/voices").await;
-    let defaults: Vec<bool> = list["data"].as_array().unwrap().iter().map(|v| v["is_default"].as_bool().unwrap()).collect();
+    let defaults: Vec<bool> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["is_default"].as_bool().unwrap())
+        .collect();
     assert_eq!(defaults, [false, true]);
     assert_eq!(list["data"][0]["speaker_name"], "Host");
     assert_eq!(list["data"][1]["transcript"], "Two.");
     let res = patch(b, json!({"transcript": null})).await.unwrap();
     assert_eq!(res.json::<Value>().await.unwrap()["transcript"], Value::Null);
 
-    let audio = server.http.get(server.url(&format!("/v1/voices/{a}/audio"))).bearer_auth(&key).send().await.unwrap();
+    let audio = server
+        .http
+        .get(server.url(&format!("/v1/voices/{a}/audio")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(audio.headers()["content-type"], "audio/wav");
     assert_eq!(audio.bytes().await.unwrap().to_vec(), common::wav(0.3));
 
     // Another account's sample is invisible: not listed, not fetched, not changed, not deleted.
-    expect_error(server.http.get(server.url(&format!("/v1/voices/{theirs}"))).bearer_auth(&key).send().await.unwrap(), 404, "not_found").await;
-    expect_error(patch(theirs, json!({"speaker_name": "Mine"})).await.unwrap(), 404, "not_found").await;
-    let del = |id: i64| server.http.delete(server.url(&format!("/v1/voices/{id}"))).bearer_auth(&key).send();
+    expect_error(
+        server
+            .http
+            .get(server.url(&format!("/v1/voices/{theirs}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(patch(theirs, json!({"speaker_name": "Mine"})).await.unwrap(), 404, "not_found")
+        .await;
+    let del = |id: i64| {
+        server.http.delete(server.url(&format!("/v1/voices/{id}"))).bearer_auth(&key).send()
+    };
     expect_error(del(theirs).await.unwrap(), 404, "not_found").await;
     assert_eq!(del(a).await.unwrap().status(), 204);
     let (_, list) = server.get_json(&key, "/v1/voices").await;
@@ -223,9 +342,16 @@ async fn undecodable_or_oversized_uploads_get_clear_errors(backend: Backend) {
     config.max_voice_bytes = 200_000;
     let server = Server::start_with(config).await;
     let key = server.api_key().await;
-    expect_error(server.upload(&key, b"definitely not audio".to_vec(), "x", None).await, 400, "audio_decode_failed").await;
-    expect_error(server.upload(&key, common::wav(1.5), "x", None).await, 400, "audio_too_long").await;
-    expect_error(server.upload(&key, vec![0; 300_000], "x", None).await, 413, "request_too_large").await;
+    expect_error(
+        server.upload(&key, b"definitely not audio".to_vec(), "x", None).await,
+        400,
+        "audio_decode_failed",
+    )
+    .await;
+    expect_error(server.upload(&key, common::wav(1.5), "x", None).await, 400, "audio_too_long")
+        .await;
+    expect_error(server.upload(&key, vec![0; 300_000], "x", None).await, 413, "request_too_large")
+        .await;
     let (_, list) = server.get_json(&key, "/v1/voices").await;
     assert_eq!(list["data"], json!([]));
 }
@@ -244,7 +370,8 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
     server.generate(&other, json!({"input": "Not in your history."})).await;
 
     let (_, page) = server.get_json(&key, "/v1/history?limit=2").await;
-    let got: Vec<&str> = page["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> =
+        page["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
     let cursor = page["next_cursor"].as_i64().unwrap();
     let (_, page2) = server.get_json(&key, &format!("/v1/history?limit=2&cursor={cursor}")).await;
@@ -255,12 +382,24 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
     assert_eq!(failed["data"], json!([]));
 
     let (_, item) = server.get_json(&key, &format!("/v1/history/{}", ids[0])).await;
-    assert_eq!((item["status"].as_str(), item["visibility"].as_str(), item["collection"].as_str()), (Some("succeeded"), Some("public"), Some("c1")));
+    assert_eq!(
+        (item["status"].as_str(), item["visibility"].as_str(), item["collection"].as_str()),
+        (Some("succeeded"), Some("public"), Some("c1"))
+    );
     assert_eq!(item["input"], "Number 0.");
     assert_eq!(item["node_id"], "n1");
     assert_eq!(item["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(item["attempts"][0]["outcome"], "succeeded");
-    let wav = server.http.get(server.url(item["audio_url"].as_str().unwrap())).bearer_auth(&key).send().await.unwrap().bytes().await.unwrap();
+    let wav = server
+        .http
+        .get(server.url(item["audio_url"].as_str().unwrap()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(read_wav(&wav).3.len(), 441);
     let (status, _) = server.get_json(&other, &format!("/v1/history/{}", ids[0])).await;
     assert_eq!(status, 404);
@@ -277,4 +416,3 @@ on_both_backends!(
     undecodable_or_oversized_uploads_get_clear_errors,
     history_lists_newest_first_pages_filters_and_serves_audio,
 );
-

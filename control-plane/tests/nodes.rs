@@ -11,9 +11,20 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Sends a generation in the background.
-fn spawn_generate(server: &Server, key: &str, input: &str) -> tokio::task::JoinHandle<reqwest::Response> {
-    let (http, url, key, input) = (server.http.clone(), server.url("/v1/voice/generations"), key.to_owned(), input.to_owned());
-    tokio::spawn(async move { http.post(url).bearer_auth(key).json(&json!({"input": input})).send().await.unwrap() })
+fn spawn_generate(
+    server: &Server,
+    key: &str,
+    input: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (http, url, key, input) = (
+        server.http.clone(),
+        server.url("/v1/voice/generations"),
+        key.to_owned(),
+        input.to_owned(),
+    );
+    tokio::spawn(async move {
+        http.post(url).bearer_auth(key).json(&json!({"input": input})).send().await.unwrap()
+    })
 }
 
 async fn history_item(server: &Server, key: &str, id: &str) -> Value {
@@ -40,8 +51,12 @@ async fn a_job_fails_over_when_its_node_drops_mid_job(backend: Backend) {
     let (_, history) = server.get_json(&key, "/v1/history").await;
     assert_eq!(history["data"].as_array().unwrap().len(), 1, "one request, no duplicates");
     let item = history_item(&server, &key, &first.job.request_id.to_string()).await;
-    let outcomes: Vec<(&str, &str)> = item["attempts"].as_array().unwrap().iter()
-        .map(|a| (a["node_id"].as_str().unwrap(), a["outcome"].as_str().unwrap())).collect();
+    let outcomes: Vec<(&str, &str)> = item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["node_id"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
     assert_eq!(outcomes, [("flaky", "node_lost"), ("steady", "succeeded")]);
 }
 
@@ -65,7 +80,10 @@ async fn upstream_error_only_after_every_attempt_failed(backend: Backend) {
     node.fail(&job, false).await;
     expect_error(request.await.unwrap(), 502, "upstream_error").await;
     let item = history_item(&server, &key, &job.request_id.to_string()).await;
-    assert_eq!((item["status"].as_str(), item["error"]["type"].as_str()), (Some("failed"), Some("upstream_error")));
+    assert_eq!(
+        (item["status"].as_str(), item["error"]["type"].as_str()),
+        (Some("failed"), Some("upstream_error"))
+    );
     assert_eq!(item["attempts"].as_array().unwrap().len(), 1);
 }
 
@@ -110,7 +128,10 @@ async fn a_client_that_disconnects_cancels_its_job(backend: Backend) {
         other => panic!("expected a cancel, got {other:?}"),
     }
     let item = history_item(&server, &key, &job.request_id.to_string()).await;
-    assert_eq!((item["status"].as_str(), item["error"]["type"].as_str()), (Some("failed"), Some("cancelled")));
+    assert_eq!(
+        (item["status"].as_str(), item["error"]["type"].as_str()),
+        (Some("failed"), Some("cancelled"))
+    );
     assert_eq!(item["attempts"][0]["outcome"], "cancelled");
     // The slot is free again: the next request is served by the same node.
     let next = spawn_generate(&server, &key, "Now.");
@@ -127,7 +148,10 @@ async fn a_silent_node_is_dropped_and_an_unhealthy_one_gets_no_work(backend: Bac
     let key = server.api_key().await;
 
     let mut silent = ScriptedNode::connect(&server.ws_url(), "silent", 1).await;
-    assert!(silent.next_control().await.is_none(), "the server closes a node that misses heartbeats");
+    assert!(
+        silent.next_control().await.is_none(),
+        "the server closes a node that misses heartbeats"
+    );
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
 
     let mut sick = ScriptedNode::connect(&server.ws_url(), "sick", 1).await;
@@ -152,7 +176,9 @@ async fn a_node_with_a_bad_token_or_protocol_version_is_refused(backend: Backend
     });
     ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
     let Some(Ok(Message::Text(reply))) = ws.next().await else { panic!("expected a rejection") };
-    let ControlToNode::Rejected { error } = serde_json::from_str(&reply).unwrap() else { panic!("{reply}") };
+    let ControlToNode::Rejected { error } = serde_json::from_str(&reply).unwrap() else {
+        panic!("{reply}")
+    };
     assert!(error.message.contains("protocol version 999"), "{}", error.message);
 }
 
@@ -164,7 +190,8 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
     assert_eq!(server.generate(&key, json!({"input": "Hi"})).await.status(), 200);
     expect_error(server.generate(&key, json!({})).await, 400, "missing_input").await;
 
-    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         r#"tts_http_requests_total{error_type="missing_input",method="POST",route="/v1/voice/generations",status="400"} 1"#,
         r#"tts_http_requests_total{error_type="",method="POST",route="/v1/voice/generations",status="200"} 1"#,
@@ -176,11 +203,21 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
-    let doc: Value = server.http.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/v1/voice/generations", "/v1/models", "/v1/voices", "/v1/voices/{id}", "/v1/history", "/v1/history/{id}"] {
+    let doc: Value =
+        server.http.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for path in [
+        "/v1/voice/generations",
+        "/v1/models",
+        "/v1/voices",
+        "/v1/voices/{id}",
+        "/v1/history",
+        "/v1/history/{id}",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
-    assert!(doc["components"]["schemas"]["SpeechRequest"]["properties"].get("cfg_filter_top_k").is_some());
+    assert!(doc["components"]["schemas"]["SpeechRequest"]["properties"]
+        .get("cfg_filter_top_k")
+        .is_some());
     assert_eq!(server.http.get(server.url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(server.http.get(server.url("/readyz")).send().await.unwrap().status(), 200);
 }

@@ -100,9 +100,8 @@ impl BinaryFrame {
         let truncated = FrameError::Truncated { len: bytes.len() };
         let len_bytes: [u8; 4] = bytes.get(..4).ok_or(truncated)?.try_into().expect("4 bytes");
         let header_len = u32::from_le_bytes(len_bytes) as usize;
-        let header_bytes = bytes
-            .get(4..4 + header_len)
-            .ok_or(FrameError::Truncated { len: bytes.len() })?;
+        let header_bytes =
+            bytes.get(4..4 + header_len).ok_or(FrameError::Truncated { len: bytes.len() })?;
         let header: FrameHeader =
             serde_json::from_slice(header_bytes).map_err(|e| FrameError::Header(e.to_string()))?;
         let payload = bytes[4 + header_len..].to_vec();

@@ -113,7 +113,8 @@ impl Script {
 
     /// The normalised text for the model: each turn as `[Sx] text`, joined by spaces.
     pub fn to_model_text(&self) -> String {
-        let turns: Vec<String> = self.turns.iter().map(|t| format!("{} {}", t.speaker, t.text)).collect();
+        let turns: Vec<String> =
+            self.turns.iter().map(|t| format!("{} {}", t.speaker, t.text)).collect();
         turns.join(" ")
     }
 }
@@ -168,10 +169,14 @@ mod tests {
 
     #[test]
     fn the_spec_example_has_two_turns() {
-        let script = Script::parse("[S1] Hello! Welcome to the show.\n[S2] Thanks for having me.").unwrap();
+        let script =
+            Script::parse("[S1] Hello! Welcome to the show.\n[S2] Thanks for having me.").unwrap();
         assert_eq!(
             script.turns,
-            vec![turn(Speaker::S1, "Hello! Welcome to the show."), turn(Speaker::S2, "Thanks for having me.")]
+            vec![
+                turn(Speaker::S1, "Hello! Welcome to the show."),
+                turn(Speaker::S2, "Thanks for having me.")
+            ]
         );
     }
 
@@ -195,8 +200,14 @@ mod tests {
 
     #[test]
     fn s0_and_s10_are_unsupported_too() {
-        assert!(matches!(Script::parse("[S1] a [S0] b"), Err(ScriptError::UnsupportedSpeaker { .. })));
-        assert!(matches!(Script::parse("[S1] a\n[S10] b"), Err(ScriptError::UnsupportedSpeaker { line: 2, .. })));
+        assert!(matches!(
+            Script::parse("[S1] a [S0] b"),
+            Err(ScriptError::UnsupportedSpeaker { .. })
+        ));
+        assert!(matches!(
+            Script::parse("[S1] a\n[S10] b"),
+            Err(ScriptError::UnsupportedSpeaker { line: 2, .. })
+        ));
     }
 
     #[test]

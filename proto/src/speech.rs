@@ -56,7 +56,11 @@ pub const VOICE_GAP_SECONDS: f32 = 0.3;
 
 /// The encoder text for a cloned generation: the transcripts, tagged with the speaker they clone,
 /// placed before the script (the clips are concatenated in the same order: S1, gap, S2).
-pub fn cloning_text(s1_transcript: Option<&str>, s2_transcript: Option<&str>, script: &str) -> String {
+pub fn cloning_text(
+    s1_transcript: Option<&str>,
+    s2_transcript: Option<&str>,
+    script: &str,
+) -> String {
     let mut text = String::new();
     for (tag, transcript) in [("[S1]", s1_transcript), ("[S2]", s2_transcript)] {
         if let Some(t) = transcript {

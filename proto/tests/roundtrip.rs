@@ -16,7 +16,9 @@ fn golden<T: Serialize + DeserializeOwned>(name: &str) -> T {
 
 #[test]
 fn a_submit_carries_the_whole_speech_task() {
-    let ControlToNode::Submit(job) = golden::<ControlToNode>("submit.json") else { panic!("not a submit") };
+    let ControlToNode::Submit(job) = golden::<ControlToNode>("submit.json") else {
+        panic!("not a submit")
+    };
     let Task::Speech(task) = job.task;
     assert_eq!(task.seed, 42);
     assert_eq!(task.sampling, proto::Sampling::default());
@@ -25,14 +27,17 @@ fn a_submit_carries_the_whole_speech_task() {
 
 #[test]
 fn a_hello_names_models_features_and_capacity() {
-    let NodeToControl::Hello(hello) = golden::<NodeToControl>("hello.json") else { panic!("not a hello") };
+    let NodeToControl::Hello(hello) = golden::<NodeToControl>("hello.json") else {
+        panic!("not a hello")
+    };
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     assert_eq!(hello.models[0].features, [proto::FEATURE_VOICE_CLONING]);
 }
 
 #[test]
 fn a_heartbeat_carries_health_and_load() {
-    let NodeToControl::Heartbeat { health, load } = golden::<NodeToControl>("heartbeat.json") else {
+    let NodeToControl::Heartbeat { health, load } = golden::<NodeToControl>("heartbeat.json")
+    else {
         panic!("not a heartbeat")
     };
     assert_eq!(health, Health::Unhealthy { reason: "XID 79".into() });
@@ -41,7 +46,8 @@ fn a_heartbeat_carries_health_and_load() {
 
 #[test]
 fn a_failure_carries_an_api_error_type_and_the_retryable_flag() {
-    let NodeToControl::Failed { error, retryable, .. } = golden::<NodeToControl>("failed.json") else {
+    let NodeToControl::Failed { error, retryable, .. } = golden::<NodeToControl>("failed.json")
+    else {
         panic!("not a failure")
     };
     assert_eq!(error.kind, ErrorKind::UpstreamError);
@@ -50,11 +56,16 @@ fn a_failure_carries_an_api_error_type_and_the_retryable_flag() {
 
 #[test]
 fn a_finished_message_counts_the_samples_sent() {
-    let NodeToControl::Finished(done) = golden::<NodeToControl>("finished.json") else { panic!("not finished") };
+    let NodeToControl::Finished(done) = golden::<NodeToControl>("finished.json") else {
+        panic!("not finished")
+    };
     assert_eq!(done.samples, 88_200);
 }
 
 #[test]
 fn control_messages_without_payload_are_just_a_type() {
-    assert_eq!(serde_json::to_value(ControlToNode::Drain).unwrap(), serde_json::json!({"type": "drain"}));
+    assert_eq!(
+        serde_json::to_value(ControlToNode::Drain).unwrap(),
+        serde_json::json!({"type": "drain"})
+    );
 }

@@ -8,7 +8,10 @@
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use proto::frames::i16_le_bytes;
-use proto::{BinaryFrame, ControlToNode, Finished, FrameHeader, Hello, ModelInfo, NodeId, NodeToControl, PcmEncoding, Stream, PROTOCOL_VERSION};
+use proto::{
+    BinaryFrame, ControlToNode, Finished, FrameHeader, Hello, ModelInfo, NodeId, NodeToControl,
+    PcmEncoding, Stream, PROTOCOL_VERSION,
+};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -34,7 +37,11 @@ async fn main() {
     let state = control_plane::AppState::start(config).await.unwrap();
     tokio::spawn(control_plane::serve(listener, state));
     for i in 0..nodes {
-        echo_node(&format!("ws://{addr}/v1/nodes/connect?token={JOIN_TOKEN}"), &format!("bench-{i}")).await;
+        echo_node(
+            &format!("ws://{addr}/v1/nodes/connect?token={JOIN_TOKEN}"),
+            &format!("bench-{i}"),
+        )
+        .await;
     }
 
     let client = reqwest::Client::new();
@@ -44,7 +51,13 @@ async fn main() {
         let (url, body) = (url.clone(), body.clone());
         async move {
             let start = Instant::now();
-            let res = client.post(url).bearer_auth(API_KEY).header("content-type", "application/json").body(body).send().await;
+            let res = client
+                .post(url)
+                .bearer_auth(API_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             let ok = match res {
                 Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
                 Ok(r) => {
@@ -82,10 +95,23 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
     println!("control-plane load: target {rps} rps for {seconds} s against {nodes} scripted nodes (SQLite)");
-    println!("  achieved {:.0} rps, {} requests, {failures} failed", total as f64 / elapsed, latencies.len());
-    println!("  overhead p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    println!(
+        "  achieved {:.0} rps, {} requests, {failures} failed",
+        total as f64 / elapsed,
+        latencies.len()
+    );
+    println!(
+        "  overhead p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
 }
 
 /// A node with plenty of slots that answers every job with 0.1 s of silence at once.
@@ -94,7 +120,12 @@ async fn echo_node(url: &str, id: &str) {
     let hello = NodeToControl::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId(id.into()),
-        models: vec![ModelInfo { id: "dia-bench".into(), features: vec![proto::FEATURE_VOICE_CLONING.into()], max_input_chars: 1024, max_new_tokens: 4096 }],
+        models: vec![ModelInfo {
+            id: "dia-bench".into(),
+            features: vec![proto::FEATURE_VOICE_CLONING.into()],
+            max_input_chars: 1024,
+            max_new_tokens: 4096,
+        }],
         capacity: 256,
         gpu: None,
     });
@@ -105,9 +136,20 @@ async fn echo_node(url: &str, id: &str) {
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(text) = msg else { continue };
             let Ok(ControlToNode::Submit(job)) = serde_json::from_str(&text) else { continue };
-            let header = FrameHeader { request_id: job.request_id, attempt: job.attempt, stream: Stream::Audio, chunk: 0, encoding: PcmEncoding::I16Le };
+            let header = FrameHeader {
+                request_id: job.request_id,
+                attempt: job.attempt,
+                stream: Stream::Audio,
+                chunk: 0,
+                encoding: PcmEncoding::I16Le,
+            };
             let frame = BinaryFrame { header, payload: audio.clone() };
-            let done = NodeToControl::Finished(Finished { request_id: job.request_id, attempt: job.attempt, samples: 4410, inference_seconds: 0.0 });
+            let done = NodeToControl::Finished(Finished {
+                request_id: job.request_id,
+                attempt: job.attempt,
+                samples: 4410,
+                inference_seconds: 0.0,
+            });
             if ws.send(Message::binary(frame.encode())).await.is_err()
                 || ws.send(Message::text(serde_json::to_string(&done).unwrap())).await.is_err()
             {

@@ -10,7 +10,9 @@ pub mod requests;
 pub mod voices;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -65,15 +67,19 @@ impl Db {
     pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
         match self {
             Self::Sqlite(_) => Ok(()),
-            Self::Postgres(p) => {
-                sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(p).await.map(drop)
-            }
+            Self::Postgres(p) => sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(p)
+                .await
+                .map(drop),
         }
     }
 }
 
 /// Milliseconds since the Unix epoch, the store's timestamp format.
 pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     since.as_millis() as i64
 }

@@ -146,7 +146,8 @@ pub struct AttemptFailure<'a> {
     pub final_error: Option<&'a WireError>,
 }
 
-const HISTORY_COLUMNS: &str = "seq, id, status, error_type, error_message, model, input, params, seed,
+const HISTORY_COLUMNS: &str =
+    "seq, id, status, error_type, error_message, model, input, params, seed,
     visibility, collection, attempts, node_id, created_at, started_at, finished_at, queue_seconds,
     inference_seconds, audio_seconds,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM requests q
@@ -155,7 +156,8 @@ const HISTORY_COLUMNS: &str = "seq, id, status, error_type, error_message, model
 impl Db {
     /// Stores an accepted request as `queued`.
     pub async fn insert_request(&self, r: &NewRequest<'_>) -> Result<(), sqlx::Error> {
-        let sql = "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
+        let sql =
+            "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
                        visibility, collection, task, prompt_audio, created_at)
                    VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12)";
         on_pool!(self, p => sqlx::query(sql)
@@ -174,7 +176,13 @@ impl Db {
     /// Claims the oldest queued request for `model` and `feature` for a node of this replica, and
     /// opens its attempt. On PostgreSQL `SKIP LOCKED` lets replicas claim side by side; SQLite
     /// serialises writers, so the plain sub-select is already atomic.
-    pub async fn claim(&self, model: &str, feature: &str, node: &str, replica: &str) -> Result<Option<Claimed>, sqlx::Error> {
+    pub async fn claim(
+        &self,
+        model: &str,
+        feature: &str,
+        node: &str,
+        replica: &str,
+    ) -> Result<Option<Claimed>, sqlx::Error> {
         let lock = if matches!(self, Db::Postgres(_)) { "FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE requests SET status = 'running', attempts = attempts + 1, node_id = $1, replica_id = $2,
@@ -184,7 +192,8 @@ impl Db {
                           ORDER BY seq LIMIT 1 {lock})
              RETURNING id, attempts, model, task, prompt_audio, queue_seconds"
         );
-        let attempt_sql = "INSERT INTO attempts (request_id, attempt, node_id, replica_id, started_at, outcome)
+        let attempt_sql =
+            "INSERT INTO attempts (request_id, attempt, node_id, replica_id, started_at, outcome)
                            VALUES ($1, $2, $3, $4, $5, 'running')";
         let now = now_ms();
         on_pool!(self, p => {
@@ -202,7 +211,14 @@ impl Db {
     }
 
     /// Records the audio of a running attempt; false when the attempt is no longer current.
-    pub async fn succeed(&self, id: &str, attempt: i64, wav: &[u8], audio_seconds: f64, inference_seconds: f64) -> Result<bool, sqlx::Error> {
+    pub async fn succeed(
+        &self,
+        id: &str,
+        attempt: i64,
+        wav: &[u8],
+        audio_seconds: f64,
+        inference_seconds: f64,
+    ) -> Result<bool, sqlx::Error> {
         let sql = "UPDATE requests SET status = 'succeeded', audio = $3, audio_seconds = $4,
                        inference_seconds = $5, finished_at = $6
                    WHERE id = $1 AND status = 'running' AND attempts = $2";
@@ -223,8 +239,14 @@ impl Db {
 
     /// Ends a running attempt without audio: back to the queue or failed for good. False when
     /// the attempt is no longer current.
-    pub async fn fail_attempt(&self, id: &str, attempt: i64, f: &AttemptFailure<'_>) -> Result<bool, sqlx::Error> {
-        let sql = "UPDATE requests SET status = $3, error_type = $4, error_message = $5, finished_at = $6
+    pub async fn fail_attempt(
+        &self,
+        id: &str,
+        attempt: i64,
+        f: &AttemptFailure<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let sql =
+            "UPDATE requests SET status = $3, error_type = $4, error_message = $5, finished_at = $6
                    WHERE id = $1 AND status = 'running' AND attempts = $2";
         let attempt_sql = "UPDATE attempts SET outcome = $3, error_type = $4, error_message = $5, finished_at = $6
                            WHERE request_id = $1 AND attempt = $2";
@@ -248,7 +270,12 @@ impl Db {
 
     /// Fails a request that is still queued or running (cancelled, or waited too long); false when
     /// it had already ended.
-    pub async fn fail_unfinished(&self, id: &str, error: &WireError, also_running: bool) -> Result<bool, sqlx::Error> {
+    pub async fn fail_unfinished(
+        &self,
+        id: &str,
+        error: &WireError,
+        also_running: bool,
+    ) -> Result<bool, sqlx::Error> {
         let statuses = if also_running { "('queued', 'running')" } else { "('queued')" };
         let sql = format!(
             "UPDATE requests SET status = 'failed', error_type = $2, error_message = $3, finished_at = $4
@@ -286,7 +313,13 @@ impl Db {
     }
 
     /// A page of the account's history, newest first, before the cursor `before` (a `seq`).
-    pub async fn history(&self, account: &str, status: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    pub async fn history(
+        &self,
+        account: &str,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
         let sql = format!(
             "SELECT {HISTORY_COLUMNS} FROM requests r
              WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND seq < $3
@@ -298,21 +331,32 @@ impl Db {
     }
 
     /// One request of the account.
-    pub async fn history_item(&self, account: &str, id: &str) -> Result<Option<HistoryRow>, sqlx::Error> {
-        let sql = format!("SELECT {HISTORY_COLUMNS} FROM requests r WHERE account_id = $1 AND id = $2");
+    pub async fn history_item(
+        &self,
+        account: &str,
+        id: &str,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        let sql =
+            format!("SELECT {HISTORY_COLUMNS} FROM requests r WHERE account_id = $1 AND id = $2");
         on_pool!(self, p => sqlx::query_as(&sql).bind(account).bind(id).fetch_optional(p).await)
     }
 
     /// The attempts of a request, in order.
     pub async fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
-        let sql = "SELECT attempt, node_id, started_at, finished_at, outcome, error_type, error_message
+        let sql =
+            "SELECT attempt, node_id, started_at, finished_at, outcome, error_type, error_message
                    FROM attempts WHERE request_id = $1 ORDER BY attempt";
         on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_all(p).await)
     }
 
     /// The WAV of a succeeded request of the account.
-    pub async fn history_audio(&self, account: &str, id: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
-        let sql = "SELECT audio FROM requests WHERE account_id = $1 AND id = $2 AND audio IS NOT NULL";
+    pub async fn history_audio(
+        &self,
+        account: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let sql =
+            "SELECT audio FROM requests WHERE account_id = $1 AND id = $2 AND audio IS NOT NULL";
         on_pool!(self, p => sqlx::query_scalar(sql).bind(account).bind(id).fetch_optional(p).await)
     }
 }

@@ -87,13 +87,21 @@ impl Db {
     }
 
     /// The uploaded bytes and format of one sample of the account.
-    pub async fn voice_original(&self, account: &str, id: i64) -> Result<Option<(String, Vec<u8>)>, sqlx::Error> {
+    pub async fn voice_original(
+        &self,
+        account: &str,
+        id: i64,
+    ) -> Result<Option<(String, Vec<u8>)>, sqlx::Error> {
         let sql = "SELECT format, original FROM voices WHERE account_id = $1 AND id = $2";
         on_pool!(self, p => sqlx::query_as(sql).bind(account).bind(id).fetch_optional(p).await)
     }
 
     /// Stores a sample; when it is the default, the previous default stops being one.
-    pub async fn insert_voice(&self, account: &str, v: &NewVoice<'_>) -> Result<VoiceRow, sqlx::Error> {
+    pub async fn insert_voice(
+        &self,
+        account: &str,
+        v: &NewVoice<'_>,
+    ) -> Result<VoiceRow, sqlx::Error> {
         let now = now_ms();
         let sql = format!(
             "INSERT INTO voices (account_id, speaker_name, transcript, is_default, format, original, pcm,
@@ -117,7 +125,12 @@ impl Db {
     }
 
     /// Applies a patch to a sample of the account; `None` when it is not there.
-    pub async fn update_voice(&self, account: &str, id: i64, patch: VoicePatch) -> Result<Option<VoiceRow>, sqlx::Error> {
+    pub async fn update_voice(
+        &self,
+        account: &str,
+        id: i64,
+        patch: VoicePatch,
+    ) -> Result<Option<VoiceRow>, sqlx::Error> {
         let sql = format!(
             "UPDATE voices SET speaker_name = COALESCE($3, speaker_name),
                 transcript = CASE WHEN $4 THEN $5 ELSE transcript END,
@@ -151,7 +164,11 @@ impl Db {
     }
 
     /// Transcript and samples of one sample of the account, for a cloning prompt.
-    pub async fn cloning_sample(&self, account: &str, id: i64) -> Result<Option<CloningSample>, sqlx::Error> {
+    pub async fn cloning_sample(
+        &self,
+        account: &str,
+        id: i64,
+    ) -> Result<Option<CloningSample>, sqlx::Error> {
         let sql = "SELECT transcript, pcm FROM voices WHERE account_id = $1 AND id = $2";
         on_pool!(self, p => sqlx::query_as(sql).bind(account).bind(id).fetch_optional(p).await)
     }

@@ -44,7 +44,11 @@ fn new_key() -> String {
 #[utoipa::path(post, path = "/v1/admin/accounts", request_body = NewAccount,
     responses((status = 201, body = CreatedKey), (status = 401, body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn create_account(_: Admin, State(state): State<AppState>, ApiJson(body): ApiJson<NewAccount>) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+pub async fn create_account(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewAccount>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let account_id = state.db.create_account(&body.name).await?;
     let api_key = new_key();
     state.db.add_api_key(&account_id, &api_key).await?;
@@ -55,7 +59,11 @@ pub async fn create_account(_: Admin, State(state): State<AppState>, ApiJson(bod
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/keys",
     responses((status = 201, body = CreatedKey), (status = 404, body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn create_key(_: Admin, State(state): State<AppState>, Path(account_id): Path<String>) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+pub async fn create_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let api_key = new_key();
     if !state.db.add_api_key(&account_id, &api_key).await? {
         return Err(ApiError::new(ErrorKind::NotFound, format!("no account `{account_id}`")));

@@ -21,9 +21,15 @@ fn bearer(parts: &Parts) -> Option<&str> {
 impl FromRequestParts<AppState> for Account {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or_else(|| {
-            ApiError::new(ErrorKind::MissingApiKey, "send your API key as `Authorization: Bearer <key>`")
+            ApiError::new(
+                ErrorKind::MissingApiKey,
+                "send your API key as `Authorization: Bearer <key>`",
+            )
         })?;
         match state.db.account_for_key(key).await? {
             Some(account) => Ok(Self(account)),
@@ -35,11 +41,20 @@ impl FromRequestParts<AppState> for Account {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match (&state.config.admin_token, bearer(parts)) {
             (Some(expected), Some(given)) if expected == given => Ok(Self),
-            (None, _) => Err(ApiError::new(ErrorKind::InvalidAdminToken, "admin endpoints are disabled (no ADMIN_TOKEN)")),
-            _ => Err(ApiError::new(ErrorKind::InvalidAdminToken, "the admin token is missing or wrong")),
+            (None, _) => Err(ApiError::new(
+                ErrorKind::InvalidAdminToken,
+                "admin endpoints are disabled (no ADMIN_TOKEN)",
+            )),
+            _ => Err(ApiError::new(
+                ErrorKind::InvalidAdminToken,
+                "the admin token is missing or wrong",
+            )),
         }
     }
 }

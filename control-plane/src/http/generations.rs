@@ -15,7 +15,10 @@ use axum::routing::post;
 use axum::Router;
 use proto::frames::{f32_from_le_bytes, f32_le_bytes};
 use proto::speech::{cloning_text, VOICE_GAP_SECONDS};
-use proto::{ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, WireError, FEATURE_VOICE_CLONING, SAMPLE_RATE};
+use proto::{
+    ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, WireError,
+    FEATURE_VOICE_CLONING, SAMPLE_RATE,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -36,7 +39,11 @@ pub fn router() -> Router<AppState> {
         (status = 502, description = "upstream_error", body = ErrorBody),
     ),
     security(("api_key" = [])))]
-pub async fn create(State(state): State<AppState>, Account(account): Account, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Account(account): Account,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let req = SpeechRequest::from_json(&body)?.validate(state.config.max_input_chars)?;
     let (text, prompt) = cloning_prompt(&state, &account, &req).await?;
     let model = super::models::choose(&state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
@@ -52,22 +59,30 @@ pub async fn create(State(state): State<AppState>, Account(account): Account, Ap
         speed_factor: req.speed_factor,
         max_new_tokens: req.max_new_tokens,
         seed: req.seed,
-        voice_prompt: prompt.as_ref().map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
+        voice_prompt: prompt
+            .as_ref()
+            .map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
     });
     let waiter = state.queue.waiter(&id);
-    state.db.insert_request(&NewRequest {
-        id: &id.to_string(),
-        account_id: &account,
-        feature: FEATURE_VOICE_CLONING,
-        model: &model.id,
-        input: &req.input,
-        params: &serde_json::to_string(&req).expect("serialises"),
-        seed: req.seed as i64,
-        visibility: serde_json::to_value(req.visibility).expect("serialises").as_str().unwrap_or("private"),
-        collection: req.collection.as_deref(),
-        task: &serde_json::to_string(&task).expect("serialises"),
-        prompt_audio: prompt.as_deref(),
-    }).await?;
+    state
+        .db
+        .insert_request(&NewRequest {
+            id: &id.to_string(),
+            account_id: &account,
+            feature: FEATURE_VOICE_CLONING,
+            model: &model.id,
+            input: &req.input,
+            params: &serde_json::to_string(&req).expect("serialises"),
+            seed: req.seed as i64,
+            visibility: serde_json::to_value(req.visibility)
+                .expect("serialises")
+                .as_str()
+                .unwrap_or("private"),
+            collection: req.collection.as_deref(),
+            task: &serde_json::to_string(&task).expect("serialises"),
+            prompt_audio: prompt.as_deref(),
+        })
+        .await?;
     state.queue.announce_queued().await;
 
     let guard = CancelOnDrop(Some((state.queue.clone(), id)));
@@ -96,8 +111,15 @@ impl Drop for CancelOnDrop {
 
 fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiError> {
     let Some(audio) = outcome.audio.filter(|_| outcome.status == "succeeded") else {
-        let kind = outcome.error_type.as_deref().and_then(ErrorKind::parse).unwrap_or(ErrorKind::UpstreamError);
-        return Err(ApiError::Client(WireError::new(kind, outcome.error_message.unwrap_or_default())));
+        let kind = outcome
+            .error_type
+            .as_deref()
+            .and_then(ErrorKind::parse)
+            .unwrap_or(ErrorKind::UpstreamError);
+        return Err(ApiError::Client(WireError::new(
+            kind,
+            outcome.error_message.unwrap_or_default(),
+        )));
     };
     let mut response = ([(CONTENT_TYPE, "audio/wav")], audio).into_response();
     let headers = response.headers_mut();
@@ -119,10 +141,15 @@ fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiEr
 
 /// The encoder text and voice-prompt PCM for the request: the referenced samples' transcripts,
 /// tagged and placed before the script, and their clips joined S1, silence, S2.
-async fn cloning_prompt(state: &AppState, account: &str, req: &ValidSpeechRequest) -> Result<(String, Option<Vec<u8>>), ApiError> {
+async fn cloning_prompt(
+    state: &AppState,
+    account: &str,
+    req: &ValidSpeechRequest,
+) -> Result<(String, Option<Vec<u8>>), ApiError> {
     let mut transcripts = [None, None];
     let mut clips: [Option<Vec<f32>>; 2] = [None, None];
-    for (i, (tag, id)) in [("S1", req.speakers.s1), ("S2", req.speakers.s2)].into_iter().enumerate() {
+    for (i, (tag, id)) in [("S1", req.speakers.s1), ("S2", req.speakers.s2)].into_iter().enumerate()
+    {
         let Some(id) = id else { continue };
         let Some(sample) = state.db.cloning_sample(account, id).await? else {
             let msg = format!("`speakers.{tag}`: voice sample {id} does not exist in your library");

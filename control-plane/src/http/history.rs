@@ -88,7 +88,10 @@ pub struct HistoryPage {
 
 impl From<HistoryRow> for HistoryItem {
     fn from(r: HistoryRow) -> Self {
-        let error = r.error_type.map(|kind| crate::error::ErrorDetail { kind, message: r.error_message.unwrap_or_default() });
+        let error = r.error_type.map(|kind| crate::error::ErrorDetail {
+            kind,
+            message: r.error_message.unwrap_or_default(),
+        });
         Self {
             audio_url: (r.status == "succeeded").then(|| format!("/v1/history/{}/audio", r.id)),
             id: r.id,
@@ -119,14 +122,24 @@ fn not_found(id: &str) -> ApiError {
 
 /// Lists the account's requests, newest first.
 #[utoipa::path(get, path = "/v1/history", params(HistoryQuery), responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn list(State(state): State<AppState>, Account(account): Account, Query(q): Query<HistoryQuery>) -> Result<Json<HistoryPage>, ApiError> {
-    if let Some(s) = q.status.as_deref().filter(|s| !["queued", "running", "succeeded", "failed"].contains(s)) {
-        let msg = format!("`status` must be one of queued, running, succeeded, failed; got \"{s}\"");
+pub async fn list(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    if let Some(s) =
+        q.status.as_deref().filter(|s| !["queued", "running", "succeeded", "failed"].contains(s))
+    {
+        let msg =
+            format!("`status` must be one of queued, running, succeeded, failed; got \"{s}\"");
         return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
     }
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::new(ErrorKind::InvalidParameter, format!("`limit` must be an integer from 1 to 100; got {limit}")));
+        return Err(ApiError::new(
+            ErrorKind::InvalidParameter,
+            format!("`limit` must be an integer from 1 to 100; got {limit}"),
+        ));
     }
     // One row more than asked tells whether another page follows.
     let mut rows = state.db.history(&account, q.status.as_deref(), q.cursor, limit + 1).await?;
@@ -137,7 +150,11 @@ pub async fn list(State(state): State<AppState>, Account(account): Account, Quer
 
 /// One request with its attempts.
 #[utoipa::path(get, path = "/v1/history/{id}", responses((status = 200, body = HistoryItem), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<String>) -> Result<Json<HistoryItem>, ApiError> {
+pub async fn fetch(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<String>,
+) -> Result<Json<HistoryItem>, ApiError> {
     let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     let mut item = HistoryItem::from(row);
     item.attempts = Some(state.db.attempts(&id).await?);
@@ -146,7 +163,11 @@ pub async fn fetch(State(state): State<AppState>, Account(account): Account, Pat
 
 /// The WAV of a succeeded request.
 #[utoipa::path(get, path = "/v1/history/{id}/audio", responses((status = 200, content_type = "audio/wav"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn audio(State(state): State<AppState>, Account(account): Account, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn audio(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let wav = state.db.history_audio(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     Ok(([(CONTENT_TYPE, "audio/wav")], wav))
 }

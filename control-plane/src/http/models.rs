@@ -44,7 +44,13 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
     for (rank, node) in state.db.available_nodes(fresh).await?.iter().enumerate() {
         for m in node.models() {
             let entry = models.entry(m.id.clone()).or_insert_with(|| {
-                let model = Model { id: m.id.clone(), features: Vec::new(), max_input_chars: u32::MAX, max_new_tokens: u32::MAX, nodes: 0 };
+                let model = Model {
+                    id: m.id.clone(),
+                    features: Vec::new(),
+                    max_input_chars: u32::MAX,
+                    max_new_tokens: u32::MAX,
+                    nodes: 0,
+                };
                 (rank, model)
             });
             let model = &mut entry.1;
@@ -65,16 +71,30 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
 
 /// Picks the model for a request needing `feature`: the named one if it is online with the
 /// feature, else the least loaded node's.
-pub async fn choose(state: &AppState, requested: Option<&str>, feature: &str) -> Result<Model, ApiError> {
-    let offering: Vec<Model> = online_models(state).await?.into_iter().filter(|m| m.features.iter().any(|f| f == feature)).collect();
+pub async fn choose(
+    state: &AppState,
+    requested: Option<&str>,
+    feature: &str,
+) -> Result<Model, ApiError> {
+    let offering: Vec<Model> = online_models(state)
+        .await?
+        .into_iter()
+        .filter(|m| m.features.iter().any(|f| f == feature))
+        .collect();
     if offering.is_empty() {
-        return Err(ApiError::new(ErrorKind::NoProvider, format!("no online provider offers `{feature}`; try again later")));
+        return Err(ApiError::new(
+            ErrorKind::NoProvider,
+            format!("no online provider offers `{feature}`; try again later"),
+        ));
     }
     match requested {
         None => Ok(offering[0].clone()),
         Some(name) => offering.iter().find(|m| m.id == name).cloned().ok_or_else(|| {
             let ids: Vec<&str> = offering.iter().map(|m| m.id.as_str()).collect();
-            let msg = format!("`model` must name an online model with `{feature}` ({}); got \"{name}\"", ids.join(", "));
+            let msg = format!(
+                "`model` must name an online model with `{feature}` ({}); got \"{name}\"",
+                ids.join(", ")
+            );
             ApiError::new(ErrorKind::UnknownModel, msg)
         }),
     }

@@ -20,7 +20,10 @@ use utoipa::ToSchema;
 /// Routes; uploads may be up to `max_voice_bytes` (plus multipart overhead).
 pub fn router(max_voice_bytes: usize) -> Router<AppState> {
     Router::new()
-        .route("/v1/voices", get(list).post(upload).layer(DefaultBodyLimit::max(max_voice_bytes + 64 * 1024)))
+        .route(
+            "/v1/voices",
+            get(list).post(upload).layer(DefaultBodyLimit::max(max_voice_bytes + 64 * 1024)),
+        )
         .route("/v1/voices/{id}", get(fetch).patch(update).delete(remove))
         .route("/v1/voices/{id}/audio", get(audio))
 }
@@ -70,7 +73,10 @@ fn not_found(id: i64) -> ApiError {
 
 /// Lists the account's voice samples.
 #[utoipa::path(get, path = "/v1/voices", responses((status = 200, body = VoiceList)), security(("api_key" = [])))]
-pub async fn list(State(state): State<AppState>, Account(account): Account) -> Result<Json<VoiceList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Account(account): Account,
+) -> Result<Json<VoiceList>, ApiError> {
     let data = state.db.list_voices(&account).await?.into_iter().collect();
     Ok(Json(VoiceList { data }))
 }
@@ -80,23 +86,45 @@ pub async fn list(State(state): State<AppState>, Account(account): Account) -> R
     responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody)),
     security(("api_key" = [])))]
-pub async fn upload(State(state): State<AppState>, Account(account): Account, mut form: Multipart) -> Result<(StatusCode, Json<VoiceRow>), ApiError> {
+pub async fn upload(
+    State(state): State<AppState>,
+    Account(account): Account,
+    mut form: Multipart,
+) -> Result<(StatusCode, Json<VoiceRow>), ApiError> {
     let (mut file, mut speaker_name, mut transcript, mut is_default) = (None, None, None, false);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "file" => file = Some(field.bytes().await.map_err(multipart_error)?),
             "speaker_name" => speaker_name = Some(field.text().await.map_err(multipart_error)?),
-            "transcript" => transcript = Some(field.text().await.map_err(multipart_error)?).filter(|t| !t.trim().is_empty()),
-            "is_default" => is_default = matches!(field.text().await.map_err(multipart_error)?.trim(), "true" | "1"),
-            other => return Err(ApiError::new(ErrorKind::InvalidParameter, format!("unknown form field `{other}`"))),
+            "transcript" => {
+                transcript = Some(field.text().await.map_err(multipart_error)?)
+                    .filter(|t| !t.trim().is_empty())
+            }
+            "is_default" => {
+                is_default =
+                    matches!(field.text().await.map_err(multipart_error)?.trim(), "true" | "1")
+            }
+            other => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidParameter,
+                    format!("unknown form field `{other}`"),
+                ))
+            }
         }
     }
-    let file = file.ok_or_else(|| ApiError::new(ErrorKind::InvalidParameter, "`file` is required: the audio clip"))?;
-    let speaker_name = speaker_name.filter(|n| !n.trim().is_empty())
+    let file = file.ok_or_else(|| {
+        ApiError::new(ErrorKind::InvalidParameter, "`file` is required: the audio clip")
+    })?;
+    let speaker_name = speaker_name
+        .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` is required"))?;
     if file.len() > state.config.max_voice_bytes {
-        let msg = format!("`file` has {} bytes; the limit is {}", file.len(), state.config.max_voice_bytes);
+        let msg = format!(
+            "`file` has {} bytes; the limit is {}",
+            file.len(),
+            state.config.max_voice_bytes
+        );
         return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
     }
     let max_seconds = state.config.max_voice_seconds;
@@ -105,8 +133,12 @@ pub async fn upload(State(state): State<AppState>, Account(account): Account, mu
         .await
         .map_err(|e| ApiError::new(ErrorKind::InternalError, e.to_string()))?
         .map_err(|e| match e {
-            AudioError::TooLong { .. } => ApiError::new(ErrorKind::AudioTooLong, format!("`file`: {e}")),
-            AudioError::Decode(_) | AudioError::Empty => ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}")),
+            AudioError::TooLong { .. } => {
+                ApiError::new(ErrorKind::AudioTooLong, format!("`file`: {e}"))
+            }
+            AudioError::Decode(_) | AudioError::Empty => {
+                ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}"))
+            }
         })?;
     let pcm = f32_le_bytes(&decoded.samples);
     let voice = NewVoice {
@@ -125,21 +157,34 @@ pub async fn upload(State(state): State<AppState>, Account(account): Account, mu
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ErrorKind::RequestTooLarge } else { ErrorKind::InvalidParameter };
+    let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::RequestTooLarge
+    } else {
+        ErrorKind::InvalidParameter
+    };
     ApiError::new(kind, e.body_text())
 }
 
 /// One sample.
 #[utoipa::path(get, path = "/v1/voices/{id}", responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn fetch(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<Json<VoiceRow>, ApiError> {
+pub async fn fetch(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<i64>,
+) -> Result<Json<VoiceRow>, ApiError> {
     let row = state.db.get_voice(&account, id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(row))
 }
 
 /// The sample as uploaded.
 #[utoipa::path(get, path = "/v1/voices/{id}/audio", responses((status = 200, description = "the uploaded bytes"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn audio(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
-    let (format, bytes) = state.db.voice_original(&account, id).await?.ok_or_else(|| not_found(id))?;
+pub async fn audio(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (format, bytes) =
+        state.db.voice_original(&account, id).await?.ok_or_else(|| not_found(id))?;
     let mime = match format.as_str() {
         "mp3" => "audio/mpeg",
         "flac" => "audio/flac",
@@ -152,17 +197,34 @@ pub async fn audio(State(state): State<AppState>, Account(account): Account, Pat
 
 /// Updates name, transcript or default flag; making one the default unsets the previous one.
 #[utoipa::path(patch, path = "/v1/voices/{id}", request_body = VoiceUpdate, responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn update(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>, ApiJson(body): ApiJson<VoiceUpdate>) -> Result<Json<VoiceRow>, ApiError> {
+pub async fn update(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<VoiceUpdate>,
+) -> Result<Json<VoiceRow>, ApiError> {
     if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` must not be empty"));
     }
-    let patch = VoicePatch { speaker_name: body.speaker_name, transcript: body.transcript, is_default: body.is_default };
+    let patch = VoicePatch {
+        speaker_name: body.speaker_name,
+        transcript: body.transcript,
+        is_default: body.is_default,
+    };
     let row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(row))
 }
 
 /// Deletes a sample.
 #[utoipa::path(delete, path = "/v1/voices/{id}", responses((status = 204), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
-pub async fn remove(State(state): State<AppState>, Account(account): Account, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
-    if state.db.delete_voice(&account, id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found(id)) }
+pub async fn remove(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if state.db.delete_voice(&account, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(id))
+    }
 }

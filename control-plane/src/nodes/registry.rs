@@ -65,7 +65,14 @@ impl Registry {
             return Err(AlreadyConnected(hello.node_id));
         }
         let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let entry = Entry { session, hello: hello.clone(), tx, healthy: true, draining: false, jobs: HashMap::new() };
+        let entry = Entry {
+            session,
+            hello: hello.clone(),
+            tx,
+            healthy: true,
+            draining: false,
+            jobs: HashMap::new(),
+        };
         nodes.insert(hello.node_id, entry);
         Ok(session)
     }
@@ -108,7 +115,9 @@ impl Registry {
     /// Appends an audio chunk; false for an unknown job, a stale attempt or a chunk out of order.
     pub fn push_audio(&self, id: &NodeId, header: &FrameHeader, payload: &[u8]) -> bool {
         let mut nodes = self.nodes.lock().expect("registry lock");
-        let Some(job) = nodes.get_mut(id).and_then(|e| e.jobs.get_mut(&header.request_id)) else { return false };
+        let Some(job) = nodes.get_mut(id).and_then(|e| e.jobs.get_mut(&header.request_id)) else {
+            return false;
+        };
         if job.attempt != header.attempt || job.next_chunk != header.chunk {
             return false;
         }
@@ -143,10 +152,13 @@ impl Registry {
     /// Marks every node draining and returns their sockets (shutdown).
     pub fn drain_all(&self) -> Vec<NodeTx> {
         let mut nodes = self.nodes.lock().expect("registry lock");
-        nodes.values_mut().map(|e| {
-            e.draining = true;
-            e.tx.clone()
-        }).collect()
+        nodes
+            .values_mut()
+            .map(|e| {
+                e.draining = true;
+                e.tx.clone()
+            })
+            .collect()
     }
 
     /// One node's state.
@@ -164,7 +176,8 @@ impl Registry {
     pub fn online_by_feature(&self) -> HashMap<String, i64> {
         let mut counts = HashMap::new();
         for e in self.nodes.lock().expect("registry lock").values().filter(|e| e.healthy) {
-            let mut features: Vec<&String> = e.hello.models.iter().flat_map(|m| &m.features).collect();
+            let mut features: Vec<&String> =
+                e.hello.models.iter().flat_map(|m| &m.features).collect();
             features.sort();
             features.dedup();
             for f in features {

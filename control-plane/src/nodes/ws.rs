@@ -14,8 +14,8 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Health, NodeId, NodeToControl, Stream, Welcome, WireError,
-    PROTOCOL_VERSION,
+    BinaryFrame, ControlToNode, ErrorKind, Health, NodeId, NodeToControl, Stream, Welcome,
+    WireError, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -184,13 +184,14 @@ async fn finish(state: &AppState, node: &NodeId, session: u64) {
 
 async fn reject<S: SinkExt<Message> + Unpin>(sink: &mut S, message: &str) {
     tracing::warn!(reason = message, "node refused");
-    let rejected = ControlToNode::Rejected { error: WireError::new(ErrorKind::InvalidParameter, message) };
+    let rejected =
+        ControlToNode::Rejected { error: WireError::new(ErrorKind::InvalidParameter, message) };
     let _ = sink.send(text(&rejected)).await;
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "refused".into() }))).await;
+    let _ =
+        sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "refused".into() }))).await;
 }
 
 /// A control message as a text frame.
 pub fn text(message: &ControlToNode) -> Message {
     Message::Text(serde_json::to_string(message).expect("messages serialise").into())
 }
-

@@ -46,7 +46,8 @@ pub struct TestDb {
 }
 
 fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 impl TestDb {
@@ -60,7 +61,8 @@ impl TestDb {
             Backend::Postgres => {
                 let admin = admin_url();
                 let name = format!("cp_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+                let mut conn =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
                 sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
                 let base = admin.rsplit_once('/').unwrap().0;
                 Self { url: format!("{base}/{name}"), _dir: None, pg_drop: Some((admin, name)) }
@@ -75,8 +77,13 @@ impl Drop for TestDb {
             // Drop runs outside async; a short-lived runtime on its own thread does the cleanup.
             let _ = std::thread::spawn(move || {
                 tokio::runtime::Runtime::new().unwrap().block_on(async {
-                    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                    if let Ok(mut c) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
                     }
                 })
             })
@@ -126,26 +133,50 @@ impl Server {
 
     /// Creates an account through the admin endpoint; returns its API key.
     pub async fn api_key(&self) -> String {
-        let res = self.http.post(self.url("/v1/admin/accounts")).bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": "test"})).send().await.unwrap();
+        let res = self
+            .http
+            .post(self.url("/v1/admin/accounts"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "test"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
         res.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned()
     }
 
     /// POST /v1/voice/generations.
     pub async fn generate(&self, key: &str, body: Value) -> reqwest::Response {
-        self.http.post(self.url("/v1/voice/generations")).bearer_auth(key).json(&body).send().await.unwrap()
+        self.http
+            .post(self.url("/v1/voice/generations"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Uploads a voice sample; returns the response.
-    pub async fn upload(&self, key: &str, file: Vec<u8>, name: &str, transcript: Option<&str>) -> reqwest::Response {
+    pub async fn upload(
+        &self,
+        key: &str,
+        file: Vec<u8>,
+        name: &str,
+        transcript: Option<&str>,
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new()
             .part("file", reqwest::multipart::Part::bytes(file).file_name("clip.wav"))
             .text("speaker_name", name.to_owned());
         if let Some(t) = transcript {
             form = form.text("transcript", t.to_owned());
         }
-        self.http.post(self.url("/v1/voices")).bearer_auth(key).multipart(form).send().await.unwrap()
+        self.http
+            .post(self.url("/v1/voices"))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Uploads a WAV sample with a transcript; returns its id.
@@ -164,7 +195,8 @@ impl Server {
 /// A mono 16-bit 44.1 kHz WAV of a 440 Hz tone.
 pub fn wav(seconds: f32) -> Vec<u8> {
     let n = (seconds * 44_100.0) as usize;
-    let samples: Vec<f32> = (0..n).map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44_100.0).sin() * 0.5).collect();
+    let samples: Vec<f32> =
+        (0..n).map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44_100.0).sin() * 0.5).collect();
     control_plane::audio::wav_f32_as_i16_bytes(&samples, 44_100)
 }
 

@@ -2,16 +2,25 @@
 
 use futures_util::{SinkExt, StreamExt};
 use proto::frames::i16_le_bytes;
-use proto::{BinaryFrame, ControlToNode, Finished, FrameHeader, Health, Hello, Job, Load, ModelInfo, NodeId, NodeToControl, PcmEncoding, Stream, WireError, ErrorKind, PROTOCOL_VERSION};
+use proto::{
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
+    ModelInfo, NodeId, NodeToControl, PcmEncoding, Stream, WireError, PROTOCOL_VERSION,
+};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub const MODEL: &str = "dia-test";
 
 /// A model with the voice-cloning feature.
 pub fn cloning_model(id: &str) -> ModelInfo {
-    ModelInfo { id: id.into(), features: vec![proto::FEATURE_VOICE_CLONING.into()], max_input_chars: 1024, max_new_tokens: 4096 }
+    ModelInfo {
+        id: id.into(),
+        features: vec![proto::FEATURE_VOICE_CLONING.into()],
+        max_input_chars: 1024,
+        max_new_tokens: 4096,
+    }
 }
 
 pub struct ScriptedNode {
@@ -31,8 +40,14 @@ impl ScriptedNode {
         Self::connect_with(ws_url, id, capacity, vec![cloning_model(MODEL)]).await
     }
 
-    pub async fn connect_with(ws_url: &str, id: &str, capacity: u32, models: Vec<ModelInfo>) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true).await.unwrap();
+    pub async fn connect_with(
+        ws_url: &str,
+        id: &str,
+        capacity: u32,
+        models: Vec<ModelInfo>,
+    ) -> Self {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(ws_url, None, true).await.unwrap();
         let hello = NodeToControl::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             node_id: NodeId(id.into()),
@@ -80,11 +95,22 @@ impl ScriptedNode {
     pub async fn complete(&mut self, job: &Job, samples: &[i16]) {
         let (a, b) = samples.split_at(samples.len() / 2);
         for (chunk, part) in [a, b].into_iter().enumerate() {
-            let header = FrameHeader { request_id: job.request_id, attempt: job.attempt, stream: Stream::Audio, chunk: chunk as u32, encoding: PcmEncoding::I16Le };
+            let header = FrameHeader {
+                request_id: job.request_id,
+                attempt: job.attempt,
+                stream: Stream::Audio,
+                chunk: chunk as u32,
+                encoding: PcmEncoding::I16Le,
+            };
             let frame = BinaryFrame { header, payload: i16_le_bytes(part) };
             self.ws.send(Message::binary(frame.encode())).await.unwrap();
         }
-        let done = NodeToControl::Finished(Finished { request_id: job.request_id, attempt: job.attempt, samples: samples.len() as u64, inference_seconds: 0.01 });
+        let done = NodeToControl::Finished(Finished {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            samples: samples.len() as u64,
+            inference_seconds: 0.01,
+        });
         self.send(&done).await;
     }
 
@@ -99,8 +125,12 @@ impl ScriptedNode {
     }
 
     pub async fn heartbeat(&mut self, healthy: bool) {
-        let health = if healthy { Health::Healthy } else { Health::Unhealthy { reason: "scripted".into() } };
-        let beat = NodeToControl::Heartbeat { health, load: Load { active: 0, queued: 0, gpu_memory_used_bytes: None } };
+        let health =
+            if healthy { Health::Healthy } else { Health::Unhealthy { reason: "scripted".into() } };
+        let beat = NodeToControl::Heartbeat {
+            health,
+            load: Load { active: 0, queued: 0, gpu_memory_used_bytes: None },
+        };
         self.send(&beat).await;
     }
 
