@@ -328,6 +328,12 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
         server.http.delete(server.url(&format!("/v1/voices/{id}"))).bearer_auth(&key).send()
     };
     expect_error(del(theirs).await.unwrap(), 404, "not_found").await;
+    let (status, body) = server.get_json(&key, "/v1/voices/not-a-number").await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{body}"
+    );
     assert_eq!(del(a).await.unwrap().status(), 204);
     let (_, list) = server.get_json(&key, "/v1/voices").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);

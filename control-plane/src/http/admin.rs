@@ -1,10 +1,10 @@
 //! Admin endpoints (their own token): accounts and API keys.
 
 use super::auth::Admin;
-use super::ApiJson;
+use super::{ApiJson, ApiPath};
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -62,7 +62,7 @@ pub async fn create_account(
 pub async fn create_key(
     _: Admin,
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    ApiPath(account_id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let api_key = new_key();
     if !state.db.add_api_key(&account_id, &api_key).await? {

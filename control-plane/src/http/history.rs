@@ -1,10 +1,11 @@
 //! The account's request history: every accepted request, its attempts and its audio.
 
 use super::auth::Account;
+use super::ApiPath;
 use crate::db::requests::{AttemptRow, HistoryRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -153,7 +154,7 @@ pub async fn list(
 pub async fn fetch(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<HistoryItem>, ApiError> {
     let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     let mut item = HistoryItem::from(row);
@@ -166,7 +167,7 @@ pub async fn fetch(
 pub async fn audio(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let wav = state.db.history_audio(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     Ok(([(CONTENT_TYPE, "audio/wav")], wav))

@@ -12,7 +12,8 @@ pub mod voices;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::{middleware, Router};
 use proto::ErrorKind;
@@ -60,4 +61,20 @@ fn json_error(rejection: JsonRejection) -> ApiError {
         _ => ErrorKind::InvalidJson,
     };
     ApiError::new(kind, rejection.body_text())
+}
+
+/// `Path` whose rejections (an id that is not a number, say) use the API's error envelope.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                Err(ApiError::new(ErrorKind::InvalidParameter, rejection.body_text()))
+            }
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! The voice library of the calling account: list, upload, fetch, update, delete.
 
 use super::auth::Account;
-use super::ApiJson;
+use super::{ApiJson, ApiPath};
 use crate::audio::{decode_to_mono_44k, AudioError};
 use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -170,7 +170,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 pub async fn fetch(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<VoiceRow>, ApiError> {
     let row = state.db.get_voice(&account, id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(row))
@@ -181,7 +181,7 @@ pub async fn fetch(
 pub async fn audio(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (format, bytes) =
         state.db.voice_original(&account, id).await?.ok_or_else(|| not_found(id))?;
@@ -200,7 +200,7 @@ pub async fn audio(
 pub async fn update(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<VoiceUpdate>,
 ) -> Result<Json<VoiceRow>, ApiError> {
     if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
@@ -220,7 +220,7 @@ pub async fn update(
 pub async fn remove(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     if state.db.delete_voice(&account, id).await? {
         Ok(StatusCode::NO_CONTENT)

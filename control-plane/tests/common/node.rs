@@ -26,6 +26,8 @@ pub fn cloning_model(id: &str) -> ModelInfo {
 pub struct ScriptedNode {
     pub id: String,
     ws: Ws,
+    /// What the welcome asked for.
+    heartbeat_interval: std::time::Duration,
 }
 
 /// A job as received: the submit and its voice prompt, if any.
@@ -56,9 +58,12 @@ impl ScriptedNode {
             gpu: Some("scripted".into()),
         });
         ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
-        let mut node = Self { id: id.into(), ws };
+        let mut node = Self { id: id.into(), ws, heartbeat_interval: Default::default() };
         match node.next_control().await {
-            Some(ControlToNode::Welcome(_)) => node,
+            Some(ControlToNode::Welcome(w)) => {
+                node.heartbeat_interval = std::time::Duration::from_millis(w.heartbeat_interval_ms);
+                node
+            }
             other => panic!("expected a welcome, got {other:?}"),
         }
     }
@@ -138,12 +143,22 @@ impl ScriptedNode {
         self.ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
     }
 
-    /// Answers every job with `samples` of tone until the socket closes; each job is reported.
+    /// Answers every job with `samples` of tone until the socket closes, heartbeating as a real
+    /// node does; each job is reported.
     pub fn serve(mut self, samples: usize) -> tokio::sync::mpsc::UnboundedReceiver<Received> {
         let audio = tone(samples);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(msg) = self.next_control().await {
+            let mut beat = tokio::time::interval(self.heartbeat_interval);
+            loop {
+                let msg = tokio::select! {
+                    msg = self.next_control() => msg,
+                    _ = beat.tick() => {
+                        self.heartbeat(true).await;
+                        continue;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 if let ControlToNode::Submit(job) = msg {
                     let proto::Task::Speech(task) = &job.task;
                     let prompt = match task.voice_prompt {

@@ -1,0 +1,113 @@
+//! A control plane killed with work in flight loses nothing: the real binary is started, killed
+//! with SIGKILL while one request runs and another waits, and a new process on the same store
+//! finishes both. Runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::node::ScriptedNode;
+use common::{eventually, read_wav, Backend, TestDb, JOIN_TOKEN};
+use serde_json::{json, Value};
+
+const KEY: &str = "dia_restart_test_key";
+
+/// A control-plane process on its own port.
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+impl Process {
+    async fn start(db: &TestDb) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+            .args([
+                &format!("--listen={addr}"),
+                &format!("--database-url={}", db.url),
+                &format!("--join-tokens={JOIN_TOKEN}"),
+                &format!("--bootstrap-api-key={KEY}"),
+                "--heartbeat-interval-ms=200",
+                "--poll-interval-ms=100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the control-plane binary starts");
+        let process = Self { child, addr };
+        let http = reqwest::Client::new();
+        eventually(async || http.get(process.url("/readyz")).send().await.is_ok()).await;
+        process
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/v1/nodes/connect?token={JOIN_TOKEN}", self.addr)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn history(http: &reqwest::Client, p: &Process) -> Vec<Value> {
+    let res = http.get(p.url("/v1/history")).bearer_auth(KEY).send().await.unwrap();
+    res.json::<Value>().await.unwrap()["data"].as_array().unwrap().clone()
+}
+
+async fn a_killed_control_plane_loses_no_accepted_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let http = reqwest::Client::new();
+    let first = Process::start(&db).await;
+
+    // One slot: the first request runs on a node that never answers, the second waits.
+    let mut busy = ScriptedNode::connect(&first.ws_url(), "busy", 1).await;
+    for input in ["[S1] Running when the process dies.", "[S1] Queued when the process dies."] {
+        let (client, url) = (http.clone(), first.url("/v1/voice/generations"));
+        tokio::spawn(async move {
+            let _ = client.post(url).bearer_auth(KEY).json(&json!({"input": input})).send().await;
+        });
+        if input.starts_with("[S1] Running") {
+            busy.next_job().await;
+        }
+    }
+    eventually(async || {
+        let rows = history(&http, &first).await;
+        rows.len() == 2 && rows.iter().any(|r| r["status"] == "queued")
+    })
+    .await;
+    drop(first);
+    drop(busy);
+
+    let second = Process::start(&db).await;
+    let _jobs = ScriptedNode::connect(&second.ws_url(), "fresh", 4).await.serve(4410);
+    eventually(async || history(&http, &second).await.iter().all(|r| r["status"] == "succeeded"))
+        .await;
+    let rows = history(&http, &second).await;
+    assert_eq!(rows.len(), 2, "one row per request, no duplicates: {rows:?}");
+    for row in rows {
+        let item: Value = http
+            .get(second.url(&format!("/v1/history/{}", row["id"].as_str().unwrap())))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(item["node_id"], "fresh", "{item}");
+        let last = item["attempts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["outcome"], "succeeded", "{item}");
+        let wav = http.get(second.url(item["audio_url"].as_str().unwrap())).bearer_auth(KEY).send();
+        assert_eq!(read_wav(&wav.await.unwrap().bytes().await.unwrap()).3.len(), 4410);
+    }
+}
+
+on_both_backends!(a_killed_control_plane_loses_no_accepted_request);
