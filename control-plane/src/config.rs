@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "QUEUE_TIMEOUT_SECS", default_value_t = 300)]
     pub queue_timeout_secs: u64,
 
+    /// Longest a node may run one attempt before it is given up and retried elsewhere: a node
+    /// that heartbeats but never finishes must not hold a request for ever.
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 900)]
+    pub job_timeout_secs: u64,
+
     /// Tries per request across nodes (failover); the client sees upstream_error when all fail.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i64,

@@ -322,6 +322,21 @@ impl Queue {
             );
             self.attempt_failed(id, attempt, "node_lost", &lost, true).await;
         }
+        let limit = self.config.job_timeout_secs;
+        let started_before = crate::db::now_ms() - (limit * 1000) as i64;
+        for (id, attempt, node) in self.db.overdue_running(started_before).await? {
+            let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };
+            // The replica holding the node stops it; the others only record the failure.
+            let node = NodeId(node);
+            if self.registry.take(&node, id, attempt).is_some() {
+                if let Some(tx) = self.registry.sender(&node) {
+                    let _ = tx.send(text(&ControlToNode::Cancel { request_id: id }));
+                }
+            }
+            let msg = format!("node {node} did not finish within {limit} s");
+            let late = WireError::new(ErrorKind::UpstreamError, msg);
+            self.attempt_failed(id, attempt, "timed_out", &late, true).await;
+        }
         Ok(())
     }
 

@@ -87,6 +87,45 @@ async fn upstream_error_only_after_every_attempt_failed(backend: Backend) {
     assert_eq!(item["attempts"].as_array().unwrap().len(), 1);
 }
 
+async fn a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retried(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.job_timeout_secs = 1;
+    config.heartbeat_interval_ms = 200;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut stuck = ScriptedNode::connect(&server.ws_url(), "stuck", 1).await;
+    let request = spawn_generate(&server, &key, "[S1] Do not hang.");
+    let first = stuck.next_job().await.job;
+    let mut steady = ScriptedNode::connect(&server.ws_url(), "steady", 1).await.serve(200);
+    // Alive but silent about the job, until told to drop it.
+    loop {
+        tokio::select! {
+            msg = stuck.next_control() => match msg {
+                Some(ControlToNode::Cancel { request_id }) => {
+                    assert_eq!(request_id, first.request_id);
+                    break;
+                }
+                other => panic!("expected a cancel, got {other:?}"),
+            },
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => stuck.heartbeat(true).await,
+        }
+    }
+    assert_eq!(request.await.unwrap().status(), 200);
+    assert_eq!(steady.recv().await.unwrap().job.attempt, 2);
+    let item = history_item(&server, &key, &first.request_id.to_string()).await;
+    let outcomes: Vec<&str> = item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["timed_out", "succeeded"]);
+    assert!(item["attempts"][0]["error_message"].as_str().unwrap().contains("within 1 s"));
+}
+
 async fn a_full_queue_answers_429_with_retry_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = common::config(&db.url);
@@ -223,6 +262,7 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
 }
 
 on_both_backends!(
+    a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retried,
     a_job_fails_over_when_its_node_drops_mid_job,
     upstream_error_only_after_every_attempt_failed,
     a_full_queue_answers_429_with_retry_after,

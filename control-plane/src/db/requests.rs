@@ -305,6 +305,17 @@ impl Db {
         on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
     }
 
+    /// Running attempts started before `started_before` (epoch ms): `(id, attempt, node)`.
+    pub async fn overdue_running(
+        &self,
+        started_before: i64,
+    ) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+        let sql = "SELECT r.id, r.attempts, a.node_id FROM requests r
+                   JOIN attempts a ON a.request_id = r.id AND a.attempt = r.attempts
+                   WHERE r.status = 'running' AND a.started_at < $1";
+        on_pool!(self, p => sqlx::query_as(sql).bind(started_before).fetch_all(p).await)
+    }
+
     /// Where a request stands.
     pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, sqlx::Error> {
         let sql = "SELECT status, error_type, error_message, audio, node_id, queue_seconds,

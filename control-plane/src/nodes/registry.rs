@@ -136,6 +136,11 @@ impl Registry {
         jobs.remove(&request).map(|r| r.audio)
     }
 
+    /// The socket of a node of this replica.
+    pub fn sender(&self, id: &NodeId) -> Option<NodeTx> {
+        self.nodes.lock().expect("registry lock").get(id).map(|e| e.tx.clone())
+    }
+
     /// Drops a job wherever it runs on this replica; returns the node's socket to cancel it on.
     pub fn cancel(&self, request: RequestId) -> Option<NodeTx> {
         let mut nodes = self.nodes.lock().expect("registry lock");
