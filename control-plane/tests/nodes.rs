@@ -126,6 +126,27 @@ async fn a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retr
     assert!(item["attempts"][0]["error_message"].as_str().unwrap().contains("within 1 s"));
 }
 
+async fn the_history_shows_the_progress_its_node_reports(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "worker", 1).await;
+    let request = spawn_generate(&server, &key, "[S1] Tell me how far you are.");
+    let job = node.next_job().await.job;
+    let mut other = ScriptedNode::connect(&server.ws_url(), "other", 1).await;
+    let id = job.request_id.to_string();
+    node.progress(&job, 1.5).await;
+    eventually(async || history_item(&server, &key, &id).await["generated_seconds"] == 1.5).await;
+    // Another node cannot speak for the job; nothing to wait on for an ignored message but time.
+    other.progress(&job, 9.0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let item = history_item(&server, &key, &id).await;
+    assert_eq!(item["generated_seconds"], 1.5, "{item}");
+    assert_eq!(item["status"], "running", "{item}");
+    node.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(request.await.unwrap().status(), 200);
+}
+
 async fn a_full_queue_answers_429_with_retry_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = common::config(&db.url);
@@ -262,6 +283,7 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
 }
 
 on_both_backends!(
+    the_history_shows_the_progress_its_node_reports,
     a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retried,
     a_job_fails_over_when_its_node_drops_mid_job,
     upstream_error_only_after_every_attempt_failed,

@@ -114,6 +114,8 @@ pub struct HistoryRow {
     pub audio_seconds: Option<f64>,
     /// 1-based place among the queued requests for the same model, while queued.
     pub queue_position: Option<i64>,
+    /// Audio generated so far by the running attempt, as its node reports it.
+    pub generated_seconds: Option<f64>,
 }
 
 /// One try of a request on a node, as stored and as the history shows it.
@@ -149,7 +151,7 @@ pub struct AttemptFailure<'a> {
 const HISTORY_COLUMNS: &str =
     "seq, id, status, error_type, error_message, model, input, params, seed,
     visibility, collection, attempts, node_id, created_at, started_at, finished_at, queue_seconds,
-    inference_seconds, audio_seconds,
+    inference_seconds, audio_seconds, generated_seconds,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM requests q
         WHERE q.status = 'queued' AND q.model = r.model AND q.seq <= r.seq) END AS queue_position";
 
@@ -186,6 +188,7 @@ impl Db {
         let lock = if matches!(self, Db::Postgres(_)) { "FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE requests SET status = 'running', attempts = attempts + 1, node_id = $1, replica_id = $2,
+                 generated_seconds = NULL,
                  started_at = COALESCE(started_at, $3),
                  queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
              WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
@@ -303,6 +306,18 @@ impl Db {
                        (SELECT 1 FROM nodes n WHERE n.id = r.node_id AND n.replica_id = r.replica_id
                         AND n.last_seen > $1)";
         on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
+    }
+
+    /// Records a running attempt's progress.
+    pub async fn record_progress(
+        &self,
+        id: &str,
+        attempt: i64,
+        seconds: f64,
+    ) -> Result<(), sqlx::Error> {
+        let sql = "UPDATE requests SET generated_seconds = $3
+                   WHERE id = $1 AND attempts = $2 AND status = 'running'";
+        on_pool!(self, p => sqlx::query(sql).bind(id).bind(attempt).bind(seconds).execute(p).await.map(drop))
     }
 
     /// Running attempts started before `started_before` (epoch ms): `(id, attempt, node)`.

@@ -57,6 +57,8 @@ pub struct HistoryItem {
     pub collection: Option<String>,
     /// Place in the queue (1 = next), while queued.
     pub queue_position: Option<i64>,
+    /// While running: seconds of audio generated so far, as the node reports.
+    pub generated_seconds: Option<f64>,
     /// Node of the last attempt.
     pub node_id: Option<String>,
     /// Epoch ms.
@@ -105,6 +107,7 @@ impl From<HistoryRow> for HistoryItem {
             visibility: r.visibility,
             collection: r.collection,
             queue_position: r.queue_position,
+            generated_seconds: r.generated_seconds,
             node_id: r.node_id,
             created_at: r.created_at,
             started_at: r.started_at,

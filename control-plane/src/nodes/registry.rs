@@ -136,6 +136,12 @@ impl Registry {
         jobs.remove(&request).map(|r| r.audio)
     }
 
+    /// Whether `attempt` of `request` runs on this node.
+    pub fn runs(&self, id: &NodeId, request: RequestId, attempt: u32) -> bool {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes.get(id).and_then(|e| e.jobs.get(&request)).is_some_and(|j| j.attempt == attempt)
+    }
+
     /// The socket of a node of this replica.
     pub fn sender(&self, id: &NodeId) -> Option<NodeTx> {
         self.nodes.lock().expect("registry lock").get(id).map(|e| e.tx.clone())

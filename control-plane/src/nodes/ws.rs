@@ -137,8 +137,14 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
             }
             state.queue.wake();
         }
-        NodeToControl::Progress { request_id, generated_seconds, .. } => {
-            tracing::debug!(node = %node, request = %request_id, generated_seconds, "progress");
+        NodeToControl::Progress { request_id, attempt, generated_seconds } => {
+            // Only the node running that attempt may speak for it.
+            if state.registry.runs(node, request_id, attempt) {
+                let (id, seconds) = (request_id.to_string(), f64::from(generated_seconds));
+                if let Err(e) = state.db.record_progress(&id, i64::from(attempt), seconds).await {
+                    tracing::error!(error = %e, request = %id, "could not record progress");
+                }
+            }
         }
         NodeToControl::Finished(done) => {
             if let Some(audio) = state.registry.take(node, done.request_id, done.attempt) {

@@ -119,6 +119,16 @@ impl ScriptedNode {
         self.send(&done).await;
     }
 
+    /// Reports `generated_seconds` of audio done for `job`.
+    pub async fn progress(&mut self, job: &Job, generated_seconds: f32) {
+        let progress = NodeToControl::Progress {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            generated_seconds,
+        };
+        self.send(&progress).await;
+    }
+
     pub async fn fail(&mut self, job: &Job, retryable: bool) {
         let failed = NodeToControl::Failed {
             request_id: job.request_id,
