@@ -39,11 +39,11 @@ impl RmsNorm {
 }
 
 impl Module for RmsNorm {
-    /// Normalises in f32 and returns the input's dtype.
+    /// libtorch's own (fused where it has a kernel) RMSNorm with the f32 weight, as the
+    /// reference calls it, cast back to the input's dtype as the reference does.
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let x = xs.to_kind(Kind::Float);
-        let rms = (x.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
-        (x * rms * &self.weight).to_kind(xs.kind())
+        let dim = self.weight.size()[0];
+        xs.rms_norm([dim], Some(&self.weight), self.eps).to_kind(xs.kind())
     }
 }
 

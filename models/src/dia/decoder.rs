@@ -159,7 +159,8 @@ impl Decoder {
             .collect()
     }
 
-    /// One forward over `T` frames of `N` cache rows; returns logits `[N, T, C, V]` in f32.
+    /// One forward over `T` frames of `N` cache rows, writing their keys and values into the
+    /// cache; returns the final-norm states `[N, T, D]` (prefill needs nothing more).
     pub fn forward(&self, input: &DecoderInput, cache: &DecoderCache) -> Tensor {
         let (n, t, _) = input.tokens_nxtxc.size3().expect("decoder tokens are [N, T, C]");
         let device = input.tokens_nxtxc.device();
@@ -189,7 +190,13 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &ctx, &cache.self_kv[i], &cache.cross_kv[i]);
         }
-        let logits = self.logits_dense.forward(&self.norm.forward(&xs));
+        self.norm.forward(&xs)
+    }
+
+    /// Logits `[N, T, C, V]` in f32 of final-norm states `[N, T, D]`.
+    pub fn logits(&self, states_nxtxd: &Tensor) -> Tensor {
+        let (n, t, _) = states_nxtxd.size3().expect("decoder states are [N, T, D]");
+        let logits = self.logits_dense.forward(states_nxtxd);
         logits.view([n, t, self.channels, self.vocab]).to_kind(Kind::Float)
     }
 }

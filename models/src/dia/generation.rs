@@ -287,7 +287,7 @@ impl Generator {
     }
 
     /// Runs the rows before the first decode step (BOS and the prompt) through the decoder,
-    /// filling the self-attention cache; the logits are not needed.
+    /// filling the self-attention cache; their logits are never needed, so the head is skipped.
     fn prefill(
         &mut self,
         model: &DiaModel,
@@ -365,7 +365,8 @@ impl Generator {
             self_len: positions.iter().copied().max().unwrap_or(0) + 1,
             cross_len: self.seqs.iter().map(|s| s.text_len).max().unwrap_or(1),
         };
-        let logits_nxcxv = model.decoder.forward(&input, &self.cache).squeeze_dim(1);
+        let states = model.decoder.forward(&input, &self.cache);
+        let logits_nxcxv = model.decoder.logits(&states).squeeze_dim(1);
 
         let params = self.params.get_or_insert_with(|| {
             SamplingBatch::new(&self.seqs.iter().map(|s| s.sampling).collect::<Vec<_>>(), device)
