@@ -105,7 +105,7 @@ impl BinaryFrame {
         let header: FrameHeader =
             serde_json::from_slice(header_bytes).map_err(|e| FrameError::Header(e.to_string()))?;
         let payload = bytes[4 + header_len..].to_vec();
-        if payload.len() % header.encoding.sample_bytes() != 0 {
+        if !payload.len().is_multiple_of(header.encoding.sample_bytes()) {
             return Err(FrameError::Ragged { len: payload.len(), encoding: header.encoding });
         }
         Ok(Self { header, payload })
