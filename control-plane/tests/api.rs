@@ -191,6 +191,13 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     expect_error(gen(theirs).await, 400, "invalid_voice_sample").await;
     expect_error(gen(mine_without_transcript).await, 400, "missing_transcript").await;
     expect_error(gen(corrupt).await, 400, "audio_decode_failed").await;
+
+    // Script and transcript fit the character limit alone, not the model's window together.
+    let wordy = server.voice(&key, 0.2, Some(&"la ".repeat(300))).await;
+    let script = format!("[S1] {}", "é".repeat(100));
+    let res = server.generate(&key, json!({"input": script, "speakers": {"S1": wordy}})).await;
+    let msg = expect_error(res, 413, "request_too_large").await;
+    assert!(msg.contains("text tokens") && msg.contains("at most 1024"), "{msg}");
 }
 
 /// Three bytes: not a whole number of f32 samples.

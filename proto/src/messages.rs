@@ -117,7 +117,8 @@ pub struct ModelInfo {
     pub id: String,
     /// Features it offers, e.g. [`crate::FEATURE_VOICE_CLONING`].
     pub features: Vec<String>,
-    /// Longest script in characters it accepts.
+    /// Longest text it reads (script plus cloning transcripts), in its text tokens: for Dia,
+    /// UTF-8 bytes with each speaker tag counting one (`script::model_token_count`).
     pub max_input_chars: u32,
     /// Most audio frames (`max_new_tokens`) it generates per job.
     pub max_new_tokens: u32,

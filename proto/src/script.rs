@@ -119,6 +119,12 @@ impl Script {
     }
 }
 
+/// Length of `text` in Dia's text tokens: its UTF-8 bytes, each `[S1]`/`[S2]` counting one.
+/// The encoder reads a fixed window of them; the rest would be cut off silently.
+pub fn model_token_count(text: &str) -> usize {
+    text.len() - 3 * (text.matches("[S1]").count() + text.matches("[S2]").count())
+}
+
 struct Tag<'a> {
     start: usize,
     end: usize,
@@ -221,6 +227,12 @@ mod tests {
             Script::parse("[S1] A.\n[S2]\n[S1] B."),
             Err(ScriptError::EmptyTurn { line: 2, speaker: Speaker::S2 })
         );
+    }
+
+    #[test]
+    fn model_tokens_are_bytes_with_one_per_speaker_tag() {
+        assert_eq!(model_token_count("[S1] Hi [S2] é"), 1 + 4 + 1 + 1 + 2);
+        assert_eq!(model_token_count("[S3]"), 4);
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub async fn create(
     let req = SpeechRequest::from_json(&body)?.validate(state.config.max_input_chars)?;
     let (text, prompt) = cloning_prompt(&state, &account, &req).await?;
     let model = super::models::choose(&state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
+    // The encoder reads a fixed window; past it the script would be cut off without a word.
+    let tokens = proto::script::model_token_count(&text);
+    if tokens > model.max_input_chars as usize {
+        let msg = format!(
+            "the script with its voice-sample transcripts is {tokens} text tokens (UTF-8 bytes, a \
+             speaker tag counting one); `{}` reads at most {}",
+            model.id, model.max_input_chars
+        );
+        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
+    }
     let queued = state.db.count_queued().await?;
     if queued >= state.config.max_queued {
         return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
