@@ -34,6 +34,9 @@ fn tokenisation_and_encoder_parity() {
         let text = case.meta["text"].as_str().expect("case text");
         let ids = text_tokens(text, model.config.max_text_len());
         assert_same(&name, &Tensor::from_slice(&ids), case.get("text_ids"));
+        // The control plane sizes requests with proto's count of the same tokens.
+        let untruncated = proto::script::model_token_count(text);
+        assert_eq!(text_tokens(text, usize::MAX).len(), untruncated, "{name}: token count");
         let len = ids.len() as i64;
         let enc_input = case.get("enc_input");
         assert_same(&name, &enc_input.narrow(1, 0, len).select(0, 1), &Tensor::from_slice(&ids));
