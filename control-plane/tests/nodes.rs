@@ -174,6 +174,29 @@ async fn a_full_queue_answers_429_with_retry_after(backend: Backend) {
     assert_eq!(second.await.unwrap().status(), 200);
 }
 
+async fn a_burst_cannot_overfill_the_queue(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.max_queued = 3;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "busy", 1).await;
+    let _running = spawn_generate(&server, &key, "Holds the node.");
+    node.next_job().await;
+
+    let burst: Vec<_> =
+        (0..8).map(|i| spawn_generate(&server, &key, &format!("Burst {i}."))).collect();
+    // The refused answer at once; the three admitted wait for the node.
+    eventually(async || burst.iter().filter(|h| h.is_finished()).count() == 5).await;
+    let queued = server.get_json(&key, "/v1/history?status=queued").await.1;
+    assert_eq!(queued["data"].as_array().unwrap().len(), 3, "{queued}");
+    let (done, waiting): (Vec<_>, Vec<_>) = burst.into_iter().partition(|h| h.is_finished());
+    for res in done {
+        expect_error(res.await.unwrap(), 429, "queue_full").await;
+    }
+    assert_eq!(waiting.len(), 3);
+}
+
 async fn a_client_that_disconnects_cancels_its_job(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -283,6 +306,7 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
 }
 
 on_both_backends!(
+    a_burst_cannot_overfill_the_queue,
     the_history_shows_the_progress_its_node_reports,
     a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retried,
     a_job_fails_over_when_its_node_drops_mid_job,

@@ -157,16 +157,34 @@ const HISTORY_COLUMNS: &str =
 
 impl Db {
     /// Stores an accepted request as `queued`.
-    pub async fn insert_request(&self, r: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+    /// Queues the request unless `max_queued` requests already wait (pool-wide); false then.
+    /// The bound holds under concurrency: SQLite has one writer, and on PostgreSQL the
+    /// insertions take a transaction-scoped advisory lock in turn.
+    pub async fn insert_request(
+        &self,
+        r: &NewRequest<'_>,
+        max_queued: i64,
+    ) -> Result<bool, sqlx::Error> {
+        // Any constant the replicas share.
+        const QUEUE_LOCK: i64 = 7_150_700;
         let sql =
             "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
                        visibility, collection, task, prompt_audio, created_at)
-                   VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12)";
-        on_pool!(self, p => sqlx::query(sql)
-            .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
-            .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
-            .bind(now_ms())
-            .execute(p).await.map(drop))
+                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12
+                   WHERE (SELECT COUNT(*) FROM requests WHERE status = 'queued') < $13";
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            if matches!(self, Db::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(QUEUE_LOCK).execute(&mut *tx).await?;
+            }
+            let inserted = sqlx::query(sql)
+                .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
+                .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
+                .bind(now_ms()).bind(max_queued)
+                .execute(&mut *tx).await?.rows_affected() == 1;
+            tx.commit().await?;
+            Ok(inserted)
+        })
     }
 
     /// Requests waiting for a node, pool-wide.

@@ -57,10 +57,6 @@ pub async fn create(
         );
         return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
     }
-    let queued = state.db.count_queued().await?;
-    if queued >= state.config.max_queued {
-        return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
-    }
 
     let id = RequestId::new();
     let task = Task::Speech(SpeechTask {
@@ -74,25 +70,28 @@ pub async fn create(
             .map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
     });
     let waiter = state.queue.waiter(&id);
-    state
-        .db
-        .insert_request(&NewRequest {
-            id: &id.to_string(),
-            account_id: &account,
-            feature: FEATURE_VOICE_CLONING,
-            model: &model.id,
-            input: &req.input,
-            params: &serde_json::to_string(&req).expect("serialises"),
-            seed: req.seed as i64,
-            visibility: serde_json::to_value(req.visibility)
-                .expect("serialises")
-                .as_str()
-                .unwrap_or("private"),
-            collection: req.collection.as_deref(),
-            task: &serde_json::to_string(&task).expect("serialises"),
-            prompt_audio: prompt.as_deref(),
-        })
-        .await?;
+    let (id_text, params) = (id.to_string(), serde_json::to_string(&req).expect("serialises"));
+    let (visibility, task) = (
+        serde_json::to_value(req.visibility).expect("serialises"),
+        serde_json::to_string(&task).expect("serialises"),
+    );
+    let new = NewRequest {
+        id: &id_text,
+        account_id: &account,
+        feature: FEATURE_VOICE_CLONING,
+        model: &model.id,
+        input: &req.input,
+        params: &params,
+        seed: req.seed as i64,
+        visibility: visibility.as_str().unwrap_or("private"),
+        collection: req.collection.as_deref(),
+        task: &task,
+        prompt_audio: prompt.as_deref(),
+    };
+    if !state.db.insert_request(&new, state.config.max_queued).await? {
+        let queued = state.db.count_queued().await?;
+        return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
+    }
     state.queue.announce_queued().await;
 
     let guard = CancelOnDrop(Some((state.queue.clone(), id)));
