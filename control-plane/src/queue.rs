@@ -107,13 +107,11 @@ impl Queue {
     }
 
     /// Waits until the request ends. A request still queued after the queue timeout fails then.
+    /// Called right after the request was stored, so it waits before it first looks; a signal
+    /// sent in between is kept by the `Notify`.
     pub async fn wait(&self, waiter: &Waiter<'_>) -> Result<Outcome, sqlx::Error> {
         let mut deadline = Some(Instant::now() + self.config.queue_timeout());
         loop {
-            let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
-            if matches!(outcome.status.as_str(), "succeeded" | "failed") {
-                return Ok(outcome);
-            }
             let until_deadline =
                 deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             tokio::select! {
@@ -125,6 +123,10 @@ impl Queue {
                     let error = WireError::new(ErrorKind::UpstreamError, format!("no node took the request within {secs} s"));
                     self.db.fail_unfinished(&waiter.id, &error, false).await?;
                 }
+            }
+            let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
+            if matches!(outcome.status.as_str(), "succeeded" | "failed") {
+                return Ok(outcome);
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::http::auth::KeyCache;
 use crate::metrics::Metrics;
 use crate::nodes::registry::Registry;
 use crate::queue::Queue;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This process's name in the store.
     pub replica_id: Arc<str>,
+    /// API keys verified in the last seconds.
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
         ));
         tokio::spawn(queue.clone().run_dispatcher());
         tokio::spawn(queue.clone().run_listener());
-        Ok(Self { config, db, registry, queue, metrics, replica_id })
+        let keys = Arc::new(KeyCache::new(std::time::Duration::from_secs(30)));
+        Ok(Self { config, db, registry, queue, metrics, replica_id, keys })
     }
 }

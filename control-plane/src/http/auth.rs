@@ -31,8 +31,14 @@ impl FromRequestParts<AppState> for Account {
                 "send your API key as `Authorization: Bearer <key>`",
             )
         })?;
+        if let Some(account) = state.keys.get(key) {
+            return Ok(Self(account));
+        }
         match state.db.account_for_key(key).await? {
-            Some(account) => Ok(Self(account)),
+            Some(account) => {
+                state.keys.insert(key, &account);
+                Ok(Self(account))
+            }
             None => Err(ApiError::new(ErrorKind::InvalidApiKey, "the API key is not valid")),
         }
     }
@@ -56,5 +62,37 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin token is missing or wrong",
             )),
         }
+    }
+}
+
+/// Recently verified API keys (by hash), so that a busy client does not cost a store read per
+/// request. Entries expire: a key removed from the store stops working within the TTL.
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// An empty cache whose entries live `ttl`.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self { ttl, entries: Default::default() }
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let entries = self.entries.lock().expect("key cache lock");
+        let (account, at) = entries.get(&crate::db::accounts::key_hash(key))?;
+        (at.elapsed() < self.ttl).then(|| account.clone())
+    }
+
+    fn insert(&self, key: &str, account: &str) {
+        let mut entries = self.entries.lock().expect("key cache lock");
+        // Bounded: a flood of distinct keys only ever refills it.
+        if entries.len() >= 10_000 {
+            entries.clear();
+        }
+        entries.insert(
+            crate::db::accounts::key_hash(key),
+            (account.to_owned(), std::time::Instant::now()),
+        );
     }
 }
