@@ -71,6 +71,7 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, r
     let excess = (&a - &b).abs() - (b.abs() * rtol + atol);
     let worst = excess.max().double_value(&[]);
     let max_diff = (&a - &b).abs().max().double_value(&[]);
+    eprintln!("{what}: max abs diff {max_diff:e}");
     assert!(
         worst <= 0.0,
         "{what}: max abs diff {max_diff:e} exceeds {atol:e} + {rtol:e}·|expected|"
