@@ -1,7 +1,10 @@
-//! The GPU worker. Today it runs single generations from the command line (`synth`); joining the
-//! control plane's pool (`serve`) builds on the same model loading and generation.
+//! The GPU worker: `serve` joins the control plane's pool and generates the jobs it routes here,
+//! batched; `synth` runs one generation from the command line.
 
+mod client;
 mod device;
+mod engine;
+pub mod serve;
 pub mod synth;
 
 use clap::{Parser, Subcommand};
@@ -18,11 +21,14 @@ pub struct Cli {
 pub enum Command {
     /// Generate one dialogue to a WAV file, with a progress bar and the realtime factor.
     Synth(synth::SynthArgs),
+    /// Join a control plane's pool and serve its jobs.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the chosen command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Synth(args) => synth::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

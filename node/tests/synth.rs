@@ -1,26 +1,11 @@
 //! `dia-node synth` end to end on the fixture weights, through the real binary.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn fixtures(name: &str, var: &str) -> PathBuf {
-    std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name)
-    })
-}
+use common::{dia_node, fixtures};
 
 fn synth(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dia-node"))
-        .arg("synth")
-        .arg("--weights")
-        .arg(fixtures("dia-tiny", "DIA_FIXTURE_DIR"))
-        .arg("--dac")
-        .arg(fixtures("dac-tiny", "DAC_FIXTURE_DIR"))
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .expect("dia-node runs")
+    dia_node("synth").arg("--out").arg(out).args(extra).output().expect("dia-node runs")
 }
 
 #[test]

@@ -1,0 +1,212 @@
+//! The WebSocket session with the control plane: hello, heartbeats, jobs in, audio out; dialled
+//! again with backoff whenever it drops.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use proto::frames::{f32_from_le_bytes, i16_le_bytes};
+use proto::{
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
+    ModelInfo, NodeId, NodeToControl, PcmEncoding, RequestId, Stream, Task, WireError,
+    FEATURE_VOICE_CLONING, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::engine::{Engine, Event, Submission};
+
+/// Samples per audio frame on the wire (one second).
+const CHUNK_SAMPLES: usize = 44_100;
+
+/// Who this node is to the control plane.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `ws(s)://host/v1/nodes/connect`, without the token.
+    pub url: String,
+    pub join_token: String,
+    pub node_id: String,
+    pub model_id: String,
+    pub capacity: u32,
+    pub gpu: Option<String>,
+    /// Largest `max_new_tokens` it takes.
+    pub max_new_tokens: u32,
+}
+
+/// Keeps a session up until the process ends, reconnecting with exponential backoff.
+pub async fn run(identity: Identity, engine: Engine, mut events: UnboundedReceiver<Event>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session(&identity, &engine, &mut events).await {
+            Ok(()) => {
+                tracing::info!("control plane closed the session");
+                backoff = Duration::from_millis(250);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "session with the control plane ended")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn text(msg: &NodeToControl) -> Message {
+    Message::text(serde_json::to_string(msg).expect("messages serialise"))
+}
+
+async fn session(
+    identity: &Identity,
+    engine: &Engine,
+    events: &mut UnboundedReceiver<Event>,
+) -> anyhow::Result<()> {
+    let url = format!("{}?token={}", identity.url, identity.join_token);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        .await
+        .with_context(|| format!("connecting to {}", identity.url))?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id: NodeId(identity.node_id.clone()),
+        models: vec![ModelInfo {
+            id: identity.model_id.clone(),
+            features: vec![FEATURE_VOICE_CLONING.into()],
+            max_input_chars: engine.max_text as u32,
+            max_new_tokens: identity.max_new_tokens,
+        }],
+        capacity: identity.capacity,
+        gpu: identity.gpu.clone(),
+    };
+    ws.send(text(&NodeToControl::Hello(hello))).await?;
+    let welcome = match next_control(&mut ws).await? {
+        Some(ControlToNode::Welcome(w)) => w,
+        Some(ControlToNode::Rejected { error }) => bail!("rejected: {}", error.message),
+        other => bail!("expected a welcome, got {other:?}"),
+    };
+    tracing::info!(url = %identity.url, node = %identity.node_id, "joined the pool");
+
+    // Jobs of this session: whatever is left when it ends is dropped, since the control plane
+    // gives those to other nodes.
+    let mut jobs: HashSet<RequestId> = HashSet::new();
+    let result = serve(&mut ws, engine, events, &mut jobs, welcome.heartbeat_interval_ms).await;
+    for id in jobs {
+        engine.cancel(id);
+    }
+    result
+}
+
+async fn serve(
+    ws: &mut Ws,
+    engine: &Engine,
+    events: &mut UnboundedReceiver<Event>,
+    jobs: &mut HashSet<RequestId>,
+    heartbeat_ms: u64,
+) -> anyhow::Result<()> {
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
+    // A submit with a voice prompt waits here for its binary frame.
+    let mut awaiting_prompt: Option<Job> = None;
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(msg) = msg else { return Ok(()) };
+                match msg? {
+                    Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t)? {
+                        ControlToNode::Submit(job) => {
+                            jobs.insert(job.request_id);
+                            let Task::Speech(task) = &job.task;
+                            if task.voice_prompt.is_some() {
+                                awaiting_prompt = Some(job);
+                            } else {
+                                submit(engine, job, None);
+                            }
+                        }
+                        ControlToNode::Cancel { request_id } => {
+                            jobs.remove(&request_id);
+                            engine.cancel(request_id);
+                        }
+                        ControlToNode::Drain => tracing::info!("asked to drain"),
+                        other => tracing::warn!(?other, "unexpected message"),
+                    },
+                    Message::Binary(bytes) => {
+                        let frame = BinaryFrame::decode(&bytes)?;
+                        match awaiting_prompt.take() {
+                            Some(job) if job.request_id == frame.header.request_id
+                                && frame.header.stream == Stream::VoicePrompt =>
+                            {
+                                submit(engine, job, Some(f32_from_le_bytes(&frame.payload)));
+                            }
+                            other => bail!("unexpected binary frame (waiting for {other:?})"),
+                        }
+                    }
+                    Message::Close(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { bail!("the engine stopped") };
+                send_event(ws, jobs, event).await?;
+            }
+            _ = heartbeat.tick() => {
+                let (active, queued) = engine.load();
+                let load = Load { active, queued, gpu_memory_used_bytes: None };
+                ws.send(text(&NodeToControl::Heartbeat { health: Health::Healthy, load })).await?;
+            }
+        }
+    }
+}
+
+fn submit(engine: &Engine, job: Job, prompt: Option<Vec<f32>>) {
+    let Task::Speech(task) = job.task;
+    engine.submit(Submission { request_id: job.request_id, attempt: job.attempt, task, prompt });
+}
+
+/// Forwards one engine event, if its job still belongs to this session.
+async fn send_event(
+    ws: &mut Ws,
+    jobs: &mut HashSet<RequestId>,
+    event: Event,
+) -> anyhow::Result<()> {
+    match event {
+        Event::Progress { request_id, attempt, generated_seconds }
+            if jobs.contains(&request_id) =>
+        {
+            ws.send(text(&NodeToControl::Progress { request_id, attempt, generated_seconds }))
+                .await?;
+        }
+        Event::Done { request_id, attempt, pcm, inference_seconds } if jobs.remove(&request_id) => {
+            for (chunk, samples) in pcm.chunks(CHUNK_SAMPLES).enumerate() {
+                let header = FrameHeader {
+                    request_id,
+                    attempt,
+                    stream: Stream::Audio,
+                    chunk: chunk as u32,
+                    encoding: PcmEncoding::I16Le,
+                };
+                let frame = BinaryFrame { header, payload: i16_le_bytes(samples) };
+                ws.send(Message::Binary(frame.encode().into())).await?;
+            }
+            let done =
+                Finished { request_id, attempt, samples: pcm.len() as u64, inference_seconds };
+            ws.send(text(&NodeToControl::Finished(done))).await?;
+        }
+        Event::Failed { request_id, attempt, message, retryable } if jobs.remove(&request_id) => {
+            let error = WireError::new(ErrorKind::UpstreamError, message);
+            ws.send(text(&NodeToControl::Failed { request_id, attempt, error, retryable })).await?;
+        }
+        // A job of an earlier session, or cancelled meanwhile.
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn next_control(ws: &mut Ws) -> anyhow::Result<Option<ControlToNode>> {
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg? {
+            return Ok(Some(serde_json::from_str(&t)?));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,108 @@
+//! The generation engine: one OS thread owns Dia, the DAC and a batched [`Generator`]; the async
+//! side talks to it through channels only (tch tensors are `!Sync`, and grad mode is per thread).
+//!
+//! Jobs are admitted between decode steps while slots are free, each as its own group, so a
+//! request's audio does not depend on what else runs beside it.
+//!
+//! [`Generator`]: models::dia::Generator
+
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use proto::{RequestId, SpeechTask};
+use tch::{Device, Kind};
+
+/// What to load and where.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub weights: PathBuf,
+    pub dac: PathBuf,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+/// Sizes of the batch the engine keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Requests decoded together.
+    pub max_batch: usize,
+    /// Decoder positions per request (BOS + prompt frames + new frames + 15).
+    pub max_positions: i64,
+}
+
+/// A job handed to the engine.
+#[derive(Debug)]
+pub struct Submission {
+    pub request_id: RequestId,
+    pub attempt: u32,
+    pub task: SpeechTask,
+    /// Mono f32 PCM at 44.1 kHz of the voice prompt.
+    pub prompt: Option<Vec<f32>>,
+}
+
+/// What the engine reports.
+#[derive(Debug)]
+pub enum Event {
+    Progress { request_id: RequestId, attempt: u32, generated_seconds: f32 },
+    Done { request_id: RequestId, attempt: u32, pcm: Vec<i16>, inference_seconds: f32 },
+    Failed { request_id: RequestId, attempt: u32, message: String, retryable: bool },
+}
+
+enum Command {
+    Submit(Submission),
+    Cancel(RequestId),
+}
+
+/// Jobs in the engine, for heartbeats.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub active: AtomicU32,
+    pub queued: AtomicU32,
+}
+
+/// Handle to the engine thread; dropping every handle stops it.
+#[derive(Clone)]
+pub struct Engine {
+    commands: std::sync::mpsc::Sender<Command>,
+    pub load: Arc<Load>,
+    /// Longest text the model reads, in its text tokens.
+    pub max_text: usize,
+}
+
+impl Engine {
+    /// Loads the models on a new thread and starts it; returns once the models are loaded (or
+    /// failed to load). Events go to `events`.
+    pub fn start(
+        spec: ModelSpec,
+        limits: EngineLimits,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> anyhow::Result<Self> {
+        let (commands, inbox) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let load = Arc::new(Load::default());
+        let worker_load = load.clone();
+        std::thread::Builder::new()
+            .name("dia-engine".into())
+            .spawn(move || worker::run(spec, limits, inbox, events, worker_load, ready_tx))?;
+        let max_text = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
+        Ok(Self { commands, load, max_text })
+    }
+
+    /// Queues a job.
+    pub fn submit(&self, job: Submission) {
+        let _ = self.commands.send(Command::Submit(job));
+    }
+
+    /// Drops a job, queued or running; its result is never reported.
+    pub fn cancel(&self, request_id: RequestId) {
+        let _ = self.commands.send(Command::Cancel(request_id));
+    }
+
+    /// (active, queued) jobs.
+    pub fn load(&self) -> (u32, u32) {
+        (self.load.active.load(Ordering::Relaxed), self.load.queued.load(Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,209 @@
+//! The engine thread: admit → step → emit → retire, until every handle is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use models::audio::{apply_speed_factor, to_i16, SAMPLE_RATE};
+use models::dac::Dac;
+use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator, SeqId};
+use models::sampling::Sampling;
+use models::ModelError;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Command, EngineLimits, Event, Load, ModelSpec, Submission};
+
+/// Frames between progress reports (one second of audio).
+const PROGRESS_EVERY: i64 = 86;
+
+struct Running {
+    job: Submission,
+    started: Instant,
+    reported: i64,
+}
+
+struct Worker {
+    model: DiaModel,
+    dac: Dac,
+    generator: Generator,
+    limits: BatchLimits,
+    pending: VecDeque<Submission>,
+    running: HashMap<SeqId, Running>,
+    events: UnboundedSender<Event>,
+    load: Arc<Load>,
+}
+
+pub fn run(
+    spec: ModelSpec,
+    limits: EngineLimits,
+    inbox: Receiver<Command>,
+    events: UnboundedSender<Event>,
+    load: Arc<Load>,
+    ready: Sender<anyhow::Result<usize>>,
+) {
+    let _guard = tch::no_grad_guard();
+    let loaded = DiaModel::load(&spec.weights, spec.device, spec.kind)
+        .and_then(|model| Ok((model, Dac::load(&spec.dac, spec.device)?)));
+    let (model, dac) = match loaded {
+        Ok(models) => models,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    let max_text = model.config.max_text_len();
+    let limits = BatchLimits {
+        max_batch: limits.max_batch as i64,
+        max_positions: limits.max_positions,
+        max_text: max_text as i64,
+    };
+    let generator = Generator::new(&model, limits);
+    let mut worker = Worker {
+        model,
+        dac,
+        generator,
+        limits,
+        pending: VecDeque::new(),
+        running: HashMap::new(),
+        events,
+        load,
+    };
+    let _ = ready.send(Ok(max_text));
+    loop {
+        // Idle: sleep until there is something to do.
+        if worker.running.is_empty() && worker.pending.is_empty() {
+            match inbox.recv() {
+                Ok(command) => worker.handle(command),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(command) => worker.handle(command),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        worker.admit();
+        if !worker.running.is_empty() {
+            worker.step();
+        }
+        worker.load.active.store(worker.running.len() as u32, Ordering::Relaxed);
+        worker.load.queued.store(worker.pending.len() as u32, Ordering::Relaxed);
+    }
+}
+
+impl Worker {
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(job) => self.pending.push_back(job),
+            Command::Cancel(id) => {
+                self.pending.retain(|j| j.request_id != id);
+                let seqs: Vec<SeqId> = self
+                    .running
+                    .iter()
+                    .filter(|(_, r)| r.job.request_id == id)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in seqs {
+                    self.generator.cancel(seq);
+                    self.running.remove(&seq);
+                }
+            }
+        }
+    }
+
+    /// Admits queued jobs while slots are free: new requests join between steps.
+    fn admit(&mut self) {
+        while self.generator.free_slots() > 0 {
+            let Some(job) = self.pending.pop_front() else { return };
+            match self.start(&job) {
+                Ok(seq) => {
+                    self.running.insert(seq, Running { job, started: Instant::now(), reported: 0 });
+                }
+                // Bad input fails everywhere; anything else may work on another node.
+                Err(e) => {
+                    let retryable = !matches!(e, ModelError::Input(_));
+                    self.fail(&job, e.to_string(), retryable);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, job: &Submission) -> Result<SeqId, ModelError> {
+        let task = &job.task;
+        let prompt_codes = job.prompt.as_deref().map(|pcm| self.dac.encode(pcm)).transpose()?;
+        let request = GenerationRequest {
+            text: task.text.clone(),
+            prompt_codes,
+            sampling: Sampling {
+                temperature: f64::from(task.sampling.temperature),
+                top_p: f64::from(task.sampling.top_p),
+                top_k: i64::from(task.sampling.cfg_filter_top_k),
+                cfg_scale: f64::from(task.sampling.cfg_scale),
+            },
+            seed: task.seed,
+            max_new_tokens: i64::from(task.max_new_tokens),
+        };
+        Ok(self.generator.admit(&self.model, vec![request])?[0])
+    }
+
+    /// One decode step for every running job; a failure or panic inside the model fails them
+    /// all (retryable elsewhere) and starts over with fresh caches.
+    fn step(&mut self) {
+        let stepped =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.generator.step(&self.model)));
+        let out = match stepped {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return self.reset(e.to_string()),
+            Err(_) => return self.reset("the model panicked".into()),
+        };
+        for finished in out.finished {
+            let Some(run) = self.running.remove(&finished.id) else { continue };
+            match self.dac.decode(&finished.codes_lxc) {
+                Ok(pcm) => {
+                    let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
+                    let _ = self.events.send(Event::Done {
+                        request_id: run.job.request_id,
+                        attempt: run.job.attempt,
+                        pcm: to_i16(&pcm),
+                        inference_seconds: run.started.elapsed().as_secs_f32(),
+                    });
+                }
+                Err(e) => self.fail(&run.job, e.to_string(), true),
+            }
+        }
+        let frames_per_second = f64::from(SAMPLE_RATE) / self.dac.hop_length() as f64;
+        for (seq, frames) in self.generator.progress().collect::<Vec<_>>() {
+            let Some(run) = self.running.get_mut(&seq) else { continue };
+            if frames - run.reported >= PROGRESS_EVERY {
+                run.reported = frames;
+                let _ = self.events.send(Event::Progress {
+                    request_id: run.job.request_id,
+                    attempt: run.job.attempt,
+                    generated_seconds: (frames as f64 / frames_per_second) as f32,
+                });
+            }
+        }
+    }
+
+    fn reset(&mut self, message: String) {
+        tracing::error!(%message, "decode step failed; failing the running jobs");
+        for (_, run) in std::mem::take(&mut self.running) {
+            self.fail(&run.job, message.clone(), true);
+        }
+        self.generator = Generator::new(&self.model, self.limits);
+    }
+
+    fn fail(&self, job: &Submission, message: String, retryable: bool) {
+        let _ = self.events.send(Event::Failed {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            message,
+            retryable,
+        });
+    }
+}

@@ -1,0 +1,79 @@
+//! `dia-node serve`: load the models once and join the control plane's pool.
+
+use clap::Args;
+use models::hub;
+
+use crate::client::{self, Identity};
+use crate::device::{parse_device, parse_dtype};
+use crate::engine::{Engine, EngineLimits, ModelSpec};
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The control plane's node endpoint.
+    #[arg(long, env = "CONTROL_PLANE_URL", default_value = "ws://127.0.0.1:8080/v1/nodes/connect")]
+    pub control_plane: String,
+    /// Join token the control plane accepts (its NODE_JOIN_TOKENS).
+    #[arg(long, env = "NODE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: String,
+    /// This node's name in the pool (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// The model id advertised to clients.
+    #[arg(long, env = "MODEL_ID", default_value = "dia-1.6b-0626")]
+    pub model_id: String,
+    /// Dia checkpoint: a folder, or a hub repo id (`owner/name[@revision]`).
+    #[arg(long, env = "DIA_WEIGHTS", default_value = hub::DIA_REPO)]
+    pub weights: String,
+    /// DAC checkpoint: a folder, or a hub repo id.
+    #[arg(long, env = "DAC_WEIGHTS", default_value = hub::DAC_REPO)]
+    pub dac: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long, env = "DTYPE")]
+    pub dtype: Option<String>,
+    /// Requests decoded together (the capacity advertised).
+    #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
+    pub max_batch: u32,
+    /// Decoder positions per request: prompt frames + new frames + 16. Sizes the KV caches.
+    #[arg(long, env = "MAX_POSITIONS", default_value_t = 4096 + 1024 + 16)]
+    pub max_positions: i64,
+}
+
+/// Loads the models and serves jobs until the process is stopped.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let spec = ModelSpec {
+        weights: hub::dia_weights(&args.weights)?,
+        dac: hub::dac_weights(&args.dac)?,
+        device,
+        kind: parse_dtype(args.dtype.as_deref(), device)?,
+    };
+    let limits =
+        EngineLimits { max_batch: args.max_batch as usize, max_positions: args.max_positions };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let engine = Engine::start(spec, limits, events_tx)?;
+    let identity = Identity {
+        url: args.control_plane,
+        join_token: args.join_token,
+        node_id: args.node_id.unwrap_or_else(default_node_id),
+        model_id: args.model_id,
+        capacity: args.max_batch,
+        gpu: device.is_cuda().then(|| format!("{device:?}")),
+        max_new_tokens: 4096,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(client::run(identity, engine, events));
+    Ok(())
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node-{}", std::process::id()))
+}

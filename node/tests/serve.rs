@@ -1,0 +1,147 @@
+//! `dia-node serve` in a pool: a real control plane (in process, SQLite) and the real node binary
+//! on the fixture weights, over the real WebSocket protocol.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use common::{dia_node, fixtures};
+use serde_json::{json, Value};
+
+const KEY: &str = "dia_pool_test";
+const JOIN: &str = "join-pool-test";
+
+/// A node process, killed when dropped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Pool {
+    base: String,
+    http: reqwest::Client,
+    _node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl Pool {
+    /// A control plane with one node of capacity `batch` that has joined it.
+    async fn start(batch: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = control_plane::Config::parse_from([
+            "control-plane".to_owned(),
+            format!("--database-url=sqlite://{}", dir.path().join("cp.db").display()),
+            format!("--join-tokens={JOIN}"),
+            format!("--bootstrap-api-key={KEY}"),
+        ]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = control_plane::AppState::start(config).await.unwrap();
+        tokio::spawn(control_plane::serve(listener, state));
+        let node = dia_node("serve")
+            .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
+            .args(["--join-token", JOIN, "--node-id", "tiny-0", "--model-id", "dia-tiny"])
+            .args(["--max-batch", &batch.to_string(), "--max-positions", "512"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dia-node serve starts");
+        let pool = Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            _node: Node(node),
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            let models: Value = pool.get("/v1/models").await.json().await.unwrap();
+            if models["data"].as_array().is_some_and(|m| !m.is_empty()) {
+                return pool;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node did not join within 15 s");
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap()
+    }
+
+    async fn generate(&self, body: Value) -> reqwest::Response {
+        let url = format!("{}/v1/voice/generations", self.base);
+        self.http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap()
+    }
+}
+
+fn samples(wav: &[u8]) -> Vec<i16> {
+    let reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+    assert_eq!((reader.spec().sample_rate, reader.spec().channels), (44_100, 1));
+    reader.into_samples::<i16>().collect::<Result<_, _>>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
+    let pool = Pool::start(2).await;
+    let script = "[S1] Hello from the pool. [S2] Hi there!";
+    let res = pool.generate(json!({"input": script, "seed": 21, "max_new_tokens": 256})).await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    assert_eq!(res.headers()["x-node-id"], "tiny-0");
+    let pooled = samples(&res.bytes().await.unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("synth.wav");
+    let synth = tokio::task::spawn_blocking(move || {
+        let run = dia_node("synth")
+            .args(["--text", script, "--seed", "21", "--max-new-tokens", "256", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(out).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!pooled.is_empty());
+    assert_eq!(pooled, samples(&synth), "the pool's audio differs from synth's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_node() {
+    let pool = Pool::start(2).await;
+    let wav =
+        std::fs::read(fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_2.wav"))
+            .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(wav).file_name("voice.wav"))
+        .text("speaker_name", "Ann")
+        .text("transcript", "[S1] A prompt.");
+    let upload =
+        pool.http.post(format!("{}/v1/voices", pool.base)).bearer_auth(KEY).multipart(form);
+    let voice: Value = upload.send().await.unwrap().json().await.unwrap();
+
+    let mut bodies: Vec<Value> = (0..3)
+        .map(|i| json!({"input": format!("[S1] Request {i}."), "seed": i, "max_new_tokens": 256}))
+        .collect();
+    bodies.push(json!({"input": "[S1] In her voice.", "speakers": {"S1": voice["id"]}, "max_new_tokens": 256}));
+    let requests: Vec<_> = bodies.into_iter().map(|b| pool.generate(b)).collect();
+    let mut outputs = Vec::new();
+    for res in futures_util::future::join_all(requests).await {
+        assert_eq!(res.status(), 200, "{:?}", res.text().await);
+        outputs.push(samples(&res.bytes().await.unwrap()));
+    }
+    for (i, a) in outputs.iter().enumerate() {
+        assert!(!a.is_empty() && a.len() <= 256 * 512, "request {i}: {} samples", a.len());
+        for b in &outputs[i + 1..] {
+            assert_ne!(a, b, "two different requests gave the same audio");
+        }
+    }
+    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    let statuses: Vec<&str> =
+        history["data"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["succeeded"; 4]);
+}
