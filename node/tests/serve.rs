@@ -26,13 +26,13 @@ impl Drop for Node {
 struct Pool {
     base: String,
     http: reqwest::Client,
-    _node: Node,
+    nodes: Vec<(String, Node)>,
     _dir: tempfile::TempDir,
 }
 
 impl Pool {
-    /// A control plane with one node of capacity `batch` that has joined it.
-    async fn start(batch: u32) -> Self {
+    /// A control plane with nodes `tiny-0…` of capacity `batch` that have joined it.
+    async fn start(batch: u32, nodes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = control_plane::Config::parse_from([
             "control-plane".to_owned(),
@@ -44,28 +44,30 @@ impl Pool {
         let addr = listener.local_addr().unwrap();
         let state = control_plane::AppState::start(config).await.unwrap();
         tokio::spawn(control_plane::serve(listener, state));
-        let node = dia_node("serve")
-            .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
-            .args(["--join-token", JOIN, "--node-id", "tiny-0", "--model-id", "dia-tiny"])
-            .args(["--max-batch", &batch.to_string(), "--max-positions", "512"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dia-node serve starts");
-        let pool = Self {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            _node: Node(node),
-            _dir: dir,
-        };
+        let nodes = (0..nodes)
+            .map(|i| {
+                let id = format!("tiny-{i}");
+                let node = dia_node("serve")
+                    .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
+                    .args(["--join-token", JOIN, "--node-id", &id, "--model-id", "dia-tiny"])
+                    .args(["--max-batch", &batch.to_string(), "--max-positions", "1100"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("dia-node serve starts");
+                (id, Node(node))
+            })
+            .collect::<Vec<_>>();
+        let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
+        let pool =
+            Self { base: format!("http://{addr}"), http: reqwest::Client::new(), nodes, _dir: dir };
         for _ in 0..300 {
-            let models: Value = pool.get("/v1/models").await.json().await.unwrap();
-            if models["data"].as_array().is_some_and(|m| !m.is_empty()) {
+            if pool.get("/metrics").await.text().await.unwrap().contains(&online) {
                 return pool;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the node did not join within 15 s");
+        panic!("the nodes did not join within 15 s");
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -86,7 +88,7 @@ fn samples(wav: &[u8]) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
-    let pool = Pool::start(2).await;
+    let pool = Pool::start(2, 1).await;
     let script = "[S1] Hello from the pool. [S2] Hi there!";
     let res = pool.generate(json!({"input": script, "seed": 21, "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
@@ -112,7 +114,7 @@ async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_node() {
-    let pool = Pool::start(2).await;
+    let pool = Pool::start(2, 1).await;
     let wav =
         std::fs::read(fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_2.wav"))
             .unwrap();
@@ -144,4 +146,45 @@ async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_n
     let statuses: Vec<&str> =
         history["data"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["succeeded"; 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
+    let mut pool = Pool::start(1, 2).await;
+    let body =
+        json!({"input": "[S1] A long one, to be cut short.", "seed": 3, "max_new_tokens": 1024});
+    let request = tokio::spawn({
+        let (http, url) = (pool.http.clone(), format!("{}/v1/voice/generations", pool.base));
+        async move { http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap() }
+    });
+    // Wait until a node runs it, then kill that node's process.
+    let mut running_on = None;
+    for _ in 0..300 {
+        let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+        if let Some(row) = history["data"].as_array().and_then(|r| r.first()) {
+            if row["status"] == "running" {
+                running_on = row["node_id"].as_str().map(str::to_owned);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = running_on.expect("the request started on a node");
+    pool.nodes.retain(|(id, _)| *id != victim);
+
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let survivor = &pool.nodes[0].0;
+    assert_eq!(res.headers()["x-node-id"], survivor.as_str());
+    assert!(!samples(&res.bytes().await.unwrap()).is_empty());
+    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    let id = history["data"][0]["id"].as_str().unwrap().to_owned();
+    let item: Value = pool.get(&format!("/v1/history/{id}")).await.json().await.unwrap();
+    let attempts: Vec<(&str, &str)> = item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["node_id"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(attempts, [(victim.as_str(), "node_lost"), (survivor.as_str(), "succeeded")]);
 }
