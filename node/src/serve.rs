@@ -42,7 +42,7 @@ pub struct ServeArgs {
     pub max_positions: i64,
 }
 
-/// Loads the models and serves jobs until the process is stopped.
+/// Loads the models and serves jobs until the process is stopped (or the engine dies).
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let spec = ModelSpec {
@@ -67,7 +67,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(client::run(identity, engine, events));
-    Ok(())
+    anyhow::bail!("the engine stopped")
 }
 
 fn default_node_id() -> String {

@@ -120,15 +120,16 @@ impl Worker {
     fn admit(&mut self) {
         while self.generator.free_slots() > 0 {
             let Some(job) = self.pending.pop_front() else { return };
-            match self.start(&job) {
-                Ok(seq) => {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.start(&job))) {
+                Ok(Ok(seq)) => {
                     self.running.insert(seq, Running { job, started: Instant::now(), reported: 0 });
                 }
                 // Bad input fails everywhere; anything else may work on another node.
-                Err(e) => {
+                Ok(Err(e)) => {
                     let retryable = !matches!(e, ModelError::Input(_));
                     self.fail(&job, e.to_string(), retryable);
                 }
+                Err(_) => self.fail(&job, "the model panicked admitting the job".into(), true),
             }
         }
     }
@@ -163,7 +164,11 @@ impl Worker {
         };
         for finished in out.finished {
             let Some(run) = self.running.remove(&finished.id) else { continue };
-            match self.dac.decode(&finished.codes_lxc) {
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.dac.decode(&finished.codes_lxc).map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err("the codec panicked".into()));
+            match decoded {
                 Ok(pcm) => {
                     let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
                     let _ = self.events.send(Event::Done {
@@ -173,7 +178,7 @@ impl Worker {
                         inference_seconds: run.started.elapsed().as_secs_f32(),
                     });
                 }
-                Err(e) => self.fail(&run.job, e.to_string(), true),
+                Err(message) => self.fail(&run.job, message, true),
             }
         }
         let frames_per_second = f64::from(SAMPLE_RATE) / self.dac.hop_length() as f64;
