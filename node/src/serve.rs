@@ -37,8 +37,10 @@ pub struct ServeArgs {
     /// Requests decoded together (the capacity advertised).
     #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
     pub max_batch: u32,
-    /// Decoder positions per request: prompt frames + new frames + 16. Sizes the KV caches.
-    #[arg(long, env = "MAX_POSITIONS", default_value_t = 4096 + 1024 + 16)]
+    /// Decoder positions per request: prompt frames + new frames + 16; sizes the KV caches. The
+    /// default fits the control plane's worst case: two 30 s voice samples (86 frames a second,
+    /// with the gap) and 4096 new frames.
+    #[arg(long, env = "MAX_POSITIONS", default_value_t = 9400)]
     pub max_positions: i64,
 }
 
