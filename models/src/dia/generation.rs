@@ -203,7 +203,7 @@ impl Generator {
                 rows: Vec::<i64>::try_from(rows.flatten(0, -1))?,
                 prefill_steps: prompt_len + 1,
                 step: prompt_len,
-                max_rows: prompt_len + 1 + request.max_new_tokens + max_delay,
+                max_rows: Self::positions_needed(model, prompt_len, request.max_new_tokens),
                 eos_detected: false,
                 countdown: -1,
                 finished_at: -1,
