@@ -13,6 +13,7 @@ use proto::{
     FEATURE_VOICE_CLONING, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::engine::{Engine, Event, Submission};
@@ -34,22 +35,48 @@ pub struct Identity {
     pub max_new_tokens: u32,
 }
 
-/// Keeps a session up until the process ends, reconnecting with exponential backoff.
-pub async fn run(identity: Identity, engine: Engine, mut events: UnboundedReceiver<Event>) {
+/// Keeps a session up, reconnecting with exponential backoff. Returns once `drain` turns true
+/// and the jobs in hand are delivered, or fails if the engine thread is gone (a node that cannot
+/// generate must not rejoin the pool).
+pub async fn run(
+    identity: Identity,
+    engine: Engine,
+    mut events: UnboundedReceiver<Event>,
+    mut drain: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&identity, &engine, &mut events).await {
-            Ok(()) => {
+        match session(&identity, &engine, &mut events, &mut drain).await {
+            Ok(SessionEnd::Drained) => {
+                tracing::info!("drained: every job delivered, leaving the pool");
+                return Ok(());
+            }
+            Ok(SessionEnd::Closed) => {
                 tracing::info!("control plane closed the session");
                 backoff = Duration::from_millis(250);
             }
+            Err(e) if events.is_closed() => bail!("the engine stopped ({e})"),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "session with the control plane ended")
             }
         }
-        tokio::time::sleep(backoff).await;
+        if *drain.borrow() {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = drain.changed() => return Ok(()),
+        }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// How a session ended without an error.
+enum SessionEnd {
+    /// The control plane closed it; dial again.
+    Closed,
+    /// Draining finished; stop.
+    Drained,
 }
 
 type Ws =
@@ -63,7 +90,8 @@ async fn session(
     identity: &Identity,
     engine: &Engine,
     events: &mut UnboundedReceiver<Event>,
-) -> anyhow::Result<()> {
+    drain: &mut watch::Receiver<bool>,
+) -> anyhow::Result<SessionEnd> {
     let url = format!("{}?token={}", identity.url, identity.join_token);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
@@ -91,7 +119,8 @@ async fn session(
     // Jobs of this session: whatever is left when it ends is dropped, since the control plane
     // gives those to other nodes.
     let mut jobs: HashSet<RequestId> = HashSet::new();
-    let result = serve(&mut ws, engine, events, &mut jobs, welcome.heartbeat_interval_ms).await;
+    let result =
+        serve(&mut ws, engine, events, drain, &mut jobs, welcome.heartbeat_interval_ms).await;
     for id in jobs {
         engine.cancel(id);
     }
@@ -102,18 +131,31 @@ async fn serve(
     ws: &mut Ws,
     engine: &Engine,
     events: &mut UnboundedReceiver<Event>,
+    drain: &mut watch::Receiver<bool>,
     jobs: &mut HashSet<RequestId>,
     heartbeat_ms: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SessionEnd> {
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
     // A submit with a voice prompt waits here for its binary frame.
     let mut awaiting_prompt: Option<Job> = None;
+    let mut draining = *drain.borrow();
     loop {
+        if draining && jobs.is_empty() && awaiting_prompt.is_none() {
+            ws.close(None).await?;
+            return Ok(SessionEnd::Drained);
+        }
         tokio::select! {
             msg = ws.next() => {
-                let Some(msg) = msg else { return Ok(()) };
+                let Some(msg) = msg else { return Ok(SessionEnd::Closed) };
                 match msg? {
                     Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t)? {
+                        // Sent before the unhealthy heartbeat arrived: let another node take it.
+                        ControlToNode::Submit(job) if draining => {
+                            let error = WireError::new(ErrorKind::UpstreamError, "the node is draining");
+                            let (request_id, attempt) = (job.request_id, job.attempt);
+                            let failed = NodeToControl::Failed { request_id, attempt, error, retryable: true };
+                            ws.send(text(&failed)).await?;
+                        }
                         ControlToNode::Submit(job) => {
                             jobs.insert(job.request_id);
                             let Task::Speech(task) = &job.task;
@@ -141,21 +183,32 @@ async fn serve(
                             other => bail!("unexpected binary frame (waiting for {other:?})"),
                         }
                     }
-                    Message::Close(_) => return Ok(()),
+                    Message::Close(_) => return Ok(SessionEnd::Closed),
                     _ => {}
                 }
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                tracing::info!(jobs = jobs.len(), "draining: finishing the jobs in hand, taking no new ones");
+                send_heartbeat(ws, engine, true).await?;
             }
             event = events.recv() => {
                 let Some(event) = event else { bail!("the engine stopped") };
                 send_event(ws, jobs, event).await?;
             }
-            _ = heartbeat.tick() => {
-                let (active, queued) = engine.load();
-                let load = Load { active, queued, gpu_memory_used_bytes: None };
-                ws.send(text(&NodeToControl::Heartbeat { health: Health::Healthy, load })).await?;
-            }
+            _ = heartbeat.tick() => send_heartbeat(ws, engine, draining).await?,
         }
     }
+}
+
+/// Liveness and load; a draining node reports itself unhealthy so that no work is routed to it.
+async fn send_heartbeat(ws: &mut Ws, engine: &Engine, draining: bool) -> anyhow::Result<()> {
+    let (active, queued) = engine.load();
+    let load = Load { active, queued, gpu_memory_used_bytes: None };
+    let health =
+        if draining { Health::Unhealthy { reason: "draining".into() } } else { Health::Healthy };
+    ws.send(text(&NodeToControl::Heartbeat { health, load })).await?;
+    Ok(())
 }
 
 fn submit(engine: &Engine, job: Job, prompt: Option<Vec<f32>>) {

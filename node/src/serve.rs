@@ -44,7 +44,8 @@ pub struct ServeArgs {
     pub max_positions: i64,
 }
 
-/// Loads the models and serves jobs until the process is stopped (or the engine dies).
+/// Loads the models and serves jobs until SIGTERM or Ctrl-C, then drains: the jobs in hand are
+/// finished and delivered, none are taken, and the process exits.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let spec = ModelSpec {
@@ -68,8 +69,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(client::run(identity, engine, events));
-    anyhow::bail!("the engine stopped")
+    runtime.block_on(async {
+        let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = drain_tx.send(true);
+        });
+        client::run(identity, engine, events, drain).await
+    })
+}
+
+/// SIGTERM (what Kubernetes and `kill` send) or Ctrl-C: drain, then exit.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn default_node_id() -> String {

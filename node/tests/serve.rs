@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
@@ -72,6 +72,27 @@ impl Pool {
 
     async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap()
+    }
+
+    /// Sends a generation in the background.
+    fn spawn_generate(&self, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+        let (http, url) = (self.http.clone(), format!("{}/v1/voice/generations", self.base));
+        tokio::spawn(
+            async move { http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap() },
+        )
+    }
+
+    /// Waits until the newest request runs on a node; returns that node's id.
+    async fn running_on(&self) -> String {
+        for _ in 0..300 {
+            let history: Value = self.get("/v1/history").await.json().await.unwrap();
+            let newest = &history["data"][0];
+            if newest["status"] == "running" {
+                return newest["node_id"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no node started the request within 6 s");
     }
 
     async fn generate(&self, body: Value) -> reqwest::Response {
@@ -187,4 +208,30 @@ async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
         .map(|a| (a["node_id"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
         .collect();
     assert_eq!(attempts, [(victim.as_str(), "node_lost"), (survivor.as_str(), "succeeded")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_it_delivers_its_job_and_leaves_the_pool() {
+    let mut pool = Pool::start(1, 1).await;
+    let body = json!({"input": "[S1] Finish me before you go.", "seed": 4, "max_new_tokens": 1024});
+    let request = pool.spawn_generate(body);
+    pool.running_on().await;
+    let pid = pool.nodes[0].1 .0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    assert_eq!(res.headers()["x-node-id"], "tiny-0");
+    let child = &mut pool.nodes[0].1 .0;
+    let mut exit = None;
+    for _ in 0..200 {
+        exit = child.try_wait().unwrap();
+        if exit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exit.expect("the node exits once drained").success());
+    let res = pool.generate(json!({"input": "[S1] Anyone there?", "max_new_tokens": 256})).await;
+    assert_eq!(res.status(), 404, "no node is left to serve it");
 }
