@@ -22,6 +22,20 @@ impl Module for Linear {
     }
 }
 
+/// Concatenates the weights of linears that read the same input (`[out_i, in]` rows stacked) and
+/// re-points each at its rows of the result: one matmul then serves them all, and the weights
+/// are not held twice.
+pub fn fuse_linears(parts: &mut [&mut Linear]) -> Tensor {
+    let fused = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
+    let mut row = 0;
+    for linear in parts.iter_mut() {
+        let rows = linear.weight.size()[0];
+        linear.weight.set_data(&fused.narrow(0, row, rows));
+        row += rows;
+    }
+    fused
+}
+
 /// RMSNorm whose weight stays f32 in every compute dtype, as the reference builds it.
 #[derive(Debug)]
 pub struct RmsNorm {

@@ -82,9 +82,8 @@ impl DecoderLayer {
         let (n, t, _) = xs.size3().expect("decoder stream is [N, T, D]");
         // Self-attention: write this forward's keys at their positions, then attend the window.
         let h = self.pre_sa_norm.forward(xs);
-        let q = ctx.rope.apply(&self.self_attention.query(&h));
-        let (k, v) = self.self_attention.key_value(&h);
-        let k_nxkxtxe = ctx.rope.apply(&k).transpose(1, 2);
+        let (q, k, v) = self.self_attention.self_qkv(&h, &ctx.rope);
+        let k_nxkxtxe = k.transpose(1, 2);
         let v_nxkxtxe = v.transpose(1, 2);
         let (kv_heads, head_dim) = (k_nxkxtxe.size()[1], k_nxkxtxe.size()[3]);
         let index = ctx.positions_nxt.view([n, 1, t, 1]).expand([n, kv_heads, t, head_dim], false);
@@ -145,6 +144,11 @@ impl Decoder {
             channels: c,
             vocab: v,
         }
+    }
+
+    /// Fuses each layer's self-attention projections (after loading).
+    pub fn fuse_projections(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
     }
 
     /// Cross-attention keys and values of every layer for encoder states `[N, S, D_e]`,

@@ -36,10 +36,10 @@ impl EncoderLayer {
 
     fn forward(&self, xs: &Tensor, rope: &RopeAngles, mask_nx1xsxs: &Tensor) -> Tensor {
         let n = self.pre_sa_norm.forward(xs);
-        let q = rope.apply(&self.self_attention.query(&n));
-        let (k, v) = self.self_attention.key_value(&n);
-        let k = rope.apply(&k).transpose(1, 2);
-        let xs = xs + self.self_attention.attend(&q, &k, &v.transpose(1, 2), mask_nx1xsxs);
+        let (q, k, v) = self.self_attention.self_qkv(&n, rope);
+        let attn =
+            self.self_attention.attend(&q, &k.transpose(1, 2), &v.transpose(1, 2), mask_nx1xsxs);
+        let xs = xs + attn;
         &xs + self.mlp.forward(&self.post_sa_norm.forward(&xs))
     }
 }
@@ -69,6 +69,11 @@ impl Encoder {
             norm: RmsNorm::new(&vs / "norm", cfg.hidden_size, cfg.norm_eps),
             rope: RotaryEmbedding::new(cfg.head_dim, cfg.rope.theta(), vs.device()),
         }
+    }
+
+    /// Fuses each layer's self-attention projections (after loading).
+    pub fn fuse_projections(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
     }
 
     /// Runs the stack. `mask_nx1xsxs` lets a query attend a key when both are real text or both

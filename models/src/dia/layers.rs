@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn_ext::Linear;
+use crate::nn_ext::{fuse_linears, Linear};
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -93,6 +93,8 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// `[H·E + 2·K·E, D]`: q, k and v rows in one matrix, for self-attention (see `fuse_qkv`).
+    qkv: Option<Tensor>,
     dims: AttentionDims,
 }
 
@@ -104,8 +106,27 @@ impl Attention {
             k_proj: Linear::new(&vs / "k_proj", kv_in, kv_heads * head_dim),
             v_proj: Linear::new(&vs / "v_proj", kv_in, kv_heads * head_dim),
             o_proj: Linear::new(&vs / "o_proj", heads * head_dim, out),
+            qkv: None,
             dims,
         }
+    }
+
+    /// Fuses the q, k and v projections once the weights are loaded (self-attention reads one
+    /// input for all three): a single matmul per step instead of three.
+    pub fn fuse_qkv(&mut self) {
+        self.qkv = Some(fuse_linears(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj]));
+    }
+
+    /// Self-attention projections of `[N, T, D]`: one matmul, then RoPE on queries and keys
+    /// together. Returns q `[N, T, H, E]`, k and v `[N, T, K, E]`.
+    pub fn self_qkv(&self, xs: &Tensor, rope: &RopeAngles) -> (Tensor, Tensor, Tensor) {
+        let (n, t, _) = xs.size3().expect("attention input is [N, T, D]");
+        let AttentionDims { heads, kv_heads, head_dim, .. } = self.dims;
+        let fused = self.qkv.as_ref().expect("self-attention projections are fused at load");
+        let qkv = xs.linear::<&Tensor>(fused, None).view([n, t, heads + 2 * kv_heads, head_dim]);
+        let qk = rope.apply(&qkv.narrow(2, 0, heads + kv_heads));
+        let v = qkv.narrow(2, heads + kv_heads, kv_heads);
+        (qk.narrow(2, 0, heads), qk.narrow(2, heads, kv_heads), v)
     }
 
     /// `[N, T, D] → [N, T, H, E]` queries (RoPE not applied).

@@ -56,6 +56,7 @@ impl DiaModel {
         let tensors = checkpoint::read_weights(dir, &config.decoder_config)?;
         let mut model = Self::build(config, device, kind);
         load_into(&mut model._weights, tensors, kind)?;
+        model.fuse_projections();
         Ok(model)
     }
 
@@ -80,7 +81,15 @@ impl DiaModel {
             })
             .collect();
         load_into(&mut model._weights, tensors, kind)?;
+        model.fuse_projections();
         Ok(model)
+    }
+
+    /// Loaded weights → the fused layout the forward passes use.
+    fn fuse_projections(&mut self) {
+        let _guard = tch::no_grad_guard();
+        self.encoder.fuse_projections();
+        self.decoder.fuse_projections();
     }
 
     /// The module tree with unloaded weights.
