@@ -6,6 +6,7 @@
 //!
 //! [`Generator`]: models::dia::Generator
 
+mod prompt_cache;
 mod worker;
 
 use std::path::PathBuf;

@@ -14,10 +14,13 @@ use models::sampling::Sampling;
 use models::ModelError;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::prompt_cache::PromptCache;
 use super::{Command, EngineLimits, Event, Load, ModelSpec, Submission};
 
 /// Frames between progress reports (one second of audio).
 const PROGRESS_EVERY: i64 = 86;
+/// Voice prompts whose codes are kept.
+const PROMPTS_CACHED: usize = 64;
 
 struct Running {
     job: Submission,
@@ -32,6 +35,7 @@ struct Worker {
     limits: BatchLimits,
     pending: VecDeque<Submission>,
     running: HashMap<SeqId, Running>,
+    prompts: PromptCache,
     events: UnboundedSender<Event>,
     load: Arc<Load>,
 }
@@ -68,6 +72,7 @@ pub fn run(
         limits,
         pending: VecDeque::new(),
         running: HashMap::new(),
+        prompts: PromptCache::new(PROMPTS_CACHED),
         events,
         load,
     };
@@ -136,7 +141,11 @@ impl Worker {
 
     fn start(&mut self, job: &Submission) -> Result<SeqId, ModelError> {
         let task = &job.task;
-        let prompt_codes = job.prompt.as_deref().map(|pcm| self.dac.encode(pcm)).transpose()?;
+        let dac = &self.dac;
+        let prompt_codes = match job.prompt.as_deref() {
+            Some(pcm) => Some(self.prompts.get_or_encode(pcm, |pcm| dac.encode(pcm))?),
+            None => None,
+        };
         let request = GenerationRequest {
             text: task.text.clone(),
             prompt_codes,
