@@ -69,7 +69,7 @@ mod tests {
         let (a, b, c) = (vec![0.1f32; 4], vec![0.2f32; 4], vec![0.3f32; 5]);
         let mut calls = 0;
         for pcm in [&a, &b, &a, &c, &a, &b] {
-            cache.get_or_encode(pcm, encode_counting(&mut calls)).unwrap();
+            let _codes = cache.get_or_encode(pcm, encode_counting(&mut calls)).unwrap();
         }
         // a, b encoded; a hit; c evicts b (a was used later); a hit; b encoded again.
         assert_eq!(calls, 4);
