@@ -6,6 +6,7 @@ use models::hub;
 use crate::client::{self, Identity};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::{Engine, EngineLimits, ModelSpec};
+use crate::metrics::NodeMetrics;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -37,6 +38,9 @@ pub struct ServeArgs {
     /// Requests decoded together (the capacity advertised).
     #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
     pub max_batch: u32,
+    /// Where `/metrics` (Prometheus) is served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Decoder positions per request: prompt frames + new frames + 16; sizes the KV caches. The
     /// default fits the control plane's worst case: two 30 s voice samples (86 frames a second,
     /// with the gap) and 4096 new frames.
@@ -57,7 +61,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits =
         EngineLimits { max_batch: args.max_batch as usize, max_positions: args.max_positions };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let engine = Engine::start(spec, limits, events_tx)?;
+    let metrics = std::sync::Arc::new(NodeMetrics::new());
+    let engine = Engine::start(spec, limits, events_tx, metrics.clone())?;
     let identity = Identity {
         url: args.control_plane,
         join_token: args.join_token,
@@ -70,6 +75,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+        tokio::spawn(crate::metrics::serve(listener, metrics));
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

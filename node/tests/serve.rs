@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 const KEY: &str = "dia_pool_test";
 const JOIN: &str = "join-pool-test";
 
-/// A node process, killed when dropped.
-struct Node(Child);
+/// A node process and its metrics URL; killed when dropped.
+struct Node(Child, String);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -47,7 +47,10 @@ impl Pool {
         let nodes = (0..nodes)
             .map(|i| {
                 let id = format!("tiny-{i}");
+                let metrics =
+                    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
                 let node = dia_node("serve")
+                    .args(["--metrics-addr", &metrics.to_string()])
                     .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
                     .args(["--join-token", JOIN, "--node-id", &id, "--model-id", "dia-tiny"])
                     .args(["--max-batch", &batch.to_string(), "--max-positions", "1100"])
@@ -55,7 +58,7 @@ impl Pool {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("dia-node serve starts");
-                (id, Node(node))
+                (id, Node(node, format!("http://{metrics}/metrics")))
             })
             .collect::<Vec<_>>();
         let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
@@ -167,6 +170,15 @@ async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_n
     let statuses: Vec<&str> =
         history["data"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["succeeded"; 4]);
+
+    let metrics = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("dia_node_jobs_total{outcome=\"succeeded\"} 4"), "{metrics}");
+    let frames: u64 = outputs.iter().map(|pcm| pcm.len() as u64 / 512).sum();
+    let line = metrics.lines().find(|l| l.starts_with("dia_node_frames_generated_total")).unwrap();
+    let counted: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Every delivered frame was decoded, plus each request's 15-step EOS tail.
+    assert!(counted >= frames, "{counted} frames counted, {frames} delivered");
+    assert!(metrics.contains("dia_node_decode_step_seconds_count"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use proto::{RequestId, SpeechTask};
+
+use crate::metrics::NodeMetrics;
 use tch::{Device, Kind};
 
 /// What to load and where.
@@ -80,14 +82,15 @@ impl Engine {
         spec: ModelSpec,
         limits: EngineLimits,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
+        metrics: Arc<NodeMetrics>,
     ) -> anyhow::Result<Self> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let load = Arc::new(Load::default());
         let worker_load = load.clone();
-        std::thread::Builder::new()
-            .name("dia-engine".into())
-            .spawn(move || worker::run(spec, limits, inbox, events, worker_load, ready_tx))?;
+        std::thread::Builder::new().name("dia-engine".into()).spawn(move || {
+            worker::run(spec, limits, inbox, events, worker_load, metrics, ready_tx)
+        })?;
         let max_text = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
         Ok(Self { commands, load, max_text })
     }

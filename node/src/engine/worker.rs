@@ -16,6 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::prompt_cache::PromptCache;
 use super::{Command, EngineLimits, Event, Load, ModelSpec, Submission};
+use crate::metrics::NodeMetrics;
 
 /// Frames between progress reports (one second of audio).
 const PROGRESS_EVERY: i64 = 86;
@@ -38,6 +39,7 @@ struct Worker {
     prompts: PromptCache,
     events: UnboundedSender<Event>,
     load: Arc<Load>,
+    metrics: Arc<NodeMetrics>,
 }
 
 pub fn run(
@@ -46,6 +48,7 @@ pub fn run(
     inbox: Receiver<Command>,
     events: UnboundedSender<Event>,
     load: Arc<Load>,
+    metrics: Arc<NodeMetrics>,
     ready: Sender<anyhow::Result<usize>>,
 ) {
     let _guard = tch::no_grad_guard();
@@ -75,6 +78,7 @@ pub fn run(
         prompts: PromptCache::new(PROMPTS_CACHED),
         events,
         load,
+        metrics,
     };
     let _ = ready.send(Ok(max_text));
     loop {
@@ -98,6 +102,7 @@ pub fn run(
         }
         worker.load.active.store(worker.running.len() as u32, Ordering::Relaxed);
         worker.load.queued.store(worker.pending.len() as u32, Ordering::Relaxed);
+        worker.metrics.queued.set(worker.pending.len() as i64);
     }
 }
 
@@ -116,6 +121,7 @@ impl Worker {
                 for seq in seqs {
                     self.generator.cancel(seq);
                     self.running.remove(&seq);
+                    self.metrics.jobs.with_label_values(&["cancelled"]).inc();
                 }
             }
         }
@@ -164,13 +170,18 @@ impl Worker {
     /// One decode step for every running job; a failure or panic inside the model fails them
     /// all (retryable elsewhere) and starts over with fresh caches.
     fn step(&mut self) {
+        let batch = self.generator.active();
+        let timer = self.metrics.step_seconds.start_timer();
         let stepped =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.generator.step(&self.model)));
+        timer.observe_duration();
+        self.metrics.batch_size.set(batch as i64);
         let out = match stepped {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => return self.reset(e.to_string()),
             Err(_) => return self.reset("the model panicked".into()),
         };
+        self.metrics.frames.inc_by(batch as u64);
         for finished in out.finished {
             let Some(run) = self.running.remove(&finished.id) else { continue };
             let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -180,6 +191,8 @@ impl Worker {
             match decoded {
                 Ok(pcm) => {
                     let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
+                    self.metrics.jobs.with_label_values(&["succeeded"]).inc();
+                    self.metrics.audio_seconds.inc_by(pcm.len() as f64 / f64::from(SAMPLE_RATE));
                     let _ = self.events.send(Event::Done {
                         request_id: run.job.request_id,
                         attempt: run.job.attempt,
@@ -213,6 +226,7 @@ impl Worker {
     }
 
     fn fail(&self, job: &Submission, message: String, retryable: bool) {
+        self.metrics.jobs.with_label_values(&["failed"]).inc();
         let _ = self.events.send(Event::Failed {
             request_id: job.request_id,
             attempt: job.attempt,

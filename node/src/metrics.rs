@@ -1,0 +1,82 @@
+//! The node's Prometheus metrics, updated by the engine thread and served on `/metrics`.
+
+use prometheus::{
+    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every collector, registered once.
+pub struct NodeMetrics {
+    registry: Registry,
+    /// `dia_node_frames_generated_total`: audio frames (86 a second) decoded.
+    pub frames: IntCounter,
+    /// `dia_node_decode_step_seconds`: one batched decode step.
+    pub step_seconds: Histogram,
+    /// `dia_node_batch_size`: requests in the last step.
+    pub batch_size: IntGauge,
+    /// `dia_node_jobs_queued`: jobs waiting for a slot.
+    pub queued: IntGauge,
+    /// `dia_node_jobs_total{outcome}`: succeeded, failed, cancelled.
+    pub jobs: IntCounterVec,
+    /// `dia_node_audio_seconds_total`: seconds of audio delivered.
+    pub audio_seconds: Counter,
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let frames = IntCounter::new("dia_node_frames_generated_total", "Audio frames decoded")
+            .expect("valid metric");
+        let step_seconds = Histogram::with_opts(
+            HistogramOpts::new("dia_node_decode_step_seconds", "One batched decode step")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let batch_size = IntGauge::new("dia_node_batch_size", "Requests in the last step")
+            .expect("valid metric");
+        let queued =
+            IntGauge::new("dia_node_jobs_queued", "Jobs waiting for a slot").expect("valid metric");
+        let jobs =
+            IntCounterVec::new(Opts::new("dia_node_jobs_total", "Jobs by outcome"), &["outcome"])
+                .expect("valid metric");
+        let audio_seconds =
+            Counter::new("dia_node_audio_seconds_total", "Seconds of audio delivered")
+                .expect("valid metric");
+        for c in [
+            Box::new(frames.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(step_seconds.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(queued.clone()),
+            Box::new(jobs.clone()),
+            Box::new(audio_seconds.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        Self { registry, frames, step_seconds, batch_size, queued, jobs, audio_seconds }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).expect("metrics encode")
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<NodeMetrics>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server stopped");
+    }
+}
