@@ -17,7 +17,7 @@ trap 'kill $(jobs -p) 2>/dev/null' EXIT
   --join-token "${NODE_JOIN_TOKENS%%,*}" \
   --weights "${DIA_WEIGHTS:-../shared/fixtures/dia-tiny}" \
   --dac "${DAC_WEIGHTS:-../shared/fixtures/dac-tiny}" \
-  --device "${DEVICE:-cpu}" &
+  --device "${DEVICE:-cpu}" --metrics-addr "127.0.0.1:${NODE_METRICS_PORT:-9091}" &
 cat <<MSG
 
 Control plane on http://127.0.0.1:$port (API key: $BOOTSTRAP_API_KEY). Try:
