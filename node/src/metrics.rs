@@ -12,8 +12,8 @@ pub struct NodeMetrics {
     pub frames: IntCounter,
     /// `dia_node_decode_step_seconds`: one batched decode step.
     pub step_seconds: Histogram,
-    /// `dia_node_batch_size`: requests in the last step.
-    pub batch_size: IntGauge,
+    /// `dia_node_jobs_active`: jobs being generated, the batch of each step.
+    pub active: IntGauge,
     /// `dia_node_jobs_queued`: jobs waiting for a slot.
     pub queued: IntGauge,
     /// `dia_node_jobs_total{outcome}`: succeeded, failed, cancelled.
@@ -32,7 +32,7 @@ impl NodeMetrics {
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
         )
         .expect("valid metric");
-        let batch_size = IntGauge::new("dia_node_batch_size", "Requests in the last step")
+        let active = IntGauge::new("dia_node_jobs_active", "Jobs being generated (the batch)")
             .expect("valid metric");
         let queued =
             IntGauge::new("dia_node_jobs_queued", "Jobs waiting for a slot").expect("valid metric");
@@ -45,14 +45,14 @@ impl NodeMetrics {
         for c in [
             Box::new(frames.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(step_seconds.clone()),
-            Box::new(batch_size.clone()),
+            Box::new(active.clone()),
             Box::new(queued.clone()),
             Box::new(jobs.clone()),
             Box::new(audio_seconds.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { registry, frames, step_seconds, batch_size, queued, jobs, audio_seconds }
+        Self { registry, frames, step_seconds, active, queued, jobs, audio_seconds }
     }
 
     /// The text exposition format.

@@ -10,7 +10,6 @@ mod prompt_cache;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use proto::{RequestId, SpeechTask};
@@ -59,18 +58,11 @@ enum Command {
     Cancel(RequestId),
 }
 
-/// Jobs in the engine, for heartbeats.
-#[derive(Debug, Default)]
-pub struct Load {
-    pub active: AtomicU32,
-    pub queued: AtomicU32,
-}
-
 /// Handle to the engine thread; dropping every handle stops it.
 #[derive(Clone)]
 pub struct Engine {
     commands: std::sync::mpsc::Sender<Command>,
-    pub load: Arc<Load>,
+    metrics: Arc<NodeMetrics>,
     /// Longest text the model reads, in its text tokens.
     pub max_text: usize,
 }
@@ -86,13 +78,12 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let load = Arc::new(Load::default());
-        let worker_load = load.clone();
-        std::thread::Builder::new().name("dia-engine".into()).spawn(move || {
-            worker::run(spec, limits, inbox, events, worker_load, metrics, ready_tx)
-        })?;
+        let worker_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("dia-engine".into())
+            .spawn(move || worker::run(spec, limits, inbox, events, worker_metrics, ready_tx))?;
         let max_text = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
-        Ok(Self { commands, load, max_text })
+        Ok(Self { commands, metrics, max_text })
     }
 
     /// Queues a job.
@@ -105,8 +96,8 @@ impl Engine {
         let _ = self.commands.send(Command::Cancel(request_id));
     }
 
-    /// (active, queued) jobs.
+    /// (active, queued) jobs, as the metrics show them.
     pub fn load(&self) -> (u32, u32) {
-        (self.load.active.load(Ordering::Relaxed), self.load.queued.load(Ordering::Relaxed))
+        (self.metrics.active.get() as u32, self.metrics.queued.get() as u32)
     }
 }

@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +14,7 @@ use models::ModelError;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::prompt_cache::PromptCache;
-use super::{Command, EngineLimits, Event, Load, ModelSpec, Submission};
+use super::{Command, EngineLimits, Event, ModelSpec, Submission};
 use crate::metrics::NodeMetrics;
 
 /// Frames between progress reports (one second of audio).
@@ -38,7 +37,6 @@ struct Worker {
     running: HashMap<SeqId, Running>,
     prompts: PromptCache,
     events: UnboundedSender<Event>,
-    load: Arc<Load>,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -47,7 +45,6 @@ pub fn run(
     limits: EngineLimits,
     inbox: Receiver<Command>,
     events: UnboundedSender<Event>,
-    load: Arc<Load>,
     metrics: Arc<NodeMetrics>,
     ready: Sender<anyhow::Result<usize>>,
 ) {
@@ -77,7 +74,6 @@ pub fn run(
         running: HashMap::new(),
         prompts: PromptCache::new(PROMPTS_CACHED),
         events,
-        load,
         metrics,
     };
     let _ = ready.send(Ok(max_text));
@@ -100,8 +96,7 @@ pub fn run(
         if !worker.running.is_empty() {
             worker.step();
         }
-        worker.load.active.store(worker.running.len() as u32, Ordering::Relaxed);
-        worker.load.queued.store(worker.pending.len() as u32, Ordering::Relaxed);
+        worker.metrics.active.set(worker.running.len() as i64);
         worker.metrics.queued.set(worker.pending.len() as i64);
     }
 }
@@ -175,7 +170,6 @@ impl Worker {
         let stepped =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.generator.step(&self.model)));
         timer.observe_duration();
-        self.metrics.batch_size.set(batch as i64);
         let out = match stepped {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => return self.reset(e.to_string()),
