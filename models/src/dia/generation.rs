@@ -371,11 +371,11 @@ impl Generator {
         let params = self.params.get_or_insert_with(|| {
             SamplingBatch::new(&self.seqs.iter().map(|s| s.sampling).collect::<Vec<_>>(), device)
         });
-        let uniforms: Vec<f32> = self
-            .seqs
-            .iter_mut()
-            .flat_map(|s| (0..c).map(|_| 1.0 - s.rng.random::<f32>()).collect::<Vec<_>>())
-            .collect();
+        // u ∈ (0, 1]: each request's own stream, one per channel.
+        let mut uniforms = Vec::with_capacity((n * c) as usize);
+        for seq in &mut self.seqs {
+            uniforms.extend((0..c).map(|_| 1.0 - seq.rng.random::<f32>()));
+        }
         let uniforms_bxc = Tensor::from_slice(&uniforms).view([n, c]).to_device(device);
         let pairs = logits_nxcxv.view([n, 2, c, -1]);
         let filtered = sampling::filter(
