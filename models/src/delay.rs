@@ -1,5 +1,5 @@
 //! The delay pattern: channel `c` of the delayed grid lags the frame grid by `d_c` rows
-//! (dia-reference.md §6.1). Both directions are one `gather` on the device.
+//! (docs/dia-reference.md §6.1). Both directions are one `gather` on the device.
 
 use tch::{Kind, Tensor};
 

@@ -23,6 +23,9 @@ pub enum ModelError {
     /// Download from the model hub failed.
     #[error("download from {repo}: {message}")]
     Download { repo: String, message: String },
+    /// The model hub did not answer at all (no network, DNS, connection refused).
+    #[error("the model hub cannot be reached for {repo}: {message}")]
+    HubUnreachable { repo: String, message: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error(transparent)]

@@ -13,6 +13,8 @@ pub mod error;
 pub mod hub;
 mod nn_ext;
 pub mod prompt;
+mod random;
 pub mod sampling;
+pub mod tiny;
 
 pub use error::{ModelError, Result};

@@ -1,5 +1,5 @@
 //! Model inputs from a request: the script as byte tokens, and the delayed token rows that
-//! teacher-force BOS and the audio prompt (dia-reference.md §3 and §6.2).
+//! teacher-force BOS and the audio prompt (docs/dia-reference.md §3 and §6.2).
 
 use tch::{Kind, Tensor};
 
@@ -28,7 +28,7 @@ pub fn text_tokens(text: &str, max_len: usize) -> Vec<i64> {
 /// −1 marks a slot the decoder must sample. `codes_lxc` is the prompt `[L, C]` (L may be 0).
 ///
 /// The reference builds `L_max + max_delay` rows for a batch whose longest prompt is `L_max`
-/// (dia-reference.md §6.2): one row short for channel 8 of the longest prompt, whose last
+/// (docs/dia-reference.md §6.2): one row short for channel 8 of the longest prompt, whose last
 /// teacher-forced value is then sampled. Passing `rows = L + max_delay` reproduces that.
 pub fn prefill_rows(codes_lxc: &Tensor, rows: i64, delays: &[i64], bos: i64) -> Tensor {
     let (l, c) = codes_lxc.size2().expect("prompt codes are [L, C]");

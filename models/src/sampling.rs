@@ -1,4 +1,4 @@
-//! Batched CFG sampling on the device, in the reference's exact order (dia-reference.md §7):
+//! Batched CFG sampling on the device, in the reference's exact order (docs/dia-reference.md §7):
 //! guided top-k over `cond + s·(cond − uncond)` selects candidates from the *conditional*
 //! logits, special ids are masked, then temperature, the EOS rule, top-k again and top-p.
 //!

@@ -125,4 +125,28 @@ fn pinned_checkpoints_download_from_a_hub_and_load() {
         Err(ModelError::Download { repo, .. }) => assert_eq!(repo, "nobody/missing@main"),
         other => panic!("expected a download error, got {other:?}"),
     }
+
+    // What is in the cache is found without the hub; what is not, with no hub to ask, says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::env::set_var("HF_ENDPOINT", format!("http://{closed}"));
+    assert_eq!(hub::dia_weights(hub::DIA_REPO).unwrap(), dia);
+    match hub::dia_weights(&format!("{}@main", hub::DIA_REPO)) {
+        Err(ModelError::HubUnreachable { repo, .. }) => {
+            assert_eq!(repo, format!("{}@main", hub::DIA_REPO))
+        }
+        other => panic!("expected an unreachable hub, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_checkpoint_source_names_the_model_it_holds() {
+    let parse = |spec: &str| hub::Source::parse(spec, hub::DIA_REPO, hub::DIA_REVISION);
+    assert_eq!(parse(hub::DIA_REPO).model_id(), "nari-labs/Dia-1.6B-0626@ef2795fcc29c");
+    assert_eq!(parse("someone/dia-ft@v2").model_id(), "someone/dia-ft@v2");
+    assert_eq!(parse("someone/dia-ft").model_id(), "someone/dia-ft@main");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("my-dia");
+    std::fs::create_dir(&folder).unwrap();
+    assert_eq!(parse(folder.to_str().unwrap()).model_id(), "my-dia");
+    assert_eq!(parse(&format!("{}/.", folder.display())).model_id(), "my-dia");
 }

@@ -116,3 +116,30 @@ fn a_dac_with_a_missing_weight_g_partner_is_refused() {
         other => panic!("expected MissingTensor, got {other:?}"),
     }
 }
+
+#[test]
+fn the_tiny_random_checkpoints_load_through_the_checkpoint_path_and_repeat_by_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dia_a, dia_b, dia_c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    models::tiny::write_dia(&dia_a, 7).unwrap();
+    models::tiny::write_dia(&dia_b, 7).unwrap();
+    models::tiny::write_dia(&dia_c, 8).unwrap();
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&dia_a), weights(&dia_b), "the same seed writes the same weights");
+    assert_ne!(weights(&dia_a), weights(&dia_c), "another seed, other weights");
+
+    let model = DiaModel::load(&dia_a, Device::Cpu, Kind::Float).expect("tiny Dia loads");
+    assert_eq!(model.config, DiaConfig::from_file(&dia_a.join("config.json")).unwrap());
+    let encoded = model.encode(&[vec![1, 72, 105]]).unwrap();
+    assert_eq!(encoded.states_nxsxd.isfinite().all().int64_value(&[]), 1, "finite encoder output");
+
+    let dac_dir = dir.path().join("dac");
+    models::tiny::write_dac(&dac_dir, 7).unwrap();
+    let dac = Dac::load(&dac_dir, Device::Cpu).expect("tiny DAC loads");
+    let pcm: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+    let codes = dac.encode(&pcm).unwrap();
+    assert_eq!(codes.size(), [8, dac.config.n_codebooks]);
+    let decoded = dac.decode(&codes).unwrap();
+    assert_eq!(decoded.len(), 8 * dac.hop_length() as usize);
+    assert!(decoded.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
+}

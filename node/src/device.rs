@@ -3,14 +3,15 @@
 use anyhow::{bail, Context};
 use tch::{Device, Kind};
 
-/// `cpu`, `cuda` or `cuda:N`.
+/// `cpu`, `cuda`, `cuda:N`, or `auto`: the first GPU where libtorch sees one, else the CPU.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     let device = match spec {
+        "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         other => match other.strip_prefix("cuda:") {
             Some(n) => Device::Cuda(n.parse().with_context(|| format!("bad device `{other}`"))?),
-            None => bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),
+            None => bail!("unknown device `{other}` (auto, cpu, cuda, cuda:N)"),
         },
     };
     if device.is_cuda() && !tch::Cuda::is_available() {

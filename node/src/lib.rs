@@ -7,6 +7,7 @@ mod engine;
 mod metrics;
 pub mod serve;
 pub mod synth;
+mod weights;
 
 use clap::{Parser, Subcommand};
 

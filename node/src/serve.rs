@@ -1,12 +1,12 @@
 //! `dia-node serve`: load the models once and join the control plane's pool.
 
 use clap::Args;
-use models::hub;
 
 use crate::client::{self, Identity};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::{Engine, EngineLimits, ModelSpec};
 use crate::metrics::NodeMetrics;
+use crate::weights::CheckpointArgs;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -20,17 +20,13 @@ pub struct ServeArgs {
     /// This node's name in the pool (default: the host name).
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
-    /// The model id advertised to clients.
-    #[arg(long, env = "MODEL_ID", default_value = "dia-1.6b-0626")]
-    pub model_id: String,
-    /// Dia checkpoint: a folder, or a hub repo id (`owner/name[@revision]`).
-    #[arg(long, env = "DIA_WEIGHTS", default_value = hub::DIA_REPO)]
-    pub weights: String,
-    /// DAC checkpoint: a folder, or a hub repo id.
-    #[arg(long, env = "DAC_WEIGHTS", default_value = hub::DAC_REPO)]
-    pub dac: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "DEVICE", default_value = "cpu")]
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
+    /// Where the hub cannot be reached, serve the tiny random model instead (said in one line).
+    #[arg(long, env = "TINY_RANDOM_IF_OFFLINE")]
+    pub tiny_random_if_offline: bool,
+    /// cpu, cuda, cuda:N, or auto (CUDA where libtorch sees a GPU).
+    #[arg(long, env = "DEVICE", default_value = "auto")]
     pub device: String,
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
     #[arg(long, env = "DTYPE")]
@@ -52,9 +48,14 @@ pub struct ServeArgs {
 /// finished and delivered, none are taken, and the process exits.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    let checkpoints = if args.tiny_random_if_offline {
+        args.checkpoints.resolve_or_tiny_random()?
+    } else {
+        args.checkpoints.resolve()?
+    };
     let spec = ModelSpec {
-        weights: hub::dia_weights(&args.weights)?,
-        dac: hub::dac_weights(&args.dac)?,
+        weights: checkpoints.dia.clone(),
+        dac: checkpoints.dac.clone(),
         device,
         kind: parse_dtype(args.dtype.as_deref(), device)?,
     };
@@ -67,7 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        model_id: args.model_id,
+        model_id: checkpoints.model_id,
         capacity: args.max_batch,
         gpu: device.is_cuda().then(|| format!("{device:?}")),
         max_new_tokens: 4096,

@@ -6,12 +6,13 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use models::audio;
 use models::dac::Dac;
 use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator};
 use models::sampling::Sampling;
-use models::{audio, hub};
 
 use crate::device::{parse_device, parse_dtype};
+use crate::weights::CheckpointArgs;
 
 /// Arguments of `synth`; sampling defaults are the public API's.
 #[derive(Debug, Args)]
@@ -28,14 +29,10 @@ pub struct SynthArgs {
     /// What is said in the prompt audio, tagged `[S1] …`; Dia needs it to clone.
     #[arg(long, requires = "prompt_audio")]
     pub prompt_transcript: Option<String>,
-    /// Dia checkpoint: a folder, or a hub repo id (`owner/name[@revision]`).
-    #[arg(long, default_value = hub::DIA_REPO)]
-    pub weights: String,
-    /// DAC checkpoint: a folder, or a hub repo id.
-    #[arg(long, default_value = hub::DAC_REPO)]
-    pub dac: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
+    /// cpu, cuda, cuda:N, or auto (CUDA where libtorch sees a GPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
@@ -68,10 +65,14 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let script = proto::script::Script::parse(&args.text)?;
 
     let started = Instant::now();
-    let model =
-        DiaModel::load(&hub::dia_weights(&args.weights)?, device, kind).context("loading Dia")?;
-    let dac = Dac::load(&hub::dac_weights(&args.dac)?, device).context("loading the DAC")?;
-    eprintln!("models loaded in {:.1?} on {device:?} ({kind:?})", started.elapsed());
+    let checkpoints = args.checkpoints.resolve()?;
+    let model = DiaModel::load(&checkpoints.dia, device, kind).context("loading Dia")?;
+    let dac = Dac::load(&checkpoints.dac, device).context("loading the DAC")?;
+    eprintln!(
+        "{} loaded in {:.1?} on {device:?} ({kind:?})",
+        checkpoints.model_id,
+        started.elapsed()
+    );
 
     let (text, prompt_codes) = match (&args.prompt_audio, &args.prompt_transcript) {
         (Some(wav), Some(transcript)) => {

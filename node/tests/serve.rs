@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use serde_json::{json, Value};
 const KEY: &str = "dia_pool_test";
 const JOIN: &str = "join-pool-test";
 
-/// A node process and its metrics URL; killed when dropped.
-struct Node(Child, String);
+/// A node process, its metrics URL and the file its stderr goes to; killed when dropped.
+struct Node(Child, String, PathBuf);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -31,8 +32,15 @@ struct Pool {
 }
 
 impl Pool {
-    /// A control plane with nodes `tiny-0…` of capacity `batch` that have joined it.
+    /// A control plane with nodes `tiny-0…` of capacity `batch` on the fixture weights that
+    /// have joined it.
     async fn start(batch: u32, nodes: usize) -> Self {
+        Self::start_with(batch, (0..nodes).map(|_| dia_node("serve")).collect()).await
+    }
+
+    /// A control plane that the `dia-node serve` commands have joined as nodes `tiny-0…` of
+    /// capacity `batch`; node `i` writes its stderr to `node-i.log` in the pool's folder.
+    async fn start_with(batch: u32, commands: Vec<Command>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = control_plane::Config::parse_from([
             "control-plane".to_owned(),
@@ -44,21 +52,24 @@ impl Pool {
         let addr = listener.local_addr().unwrap();
         let state = control_plane::AppState::start(config).await.unwrap();
         tokio::spawn(control_plane::serve(listener, state));
-        let nodes = (0..nodes)
-            .map(|i| {
+        let nodes = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut command)| {
                 let id = format!("tiny-{i}");
                 let metrics =
                     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-                let node = dia_node("serve")
+                let log = dir.path().join(format!("node-{i}.log"));
+                let node = command
                     .args(["--metrics-addr", &metrics.to_string()])
                     .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
-                    .args(["--join-token", JOIN, "--node-id", &id, "--model-id", "dia-tiny"])
+                    .args(["--join-token", JOIN, "--node-id", &id])
                     .args(["--max-batch", &batch.to_string(), "--max-positions", "1100"])
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
                     .spawn()
                     .expect("dia-node serve starts");
-                (id, Node(node, format!("http://{metrics}/metrics")))
+                (id, Node(node, format!("http://{metrics}/metrics"), log))
             })
             .collect::<Vec<_>>();
         let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
@@ -246,4 +257,66 @@ async fn sigterm_drains_a_node_it_delivers_its_job_and_leaves_the_pool() {
     assert!(exit.expect("the node exits once drained").success());
     let res = pool.generate(json!({"input": "[S1] Anyone there?", "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 404, "no node is left to serve it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_advertises_what_it_runs_and_an_unreachable_hub_gives_the_tiny_random_model() {
+    // A hub endpoint nothing listens on, and an empty cache: the default checkpoints cannot be had.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut offline = Command::new(env!("CARGO_BIN_EXE_dia-node"));
+    offline
+        .arg("serve")
+        .arg("--tiny-random-if-offline")
+        .env_remove("DIA_WEIGHTS")
+        .env_remove("DAC_WEIGHTS")
+        .env("HF_ENDPOINT", format!("http://{closed}"))
+        .env("HF_HOME", cache.path());
+    let pool = Pool::start_with(1, vec![dia_node("serve"), offline]).await;
+
+    let models: Value = pool.get("/v1/models").await.json().await.unwrap();
+    let mut ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let fixture = std::fs::canonicalize(fixtures("dia-tiny", "DIA_FIXTURE_DIR")).unwrap();
+    let folder_name = fixture.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        ids,
+        [folder_name, "dia-tiny-random"],
+        "ids: the folder's name, and what says random"
+    );
+
+    let log = std::fs::read_to_string(&pool.nodes[1].1 .2).unwrap();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("cannot be reached")).collect();
+    assert_eq!(said.len(), 1, "one line says the hub is unreachable:\n{log}");
+    assert!(said[0].contains(&format!("http://{closed}")) && said[0].contains("dia-tiny-random"));
+
+    let res = pool
+        .generate(json!({"input": "[S1] Noise, honestly.", "model": "dia-tiny-random", "seed": 5, "max_new_tokens": 256}))
+        .await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    assert_eq!(res.headers()["x-node-id"], "tiny-1");
+    assert!(!samples(&res.bytes().await.unwrap()).is_empty());
+    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    assert_eq!(history["data"][0]["model"], "dia-tiny-random");
+}
+
+#[test]
+fn without_the_fallback_an_unreachable_hub_is_an_error_naming_it() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_dia-node"))
+        .args(["serve", "--join-token", "unused"])
+        .env_remove("DIA_WEIGHTS")
+        .env_remove("DAC_WEIGHTS")
+        .env("HF_ENDPOINT", format!("http://{closed}"))
+        .env("HF_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("the model hub cannot be reached for nari-labs/Dia-1.6B-0626@"),
+        "{stderr}"
+    );
 }

@@ -59,3 +59,20 @@ fn synth_clones_from_a_prompt_wav_and_refuses_bad_scripts() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("[S2]"));
 }
+
+#[test]
+fn synth_runs_the_tiny_random_model_it_makes_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("noise.wav");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dia-node"))
+        .args(["synth", "--weights", "tiny-random", "--dac", "tiny-random", "--device", "cpu"])
+        .args(["--text", "[S1] Anything.", "--seed", "2", "--max-new-tokens", "20", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("dia-tiny-random loaded"), "{stderr}");
+    let wav = hound::WavReader::open(&out).unwrap();
+    assert!(wav.len() > 0 && wav.len() <= 20 * 512, "{} samples", wav.len());
+}

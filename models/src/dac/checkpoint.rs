@@ -1,5 +1,5 @@
 //! The codec's weights in transformers naming with folded weight norm, from any of the three
-//! layouts in circulation (dia-reference.md §11.7): transformers with plain `.weight`,
+//! layouts in circulation (docs/dia-reference.md §11.7): transformers with plain `.weight`,
 //! transformers with `parametrizations.weight.original0/1`, and the original module tree with
 //! `weight_g`/`weight_v`.
 

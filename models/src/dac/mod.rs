@@ -2,13 +2,14 @@
 //! and a decoder; Dia speaks in its codes.
 //!
 //! Reference: <https://github.com/descriptinc/descript-audio-codec> (`dac/model/dac.py`,
-//! `dac/nn/quantize.py`), described in `shared/design/dia-reference.md` §11. Always f32.
+//! `dac/nn/quantize.py`), described in `docs/dia-reference.md` §11. Always f32.
 
 mod checkpoint;
 pub mod config;
 mod layers;
 mod quantizer;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::nn::{self, Conv1D, Module, VarStore};
@@ -136,14 +137,26 @@ impl Dac {
         } else {
             DacConfig::from_transformers_file(config)?
         };
-        let mut vs = VarStore::new(device);
+        let tensors = checkpoint::read_weights(weights, &config)?;
+        let mut dac = Self::build(config, device);
+        crate::checkpoint::load_into(&mut dac._weights, tensors, Kind::Float)?;
+        Ok(dac)
+    }
+
+    /// Seeded random weights for every tensor a checkpoint of `config` holds, in transformers
+    /// naming with folded weight norm.
+    pub fn random_weights(config: &DacConfig, seed: i64) -> HashMap<String, Tensor> {
+        crate::random::weights(&Self::build(config.clone(), Device::Cpu)._weights, seed)
+    }
+
+    /// The module tree with unloaded weights.
+    fn build(config: DacConfig, device: Device) -> Self {
+        let vs = VarStore::new(device);
         let root = vs.root();
         let encoder = Encoder::new(&root / "encoder", &config);
         let quantizer = ResidualVectorQuantizer::new(&root / "quantizer", &config);
         let decoder = Decoder::new(&root / "decoder", &config);
-        let tensors = checkpoint::read_weights(weights, &config)?;
-        crate::checkpoint::load_into(&mut vs, tensors, Kind::Float)?;
-        Ok(Self { config, encoder, quantizer, decoder, device, _weights: vs })
+        Self { config, encoder, quantizer, decoder, device, _weights: vs }
     }
 
     /// Samples per code frame.

@@ -1,5 +1,5 @@
 //! Residual vector quantiser: nearest codebook entry by cosine similarity on the encode side,
-//! raw codebook rows on the decode side (dia-reference.md §11.4–11.5).
+//! raw codebook rows on the decode side (docs/dia-reference.md §11.4–11.5).
 
 use tch::nn::{self, Conv1D};
 use tch::{Kind, Tensor};

@@ -1,5 +1,5 @@
 //! Finding Dia's weights in a folder and reading them in transformers naming, converting a
-//! Nari-named checkpoint on the way (dia-reference.md §2.5).
+//! Nari-named checkpoint on the way (docs/dia-reference.md §2.5).
 
 use std::path::{Path, PathBuf};
 

@@ -6,8 +6,8 @@
 //! EOS countdown, sampling parameters and random stream, so its result does not depend on what
 //! else runs beside it. Per step one `[B, C]` id tensor comes back to the host.
 //!
-//! The loop per request follows the reference (dia-reference.md §6.3): feed row `s`, sample row
-//! `s + 1`, keep teacher-forced values where the row was prefilled, and after channel 0 emits
+//! The loop per request follows the reference (docs/dia-reference.md §6.3): feed row `s`, sample
+//! row `s + 1`, keep teacher-forced values where the row was prefilled, and after channel 0 emits
 //! EOS (or the length limit is hit) force EOS/PAD along the delay pattern for `max_delay` steps.
 
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,7 @@
 //! decoder over nine DAC codebooks with a delay pattern, sampled with classifier-free guidance.
 //!
 //! Reference: <https://github.com/nari-labs/dia> (`dia/layers.py`, `dia/model.py`), described in
-//! `shared/design/dia-reference.md`. Rows of a batch come in CFG pairs, interleaved per request:
+//! `docs/dia-reference.md`. Rows of a batch come in CFG pairs, interleaved per request:
 //! row `2b` unconditional (zero text), row `2b + 1` conditional; both use the conditional masks.
 
 mod cache;
@@ -13,6 +13,7 @@ mod encoder;
 pub mod generation;
 mod layers;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::nn::VarStore;
@@ -60,29 +61,23 @@ impl DiaModel {
         Ok(model)
     }
 
-    /// A model of `config` with seeded random weights (normal, scaled by fan-in; norms one):
-    /// for benchmarks of the real configuration without its checkpoint.
+    /// A model of `config` with seeded random weights ([`Self::random_weights`]): for benchmarks
+    /// of the real configuration without its checkpoint.
     pub fn random(config: DiaConfig, device: Device, kind: Kind, seed: i64) -> Result<Self> {
-        tch::manual_seed(seed);
+        let tensors = Self::random_weights(&config, seed);
         let mut model = Self::build(config, device, kind);
-        let tensors = model
-            ._weights
-            .variables()
-            .into_iter()
-            .map(|(name, var)| {
-                let size = var.size();
-                let value = if name.ends_with(crate::nn_ext::F32_SUFFIX) {
-                    Tensor::ones(&size, (Kind::Float, Device::Cpu))
-                } else {
-                    Tensor::randn(&size, (Kind::Float, Device::Cpu))
-                        / (size[size.len() - 1] as f64).sqrt()
-                };
-                (name, value)
-            })
-            .collect();
         load_into(&mut model._weights, tensors, kind)?;
         model.fuse_projections();
         Ok(model)
+    }
+
+    /// Seeded random weights for every tensor a checkpoint of `config` holds, in transformers
+    /// naming (normal scaled by fan-in; norms one).
+    pub fn random_weights(config: &DiaConfig, seed: i64) -> HashMap<String, Tensor> {
+        crate::random::weights(
+            &Self::build(config.clone(), Device::Cpu, Kind::Float)._weights,
+            seed,
+        )
     }
 
     /// Loaded weights → the fused layout the forward passes use.

@@ -1,5 +1,5 @@
 //! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR`
-//! (defaults `../shared/fixtures/dia-tiny` and `../shared/fixtures/dac-tiny` from the repo root).
+//! (defaults: the repository's own copy, `fixtures/dia-tiny` and `fixtures/dac-tiny`).
 
 #![allow(dead_code)]
 
@@ -16,11 +16,11 @@ fn fixture_dir(var: &str, default: &str) -> PathBuf {
 }
 
 pub fn dia_dir() -> PathBuf {
-    fixture_dir("DIA_FIXTURE_DIR", "../shared/fixtures/dia-tiny")
+    fixture_dir("DIA_FIXTURE_DIR", "fixtures/dia-tiny")
 }
 
 pub fn dac_dir() -> PathBuf {
-    fixture_dir("DAC_FIXTURE_DIR", "../shared/fixtures/dac-tiny")
+    fixture_dir("DAC_FIXTURE_DIR", "fixtures/dac-tiny")
 }
 
 /// The tensors and the metadata of one case.

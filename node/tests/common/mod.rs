@@ -5,7 +5,7 @@ use std::process::Command;
 
 pub fn fixtures(name: &str, var: &str) -> PathBuf {
     std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)
     })
 }
 
