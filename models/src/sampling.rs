@@ -86,6 +86,8 @@ pub struct Filtered {
     pub logits_bxcxv: Tensor,
     /// Argmax of the candidates before temperature: the pick of greedy rows.
     pub greedy_bxc: Tensor,
+    /// False where a raw logit was NaN or infinite, or no candidate was left: no valid draw.
+    pub valid_bxc: Tensor,
 }
 
 /// Applies CFG and every filter of §7 up to, not including, the draw.
@@ -124,11 +126,15 @@ pub fn filter(
     );
     let remove_sorted = shifted.logical_and(&p.top_p_bx1x1.lt(1.0));
     let remove = remove_sorted.zeros_like().scatter(-1, &order, &remove_sorted);
-    Filtered { logits_bxcxv: logits.masked_fill(&remove, f64::NEG_INFINITY), greedy_bxc }
+    let logits_bxcxv = logits.masked_fill(&remove, f64::NEG_INFINITY);
+    let finite_bxc = cond_bxcxv.isfinite().logical_and(&uncond_bxcxv.isfinite()).all_dim(-1, false);
+    let valid_bxc = finite_bxc.logical_and(&logits_bxcxv.isfinite().any_dim(-1, false));
+    Filtered { logits_bxcxv, greedy_bxc, valid_bxc }
 }
 
 /// Draws one id per row by inverting the CDF at the row's uniform `u ∈ (0, 1]`; greedy rows
-/// take their argmax. Returns `[B, C]` int64.
+/// take their argmax. Returns `[B, C]` int64, [`INVALID`] where there is no valid draw (it
+/// travels with the ids, so checking costs no extra transfer).
 pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Tensor {
     let probs = filtered.logits_bxcxv.softmax(-1, Kind::Float);
     let cdf = probs.cumsum(-1, Kind::Float);
@@ -137,5 +143,11 @@ pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Te
     let vocab = cdf.size()[2];
     let sampled =
         cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
-    filtered.greedy_bxc.where_self(&p.greedy_bx1, &sampled)
+    filtered
+        .greedy_bxc
+        .where_self(&p.greedy_bx1, &sampled)
+        .masked_fill(&filtered.valid_bxc.logical_not(), INVALID)
 }
+
+/// The id [`draw`] returns for a row without a valid draw.
+pub const INVALID: i64 = -1;

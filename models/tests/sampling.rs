@@ -231,3 +231,43 @@ fn generation_runs_past_the_trained_positions() {
     };
     assert!(finished.codes_lxc.size()[0] <= max_new);
 }
+
+/// The fixture model with the encoder embedding of the byte `Z` set to NaN: exactly the
+/// requests whose text has a `Z` get NaN logits.
+fn model_with_nan_for_z() -> DiaModel {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(dia_dir().join("config.json"), dir.path().join("config.json")).unwrap();
+    let mut tensors = Vec::new();
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        tensors.extend(Tensor::read_safetensors(dia_dir().join(shard)).unwrap());
+    }
+    let (_, embedding) =
+        tensors.iter_mut().find(|(name, _)| name == "model.encoder.embedding.weight").unwrap();
+    let _ = embedding.get(i64::from(b'Z')).fill_(f64::NAN);
+    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
+    DiaModel::load(dir.path(), Device::Cpu, Kind::Float).expect("the edited model loads")
+}
+
+#[test]
+fn a_request_with_nan_logits_fails_alone_and_its_batch_mates_are_unaffected() {
+    let _guard = tch::no_grad_guard();
+    let model = model_with_nan_for_z();
+    for sampling in [Sampling { temperature: 0.0, ..Sampling::default() }, Sampling::default()] {
+        let ok = || request("[S1] Fine words.", 3, sampling, 40);
+        let mut g =
+            Generator::new(&model, BatchLimits { max_batch: 2, max_positions: 256, max_text: 256 });
+        let ok_id = g.admit(&model, vec![ok()]).unwrap()[0];
+        let bad_id = g.admit(&model, vec![request("[S1] Zebra.", 4, sampling, 40)]).unwrap()[0];
+        let (mut finished, mut failed) = (Vec::new(), Vec::new());
+        while g.active() > 0 {
+            let out = g.step(&model).unwrap();
+            finished.extend(out.finished);
+            failed.extend(out.failed);
+        }
+        assert_eq!(failed, [bad_id], "the NaN request fails, and only it");
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].id, ok_id);
+        let alone = run_alone(&self::model(), ok());
+        assert_same("codes of the request beside the NaN one", &finished[0].codes_lxc, &alone);
+    }
+}

@@ -320,3 +320,41 @@ fn without_the_fallback_an_unreachable_hub_is_an_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_logits_fail_the_request_as_upstream_error_and_the_node_keeps_serving() {
+    // The fixture model with a NaN final norm: every logit is NaN.
+    let weights = tempfile::tempdir().unwrap();
+    let fixture = fixtures("dia-tiny", "DIA_FIXTURE_DIR");
+    std::fs::copy(fixture.join("config.json"), weights.path().join("config.json")).unwrap();
+    let mut tensors = Vec::new();
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        tensors.extend(tch::Tensor::read_safetensors(fixture.join(shard)).unwrap());
+    }
+    for (name, t) in &mut tensors {
+        if name == "model.decoder.norm.weight" {
+            let _ = t.fill_(f64::NAN);
+        }
+    }
+    tch::Tensor::write_safetensors(&tensors, weights.path().join("model.safetensors")).unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_dia-node"));
+    node.arg("serve").arg("--weights").arg(weights.path()).arg("--dac");
+    node.arg(fixtures("dac-tiny", "DAC_FIXTURE_DIR"));
+    let mut pool = Pool::start_with(1, vec![node]).await;
+
+    for _ in 0..2 {
+        let res =
+            pool.generate(json!({"input": "[S1] Not a word of it.", "max_new_tokens": 256})).await;
+        assert_eq!(res.status(), 502);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "upstream_error", "{body}");
+    }
+    assert!(pool.nodes[0].1 .0.try_wait().unwrap().is_none(), "the node is still running");
+    let models: Value = pool.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(models["data"][0]["nodes"], 1, "and still in the pool: {models}");
+    let metrics = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("dia_node_jobs_total{outcome=\"succeeded\"}"), "{metrics}");
+    assert!(metrics.contains("dia_node_jobs_total{outcome=\"failed\"}"), "{metrics}");
+    let log = std::fs::read_to_string(&pool.nodes[0].1 .2).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -79,6 +79,9 @@ pub struct StepOutput {
     /// Sampled ids `B × C`, before EOS forcing and teacher forcing.
     pub sampled: Vec<i64>,
     pub finished: Vec<Finished>,
+    /// Requests dropped because their logits were NaN or infinite (or left nothing to draw):
+    /// they end without audio.
+    pub failed: Vec<SeqId>,
 }
 
 #[derive(Debug)]
@@ -388,20 +391,27 @@ impl Generator {
         let sampled =
             Vec::<i64>::try_from(sampling::draw(&filtered, &uniforms_bxc, params).flatten(0, -1))?;
 
-        let mut done = Vec::new();
+        // (index, whether it has valid audio) of the requests this step ended.
+        let mut ended = Vec::new();
         for (i, seq) in self.seqs.iter_mut().enumerate() {
             let mut pred = sampled[i * c as usize..(i + 1) * c as usize].to_vec();
-            if seq.advance(&mut pred, cfg) {
-                done.push(i);
+            if pred.contains(&sampling::INVALID) {
+                ended.push((i, false));
+            } else if seq.advance(&mut pred, cfg) {
+                ended.push((i, true));
             }
         }
         let ids = self.seqs.iter().map(|s| s.id).collect();
-        let mut finished = Vec::with_capacity(done.len());
-        for &i in done.iter().rev() {
+        let (mut finished, mut failed) = (Vec::new(), Vec::new());
+        for &(i, valid) in ended.iter().rev() {
             let seq = self.remove(i);
-            finished.push(seq.finish(cfg)?);
+            if valid {
+                finished.push(seq.finish(cfg)?);
+            } else {
+                failed.push(seq.id);
+            }
         }
-        Ok(StepOutput { ids, logits_nxcxv, sampled, finished })
+        Ok(StepOutput { ids, logits_nxcxv, sampled, finished, failed })
     }
 }
 

@@ -176,6 +176,11 @@ impl Worker {
             Err(_) => return self.reset("the model panicked".into()),
         };
         self.metrics.frames.inc_by(batch as u64);
+        for seq in out.failed {
+            let Some(run) = self.running.remove(&seq) else { continue };
+            let message = "the model's logits were NaN or infinite; no audio was made".to_owned();
+            self.fail(&run.job, message, true);
+        }
         for finished in out.finished {
             let Some(run) = self.running.remove(&finished.id) else { continue };
             let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
