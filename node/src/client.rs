@@ -142,7 +142,9 @@ async fn serve(
     loop {
         if draining && jobs.is_empty() && awaiting_prompt.is_none() {
             ws.close(None).await?;
-            return Ok(SessionEnd::Drained);
+            // A drain the control plane asked for (its replica is going away) ends only this
+            // session: the node dials again and takes work from whichever replica answers.
+            return Ok(if *drain.borrow() { SessionEnd::Drained } else { SessionEnd::Closed });
         }
         tokio::select! {
             msg = ws.next() => {
@@ -169,7 +171,11 @@ async fn serve(
                             jobs.remove(&request_id);
                             engine.cancel(request_id);
                         }
-                        ControlToNode::Drain => tracing::info!("asked to drain"),
+                        ControlToNode::Drain if !draining => {
+                            draining = true;
+                            start_draining(ws, engine, jobs.len(), "the control plane asked").await?;
+                        }
+                        ControlToNode::Drain => {}
                         other => tracing::warn!(?other, "unexpected message"),
                     },
                     Message::Binary(bytes) => {
@@ -189,8 +195,7 @@ async fn serve(
             }
             _ = drain.changed(), if !draining => {
                 draining = true;
-                tracing::info!(jobs = jobs.len(), "draining: finishing the jobs in hand, taking no new ones");
-                send_heartbeat(ws, engine, true).await?;
+                start_draining(ws, engine, jobs.len(), "shutting down").await?;
             }
             event = events.recv() => {
                 let Some(event) = event else { bail!("the engine stopped") };
@@ -199,6 +204,18 @@ async fn serve(
             _ = heartbeat.tick() => send_heartbeat(ws, engine, draining).await?,
         }
     }
+}
+
+/// Draining: the jobs in hand are finished, none are taken; the unhealthy heartbeat stops the
+/// control plane routing here.
+async fn start_draining(
+    ws: &mut Ws,
+    engine: &Engine,
+    jobs: usize,
+    why: &str,
+) -> anyhow::Result<()> {
+    tracing::info!(jobs, why, "draining: finishing the jobs in hand, taking no new ones");
+    send_heartbeat(ws, engine, true).await
 }
 
 /// Liveness and load; a draining node reports itself unhealthy so that no work is routed to it.

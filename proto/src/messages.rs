@@ -23,7 +23,8 @@ pub enum ControlToNode {
         /// The job to stop.
         request_id: RequestId,
     },
-    /// Take no new jobs, finish the running ones (a control plane shutting down).
+    /// Take no new jobs, finish the running ones, then close the session (a control plane
+    /// replica shutting down); the node dials again.
     Drain,
 }
 
