@@ -222,6 +222,7 @@ async fn start_draining(
 async fn send_heartbeat(ws: &mut Ws, engine: &Engine, draining: bool) -> anyhow::Result<()> {
     let (active, queued) = engine.load();
     let load = Load { active, queued, gpu_memory_used_bytes: None };
+    engine.metrics().healthy.set(i64::from(!draining));
     let health =
         if draining { Health::Unhealthy { reason: "draining".into() } } else { Health::Healthy };
     ws.send(text(&NodeToControl::Heartbeat { health, load })).await?;

@@ -1,9 +1,29 @@
 //! The node's Prometheus metrics, updated by the engine thread and served on `/metrics`.
 
 use prometheus::{
-    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+/// How a job ended: the values of `dia_node_jobs_total`'s `outcome` label.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    const ALL: [Self; 3] = [Self::Succeeded, Self::Failed, Self::Cancelled];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
 
 /// Every collector, registered once.
 pub struct NodeMetrics {
@@ -16,10 +36,12 @@ pub struct NodeMetrics {
     pub active: IntGauge,
     /// `dia_node_jobs_queued`: jobs waiting for a slot.
     pub queued: IntGauge,
-    /// `dia_node_jobs_total{outcome}`: succeeded, failed, cancelled.
-    pub jobs: IntCounterVec,
+    /// `dia_node_jobs_total{outcome}`, one series per [`Outcome`].
+    jobs: IntCounterVec,
     /// `dia_node_audio_seconds_total`: seconds of audio delivered.
     pub audio_seconds: Counter,
+    /// `dia_node_healthy`: 1 while the node takes work, 0 while it drains or is unhealthy.
+    pub healthy: IntGauge,
 }
 
 impl NodeMetrics {
@@ -42,6 +64,21 @@ impl NodeMetrics {
         let audio_seconds =
             Counter::new("dia_node_audio_seconds_total", "Seconds of audio delivered")
                 .expect("valid metric");
+        for outcome in Outcome::ALL {
+            jobs.with_label_values(&[outcome.label()]);
+        }
+        let healthy = IntGauge::new("dia_node_healthy", "1 while the node takes work, else 0")
+            .expect("valid metric");
+        healthy.set(1);
+        // Restarts show as changes of this value.
+        let start_time =
+            Gauge::new("dia_node_start_time_seconds", "When the process started, Unix time")
+                .expect("valid metric");
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         for c in [
             Box::new(frames.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(step_seconds.clone()),
@@ -49,10 +86,16 @@ impl NodeMetrics {
             Box::new(queued.clone()),
             Box::new(jobs.clone()),
             Box::new(audio_seconds.clone()),
+            Box::new(healthy.clone()),
+            Box::new(start_time),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { registry, frames, step_seconds, active, queued, jobs, audio_seconds }
+        Self { registry, frames, step_seconds, active, queued, jobs, audio_seconds, healthy }
+    }
+
+    pub fn job_ended(&self, outcome: Outcome) {
+        self.jobs.with_label_values(&[outcome.label()]).inc();
     }
 
     /// The text exposition format.

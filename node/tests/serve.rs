@@ -353,7 +353,7 @@ async fn nan_logits_fail_the_request_as_upstream_error_and_the_node_keeps_servin
     let models: Value = pool.get("/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"][0]["nodes"], 1, "and still in the pool: {models}");
     let metrics = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();
-    assert!(!metrics.contains("dia_node_jobs_total{outcome=\"succeeded\"}"), "{metrics}");
+    assert!(metrics.contains("dia_node_jobs_total{outcome=\"succeeded\"} 0"), "{metrics}");
     assert!(metrics.contains("dia_node_jobs_total{outcome=\"failed\"}"), "{metrics}");
     let log = std::fs::read_to_string(&pool.nodes[0].1 .2).unwrap();
     assert!(!log.contains("panicked"), "{log}");

@@ -100,4 +100,8 @@ impl Engine {
     pub fn load(&self) -> (u32, u32) {
         (self.metrics.active.get() as u32, self.metrics.queued.get() as u32)
     }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
 }

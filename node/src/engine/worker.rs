@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::prompt_cache::PromptCache;
 use super::{Command, EngineLimits, Event, ModelSpec, Submission};
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, Outcome};
 
 /// Frames between progress reports (one second of audio).
 const PROGRESS_EVERY: i64 = 86;
@@ -116,7 +116,7 @@ impl Worker {
                 for seq in seqs {
                     self.generator.cancel(seq);
                     self.running.remove(&seq);
-                    self.metrics.jobs.with_label_values(&["cancelled"]).inc();
+                    self.metrics.job_ended(Outcome::Cancelled);
                 }
             }
         }
@@ -190,7 +190,7 @@ impl Worker {
             match decoded {
                 Ok(pcm) => {
                     let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
-                    self.metrics.jobs.with_label_values(&["succeeded"]).inc();
+                    self.metrics.job_ended(Outcome::Succeeded);
                     self.metrics.audio_seconds.inc_by(pcm.len() as f64 / f64::from(SAMPLE_RATE));
                     let _ = self.events.send(Event::Done {
                         request_id: run.job.request_id,
@@ -225,7 +225,7 @@ impl Worker {
     }
 
     fn fail(&self, job: &Submission, message: String, retryable: bool) {
-        self.metrics.jobs.with_label_values(&["failed"]).inc();
+        self.metrics.job_ended(Outcome::Failed);
         let _ = self.events.send(Event::Failed {
             request_id: job.request_id,
             attempt: job.attempt,
