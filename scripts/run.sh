@@ -32,4 +32,5 @@ model is loaded (GET /v1/models lists it). Try:
     -d '{"input": "[S1] Hello! Welcome to the show.\\n[S2] Thanks for having me."}' --output dialogue.wav
 
 MSG
-wait
+# Either one exiting (a port in use, a checkpoint that cannot load) ends the other too.
+wait -n
