@@ -271,3 +271,28 @@ fn a_request_with_nan_logits_fails_alone_and_its_batch_mates_are_unaffected() {
         assert_same("codes of the request beside the NaN one", &finished[0].codes_lxc, &alone);
     }
 }
+
+#[test]
+fn a_cleared_generator_reuses_its_caches_and_later_requests_are_unaffected() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let limits = BatchLimits { max_batch: 2, max_positions: 256, max_text: 256 };
+    let mut g = Generator::new(&model, limits);
+    let interrupted = ["[S1] Cut short, twice over.", "[S2] Me too."];
+    g.admit(&model, interrupted.iter().map(|t| request(t, 5, Sampling::default(), 60)).collect())
+        .unwrap();
+    for _ in 0..10 {
+        g.step(&model).unwrap();
+    }
+    g.clear();
+    assert_eq!((g.active(), g.free_slots()), (0, 2));
+
+    let fresh = || request("[S1] A fresh start.", 9, Sampling::default(), 40);
+    g.admit(&model, vec![fresh()]).unwrap();
+    let codes = loop {
+        if let Some(f) = g.step(&model).unwrap().finished.pop() {
+            break f.codes_lxc;
+        }
+    };
+    assert_same("after a clear", &codes, &run_alone(&model, fresh()));
+}

@@ -330,6 +330,14 @@ impl Generator {
         }
     }
 
+    /// Drops every request, keeping the caches: after a failed step, the generator starts over
+    /// without allocating a second set of caches beside the first. What the rows held is
+    /// overwritten by the next admission before it is read.
+    pub fn clear(&mut self) {
+        self.seqs.clear();
+        self.params = None;
+    }
+
     /// Removes request `i`, moving the last request's cache rows into its slot.
     fn remove(&mut self, i: usize) -> Sequence {
         let last = self.seqs.len() - 1;

@@ -32,7 +32,6 @@ struct Worker {
     model: DiaModel,
     dac: Dac,
     generator: Generator,
-    limits: BatchLimits,
     pending: VecDeque<Submission>,
     running: HashMap<SeqId, Running>,
     prompts: PromptCache,
@@ -69,7 +68,6 @@ pub fn run(
         model,
         dac,
         generator,
-        limits,
         pending: VecDeque::new(),
         running: HashMap::new(),
         prompts: PromptCache::new(PROMPTS_CACHED),
@@ -162,8 +160,8 @@ impl Worker {
         Ok(self.generator.admit(&self.model, vec![request])?[0])
     }
 
-    /// One decode step for every running job; a failure or panic inside the model fails them
-    /// all (retryable elsewhere) and starts over with fresh caches.
+    /// One decode step for every running job; a failure or panic inside the model (out of
+    /// memory, say) fails them all, retryable elsewhere, and starts over on the same caches.
     fn step(&mut self) {
         let batch = self.generator.active();
         let timer = self.metrics.step_seconds.start_timer();
@@ -221,7 +219,7 @@ impl Worker {
         for (_, run) in std::mem::take(&mut self.running) {
             self.fail(&run.job, message.clone(), true);
         }
-        self.generator = Generator::new(&self.model, self.limits);
+        self.generator.clear();
     }
 
     fn fail(&self, job: &Submission, message: String, retryable: bool) {
