@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: libtorch (the torch==2.11.0 wheel, in a
 # project-local .venv; .venv/libtorch points at it), the Debian packages listed in
-# scripts/system-packages.txt, and cargo-nextest.
+# scripts/system-packages.txt, the Python tools the tests run, and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -18,6 +18,9 @@ if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   torch_dir=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
   ln -sfn "${torch_dir#"$PWD/.venv/"}" .venv/libtorch
 fi
+# The OpenAPI tests: a validator, and a client generator (with ruff, which formats its output).
+.venv/bin/pip install --quiet --disable-pip-version-check \
+  openapi-spec-validator==0.9.0 openapi-python-client==0.29.1
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -11,24 +11,31 @@ use utoipa::ToSchema;
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct SpeechRequest {
     /// Required. The dialogue script: `[S1]`/`[S2]`-tagged turns; without tags, an S1 monologue.
-    pub input: Option<String>,
+    pub input: String,
     /// A model id with the voice-cloning feature from GET /v1/models; omitted, one is chosen.
     pub model: Option<String>,
     /// Maps "S1" and/or "S2" to voice-sample ids of your library.
     pub speakers: Option<Speakers>,
     /// 1–5, default 3.0.
+    #[schema(minimum = 1.0, maximum = 5.0, default = 3.0)]
     pub cfg_scale: Option<f64>,
     /// 0.1–2.0, default 1.8.
+    #[schema(minimum = 0.1, maximum = 2.0, default = 1.8)]
     pub temperature: Option<f64>,
     /// 0.1–1.0, default 0.95.
+    #[schema(minimum = 0.1, maximum = 1.0, default = 0.95)]
     pub top_p: Option<f64>,
     /// 1–100, default 45.
+    #[schema(minimum = 1, maximum = 100, default = 45)]
     pub cfg_filter_top_k: Option<i64>,
     /// 0.5–2.0, default 1.0.
+    #[schema(minimum = 0.5, maximum = 2.0, default = 1.0)]
     pub speed_factor: Option<f64>,
     /// 256–4096, default 3072.
+    #[schema(minimum = 256, maximum = 4096, default = 3072)]
     pub max_new_tokens: Option<i64>,
     /// Fixed seed for reproducibility; omitted or -1 for random (returned in `x-seed`).
+    #[schema(minimum = -1)]
     pub seed: Option<i64>,
     /// private (default), unlisted or public.
     pub visibility: Option<Visibility>,
@@ -188,7 +195,7 @@ impl SpeechRequest {
             _ => string(obj, "collection", 200)?,
         };
         Ok(Self {
-            input: Some(input),
+            input,
             model: string(obj, "model", 200)?,
             speakers: field(obj, "speakers").map(speakers).transpose()?,
             cfg_scale: Some(number(obj, "cfg_scale", 1.0, 5.0, 3.0)?),
@@ -205,7 +212,7 @@ impl SpeechRequest {
 
     /// Checks the script and its length and fills in the seed.
     pub fn validate(self, max_input_chars: usize) -> Result<ValidSpeechRequest, WireError> {
-        let input = self.input.unwrap_or_default();
+        let input = self.input;
         let chars = input.chars().count();
         if chars > max_input_chars {
             let msg = format!("`input` has {chars} characters; the limit is {max_input_chars}");

@@ -2,7 +2,7 @@
 
 use super::auth::Admin;
 use super::{ApiJson, ApiPath};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -41,8 +41,8 @@ fn new_key() -> String {
 }
 
 /// Creates an account with a first API key.
-#[utoipa::path(post, path = "/v1/admin/accounts", request_body = NewAccount,
-    responses((status = 201, body = CreatedKey), (status = 401, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/admin/accounts", tag = "admin", operation_id = "create_account", request_body = NewAccount,
+    responses((status = 201, body = CreatedKey), (status = 400, description = "invalid_json, invalid_parameter", body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn create_account(
     _: Admin,
@@ -56,8 +56,9 @@ pub async fn create_account(
 }
 
 /// Adds an API key to an account.
-#[utoipa::path(post, path = "/v1/admin/accounts/{id}/keys",
-    responses((status = 201, body = CreatedKey), (status = 404, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/keys", tag = "admin", operation_id = "create_api_key",
+    params(("id" = String, Path, description = "The account id")),
+    responses((status = 201, body = CreatedKey), (status = 404, description = "not_found", body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn create_key(
     _: Admin,

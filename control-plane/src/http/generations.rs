@@ -1,6 +1,7 @@
 //! `POST /v1/voice/generations`: validate, assemble the cloning prompt, queue, wait, answer WAV.
 
 use super::auth::Account;
+use super::openapi::AudioFile;
 use super::ApiJson;
 use crate::db::requests::{NewRequest, Outcome};
 use crate::error::{ApiError, ErrorBody};
@@ -28,11 +29,14 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Synthesises a dialogue script, optionally cloning voices from the library; answers `audio/wav`.
-#[utoipa::path(post, path = "/v1/voice/generations", request_body = SpeechRequest,
+#[utoipa::path(post, path = "/v1/voice/generations", tag = "generations", operation_id = "create_voice_generation",
+    request_body(content = SpeechRequest, example = json!({
+        "input": "[S1] Hello! Welcome to the show.\n[S2] Thanks for having me.",
+        "speakers": {"S1": 12, "S2": 17}
+    })),
     responses(
-        (status = 200, description = "16-bit PCM mono WAV at 44.1 kHz; headers x-request-id, x-seed, x-node-id, x-queue-seconds, x-inference-seconds, x-audio-seconds", content_type = "audio/wav"),
+        (status = 200, description = "16-bit PCM mono WAV at 44.1 kHz; headers x-request-id, x-seed, x-node-id, x-queue-seconds, x-inference-seconds, x-audio-seconds", body = AudioFile, content_type = "audio/wav"),
         (status = 400, description = "missing_input, invalid_script, invalid_voice_sample, missing_transcript, audio_decode_failed, invalid_parameter, invalid_json, unknown_model", body = ErrorBody),
-        (status = 401, description = "missing_api_key, invalid_api_key", body = ErrorBody),
         (status = 404, description = "no_provider", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody),
         (status = 429, description = "queue_full, with Retry-After", body = ErrorBody),

@@ -1,6 +1,7 @@
 //! The account's request history: every accepted request, its attempts and its audio.
 
 use super::auth::Account;
+use super::openapi::AudioFile;
 use super::ApiPath;
 use crate::db::requests::{AttemptRow, HistoryRow};
 use crate::error::{ApiError, ErrorBody};
@@ -120,12 +121,22 @@ impl From<HistoryRow> for HistoryItem {
     }
 }
 
+/// The request named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct HistoryId {
+    /// Request id: the `x-request-id` of the generation.
+    pub id: String,
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no request `{id}` in your history"))
 }
 
 /// Lists the account's requests, newest first.
-#[utoipa::path(get, path = "/v1/history", params(HistoryQuery), responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/history", tag = "history", operation_id = "list_history", params(HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 400, description = "invalid_parameter", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
@@ -153,11 +164,13 @@ pub async fn list(
 }
 
 /// One request with its attempts.
-#[utoipa::path(get, path = "/v1/history/{id}", responses((status = 200, body = HistoryItem), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/history/{id}", tag = "history", operation_id = "get_history_item", params(HistoryId),
+    responses((status = 200, body = HistoryItem), (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn fetch(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(HistoryId { id }): ApiPath<HistoryId>,
 ) -> Result<Json<HistoryItem>, ApiError> {
     let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     let mut item = HistoryItem::from(row);
@@ -166,11 +179,14 @@ pub async fn fetch(
 }
 
 /// The WAV of a succeeded request.
-#[utoipa::path(get, path = "/v1/history/{id}/audio", responses((status = 200, content_type = "audio/wav"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/history/{id}/audio", tag = "history", operation_id = "get_history_audio", params(HistoryId),
+    responses((status = 200, description = "16-bit PCM mono WAV at 44.1 kHz", body = AudioFile, content_type = "audio/wav"),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn audio(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(HistoryId { id }): ApiPath<HistoryId>,
 ) -> Result<impl IntoResponse, ApiError> {
     let wav = state.db.history_audio(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     Ok(([(CONTENT_TYPE, "audio/wav")], wav))

@@ -101,7 +101,7 @@ pub async fn choose(
 }
 
 /// Lists the models the online pool offers.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", operation_id = "list_models", responses((status = 200, body = ModelList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     let mut data = online_models(&state).await?;
     data.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,15 +1,18 @@
 //! `GET /openapi.json`: the OpenAPI document, generated from the handlers' annotations.
 
+use crate::error::ErrorBody;
 use crate::state::AppState;
 use axum::routing::get;
 use axum::{Json, Router};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The public API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Dia text-to-dialogue provider", description = "Voice generations with voice cloning, the voice library and request history."),
+    info(title = "Dia text-to-dialogue provider", description = "Voice generations with voice cloning, the voice library and request history. Every error answers `{\"error\": {\"type\", \"message\"}}`."),
     paths(
         super::generations::create,
         super::models::list,
@@ -18,7 +21,15 @@ use utoipa::{Modify, OpenApi};
         super::history::list, super::history::fetch, super::history::audio,
         super::admin::create_account, super::admin::create_key,
     ),
-    modifiers(&BearerAuth)
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "generations", description = "Dialogue synthesis with optional voice cloning"),
+        (name = "models", description = "What the online pool offers"),
+        (name = "voices", description = "The account's voice library"),
+        (name = "history", description = "Every accepted request and its audio"),
+        (name = "admin", description = "Accounts and API keys (admin token)"),
+    ),
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
 
@@ -35,6 +46,66 @@ impl Modify for BearerAuth {
         }
     }
 }
+
+/// The errors any operation can answer, added here rather than repeated on every handler: 401
+/// from its credentials and 500 from the store.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                add_common_errors(op);
+            }
+        }
+    }
+}
+
+fn add_common_errors(op: &mut Operation) {
+    let schemes: Vec<String> = op
+        .security
+        .iter()
+        .flatten()
+        .flat_map(|requirement| {
+            serde_json::to_value(requirement)
+                .ok()
+                .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                .unwrap_or_default()
+        })
+        .collect();
+    let unauthorized = if schemes.iter().any(|s| s == "admin_token") {
+        Some("invalid_admin_token")
+    } else if schemes.iter().any(|s| s == "api_key") {
+        Some("missing_api_key, invalid_api_key")
+    } else {
+        None
+    };
+    let responses = &mut op.responses.responses;
+    if let Some(types) = unauthorized {
+        responses.entry("401".into()).or_insert_with(|| error_response(types).into());
+    }
+    responses.entry("500".into()).or_insert_with(|| error_response("internal_error").into());
+}
+
+/// A response with the error envelope, listing the error types it may carry.
+fn error_response(types: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(types)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(<ErrorBody as ToSchema>::name())))
+                .build(),
+        )
+        .build()
+}
+
+/// Audio bytes, as documented for binary responses.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct AudioFile(pub Vec<u8>);
 
 /// Route.
 pub fn router() -> Router<AppState> {

@@ -1,6 +1,7 @@
 //! The voice library of the calling account: list, upload, fetch, update, delete.
 
 use super::auth::Account;
+use super::openapi::AudioFile;
 use super::{ApiJson, ApiPath};
 use crate::audio::{decode_to_mono_44k, AudioError};
 use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
@@ -15,7 +16,7 @@ use axum::{Json, Router};
 use proto::frames::f32_le_bytes;
 use proto::ErrorKind;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Routes; uploads may be up to `max_voice_bytes` (plus multipart overhead).
 pub fn router(max_voice_bytes: usize) -> Router<AppState> {
@@ -67,12 +68,20 @@ struct VoiceUpload {
     is_default: Option<bool>,
 }
 
+/// The sample named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct VoiceId {
+    /// Voice-sample id, as listed by `GET /v1/voices`.
+    pub id: i64,
+}
+
 fn not_found(id: i64) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no voice sample {id} in your library"))
 }
 
 /// Lists the account's voice samples.
-#[utoipa::path(get, path = "/v1/voices", responses((status = 200, body = VoiceList)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/voices", tag = "voices", operation_id = "list_voices", responses((status = 200, body = VoiceList)), security(("api_key" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
@@ -82,7 +91,7 @@ pub async fn list(
 }
 
 /// Uploads a sample: decoded, downmixed to mono and resampled to 44.1 kHz; kept as uploaded too.
-#[utoipa::path(post, path = "/v1/voices", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
+#[utoipa::path(post, path = "/v1/voices", tag = "voices", operation_id = "upload_voice", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
     responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody)),
     security(("api_key" = [])))]
@@ -166,22 +175,31 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 }
 
 /// One sample.
-#[utoipa::path(get, path = "/v1/voices/{id}", responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/voices/{id}", tag = "voices", operation_id = "get_voice", params(VoiceId),
+    responses((status = 200, body = VoiceRow), (status = 400, description = "invalid_parameter", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn fetch(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(VoiceId { id }): ApiPath<VoiceId>,
 ) -> Result<Json<VoiceRow>, ApiError> {
     let row = state.db.get_voice(&account, id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(row))
 }
 
 /// The sample as uploaded.
-#[utoipa::path(get, path = "/v1/voices/{id}/audio", responses((status = 200, description = "the uploaded bytes"), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/voices/{id}/audio", tag = "voices", operation_id = "get_voice_audio", params(VoiceId),
+    responses((status = 200, description = "The bytes as uploaded, with their audio/* type", content(
+            (AudioFile = "audio/wav"), (AudioFile = "audio/mpeg"), (AudioFile = "audio/flac"),
+            (AudioFile = "audio/ogg"), (AudioFile = "audio/webm"))),
+        (status = 400, description = "invalid_parameter", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn audio(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(VoiceId { id }): ApiPath<VoiceId>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (format, bytes) =
         state.db.voice_original(&account, id).await?.ok_or_else(|| not_found(id))?;
@@ -196,11 +214,15 @@ pub async fn audio(
 }
 
 /// Updates name, transcript or default flag; making one the default unsets the previous one.
-#[utoipa::path(patch, path = "/v1/voices/{id}", request_body = VoiceUpdate, responses((status = 200, body = VoiceRow), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/v1/voices/{id}", tag = "voices", operation_id = "update_voice", params(VoiceId), request_body = VoiceUpdate,
+    responses((status = 200, body = VoiceRow),
+        (status = 400, description = "invalid_parameter, invalid_json, invalid_script", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(VoiceId { id }): ApiPath<VoiceId>,
     ApiJson(body): ApiJson<VoiceUpdate>,
 ) -> Result<Json<VoiceRow>, ApiError> {
     if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
@@ -216,11 +238,14 @@ pub async fn update(
 }
 
 /// Deletes a sample.
-#[utoipa::path(delete, path = "/v1/voices/{id}", responses((status = 204), (status = 404, body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/voices/{id}", tag = "voices", operation_id = "delete_voice", params(VoiceId),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "invalid_parameter", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
 pub async fn remove(
     State(state): State<AppState>,
     Account(account): Account,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(VoiceId { id }): ApiPath<VoiceId>,
 ) -> Result<StatusCode, ApiError> {
     if state.db.delete_voice(&account, id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -1,0 +1,111 @@
+//! The served OpenAPI document, as a client generator or an API explorer reads it.
+//! Every test runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::{Backend, Server, TestDb};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// A tool installed into the project's virtual environment by `scripts/setup.sh`.
+fn venv_tool(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin").join(name);
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
+    path
+}
+
+async fn served_document(server: &Server) -> Value {
+    let res = server.http.get(server.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn the_served_document_passes_the_openapi_validator(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let doc = served_document(&server).await;
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let mut validator = std::process::Command::new(venv_tool("openapi-spec-validator"));
+    validator.args(["--validation-errors", "all"]).arg(&file);
+    let run = tokio::task::spawn_blocking(move || validator.output()).await.unwrap().unwrap();
+    let report =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && report.contains(": OK"), "{report}");
+}
+
+async fn every_operation_is_named_and_every_error_uses_the_envelope(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let doc = served_document(&server).await;
+    let envelope = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let mut ids = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(id.contains('_'), "{method} {path}: operation id {id:?} is not descriptive");
+            ids.push(id.to_owned());
+            for name in path.split('{').skip(1).map(|s| s.split('}').next().unwrap()) {
+                let declared = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["in"] == "path" && p["name"] == name && p["required"] == true);
+                assert!(declared, "{method} {path}: path parameter `{name}` is not declared");
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("500"), "{method} {path}: no 500");
+            if op.get("security").is_some() {
+                assert!(responses.contains_key("401"), "{method} {path}: no 401");
+            }
+            for (status, response) in responses.iter().filter(|(s, _)| s.as_str() >= "400") {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"], envelope,
+                    "{method} {path} {status}"
+                );
+                assert!(!response["description"].as_str().unwrap().is_empty());
+            }
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids repeat");
+    assert_eq!(count, 13);
+    let detail = &doc["components"]["schemas"]["ErrorDetail"];
+    assert_eq!(detail["required"], json!(["type", "message"]));
+}
+
+async fn the_generation_operation_carries_the_specs_example(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let doc = served_document(&server).await;
+    let op = &doc["paths"]["/v1/voice/generations"]["post"];
+    assert_eq!(op["operationId"], "create_voice_generation");
+    let body = &op["requestBody"]["content"]["application/json"];
+    assert_eq!(
+        body["example"],
+        json!({
+            "input": "[S1] Hello! Welcome to the show.\n[S2] Thanks for having me.",
+            "speakers": {"S1": 12, "S2": 17}
+        })
+    );
+    let schema = &doc["components"]["schemas"]["SpeechRequest"];
+    assert_eq!(schema["required"], json!(["input"]));
+    assert_eq!(
+        (
+            &schema["properties"]["max_new_tokens"]["minimum"],
+            &schema["properties"]["max_new_tokens"]["maximum"]
+        ),
+        (&json!(256), &json!(4096))
+    );
+    assert!(op["responses"]["200"]["content"]["audio/wav"].is_object());
+}
+
+on_both_backends!(
+    the_served_document_passes_the_openapi_validator,
+    every_operation_is_named_and_every_error_uses_the_envelope,
+    the_generation_operation_carries_the_specs_example,
+);
