@@ -231,6 +231,46 @@ async fn no_provider_when_no_node_offers_voice_cloning(backend: Backend) {
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
 }
 
+async fn a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_unknown_model(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let gen = |model: &'static str| server.generate(&key, json!({"input": "Hi", "model": model}));
+    expect_error(gen("dia-other").await, 400, "unknown_model").await;
+
+    let stt = ModelInfo {
+        id: "whisper".into(),
+        features: vec!["transcription".into()],
+        max_input_chars: 0,
+        max_new_tokens: 0,
+    };
+    let gone = ScriptedNode::connect_with(
+        &server.ws_url(),
+        "gone",
+        4,
+        vec![cloning_model("dia-other"), stt],
+    )
+    .await;
+    drop(gone);
+    common::eventually(async || {
+        let (_, models) = server.get_json(&key, "/v1/models").await;
+        models["data"] == json!([])
+    })
+    .await;
+    let msg = expect_error(gen("dia-other").await, 404, "no_provider").await;
+    assert!(msg.contains("dia-other"), "{msg}");
+
+    let _dia = ScriptedNode::connect(&server.ws_url(), "dia", 4).await.serve(10);
+    expect_error(gen("dia-other").await, 404, "no_provider").await;
+    let msg = expect_error(gen("never-offered").await, 400, "unknown_model").await;
+    assert!(msg.contains(MODEL) && msg.contains("never-offered"), "{msg}");
+    // Offered, but never with the feature this endpoint needs.
+    expect_error(gen("whisper").await, 400, "unknown_model").await;
+    assert_eq!(gen(MODEL).await.status(), 200);
+}
+
 async fn requests_are_routed_only_to_nodes_with_the_feature_and_model(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -424,6 +464,7 @@ on_both_backends!(
     every_validation_error_has_its_type_status_and_a_precise_message,
     voice_sample_errors_are_reported_at_generation,
     no_provider_when_no_node_offers_voice_cloning,
+    a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_unknown_model,
     requests_are_routed_only_to_nodes_with_the_feature_and_model,
     the_voice_library_is_per_account_with_one_default,
     undecodable_or_oversized_uploads_get_clear_errors,

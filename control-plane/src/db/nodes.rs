@@ -61,6 +61,28 @@ impl Db {
         on_pool!(self, p => sqlx::query(sql).bind(id).bind(replica).execute(p).await.map(drop))
     }
 
+    /// Remembers the models and features a node offers, for as long as the store lives.
+    pub async fn record_offered(&self, models: &[ModelInfo]) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO offered_models (model, feature, first_seen) VALUES ($1, $2, $3)
+                   ON CONFLICT (model, feature) DO NOTHING";
+        for m in models {
+            for feature in &m.features {
+                on_pool!(self, p => sqlx::query(sql)
+                    .bind(&m.id).bind(feature).bind(now_ms())
+                    .execute(p).await.map(drop))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any node has ever offered `model` with `feature`.
+    pub async fn was_offered(&self, model: &str, feature: &str) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT model FROM offered_models WHERE model = $1 AND feature = $2";
+        let row: Option<(String,)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(model).bind(feature).fetch_optional(p).await)?;
+        Ok(row.is_some())
+    }
+
     /// Nodes seen within `fresh_ms` that are healthy and not draining, least loaded first.
     pub async fn available_nodes(&self, fresh_ms: i64) -> Result<Vec<NodeRow>, sqlx::Error> {
         let sql = "SELECT id, models, capacity, active FROM nodes

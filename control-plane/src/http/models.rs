@@ -70,34 +70,38 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
 }
 
 /// Picks the model for a request needing `feature`: the named one if it is online with the
-/// feature, else the least loaded node's.
+/// feature, else the least loaded node's. A named model that some node once offered but none
+/// serves now is `no_provider` (the client may retry); one never offered is `unknown_model`.
 pub async fn choose(
     state: &AppState,
     requested: Option<&str>,
     feature: &str,
 ) -> Result<Model, ApiError> {
-    let offering: Vec<Model> = online_models(state)
+    let mut offering: Vec<Model> = online_models(state)
         .await?
         .into_iter()
         .filter(|m| m.features.iter().any(|f| f == feature))
         .collect();
-    if offering.is_empty() {
-        return Err(ApiError::new(
-            ErrorKind::NoProvider,
-            format!("no online provider offers `{feature}`; try again later"),
-        ));
+    let Some(name) = requested else {
+        if offering.is_empty() {
+            let msg = format!("no online provider offers `{feature}`; try again later");
+            return Err(ApiError::new(ErrorKind::NoProvider, msg));
+        }
+        return Ok(offering.swap_remove(0));
+    };
+    if let Some(i) = offering.iter().position(|m| m.id == name) {
+        return Ok(offering.swap_remove(i));
     }
-    match requested {
-        None => Ok(offering[0].clone()),
-        Some(name) => offering.iter().find(|m| m.id == name).cloned().ok_or_else(|| {
-            let ids: Vec<&str> = offering.iter().map(|m| m.id.as_str()).collect();
-            let msg = format!(
-                "`model` must name an online model with `{feature}` ({}); got \"{name}\"",
-                ids.join(", ")
-            );
-            ApiError::new(ErrorKind::UnknownModel, msg)
-        }),
+    if state.db.was_offered(name, feature).await? {
+        let msg = format!("no online provider serves `{name}` now; try again later");
+        return Err(ApiError::new(ErrorKind::NoProvider, msg));
     }
+    let ids: Vec<&str> = offering.iter().map(|m| m.id.as_str()).collect();
+    let msg = format!(
+        "`model` must name a model with `{feature}` (online now: {}); got \"{name}\"",
+        if ids.is_empty() { "none".to_owned() } else { ids.join(", ") }
+    );
+    Err(ApiError::new(ErrorKind::UnknownModel, msg))
 }
 
 /// Lists the models the online pool offers.

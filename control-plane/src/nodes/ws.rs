@@ -72,7 +72,11 @@ async fn session(state: AppState, socket: WebSocket) {
         protocol_version: PROTOCOL_VERSION,
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
     });
-    if publish(&state, &node).await.is_err() || sink.send(text(&welcome)).await.is_err() {
+    let recorded = state.db.record_offered(&hello.models).await;
+    if recorded.is_err()
+        || publish(&state, &node).await.is_err()
+        || sink.send(text(&welcome)).await.is_err()
+    {
         return finish(&state, &node, session).await;
     }
     tracing::info!(node = %node, capacity = hello.capacity, gpu = ?hello.gpu, "node joined");
