@@ -127,6 +127,16 @@ fn number(
     }
 }
 
+/// An integer, written either way JSON allows: `3072` or `3072.0` (what many clients send for a
+/// whole number held in a float).
+fn as_integer(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        let x = v.as_f64()?;
+        // Beyond ±2^53 a float no longer holds every integer; such a value was not meant exactly.
+        (x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0).then_some(x as i64)
+    })
+}
+
 fn integer(
     obj: &Map<String, Value>,
     name: &str,
@@ -135,7 +145,7 @@ fn integer(
     default: i64,
 ) -> Result<i64, WireError> {
     let Some(v) = field(obj, name) else { return Ok(default) };
-    match v.as_i64() {
+    match as_integer(v) {
         Some(x) if (min..=max).contains(&x) => Ok(x),
         _ => Err(invalid(format!(
             "`{name}` must be an integer from {min} to {max}; got {}",
@@ -273,7 +283,7 @@ fn speakers(v: &Value) -> Result<Speakers, WireError> {
         };
         *slot = match id {
             Value::Null => None,
-            v => match v.as_i64() {
+            v => match as_integer(v) {
                 Some(id) if id > 0 => Some(id),
                 _ => {
                     return Err(invalid(format!(
@@ -321,6 +331,16 @@ mod tests {
     #[test]
     fn a_fractional_integer_field_is_rejected() {
         assert!(validate(json!({"input": "Hi", "cfg_filter_top_k": 4.5})).is_err());
+        assert!(validate(json!({"input": "Hi", "seed": 1e300})).is_err());
+    }
+
+    #[test]
+    fn an_integral_float_is_an_integer() {
+        let v = validate(json!({"input": "Hi", "max_new_tokens": 3072.0, "cfg_filter_top_k": 45.0,
+            "seed": 7.0, "speakers": {"S1": 12.0}}))
+        .unwrap();
+        assert_eq!((v.max_new_tokens, v.sampling.cfg_filter_top_k, v.seed), (3072, 45, 7));
+        assert_eq!(v.speakers.s1, Some(12));
     }
 
     #[test]

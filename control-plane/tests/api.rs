@@ -93,6 +93,31 @@ async fn parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned
     assert_eq!(item["params"]["seed"].as_u64(), Some(seed));
 }
 
+async fn integral_json_numbers_are_accepted_where_an_integer_is_expected(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let voice = server.voice(&key, 1.0, Some("I am the host.")).await;
+    let mut jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(100);
+
+    let body = json!({"input": "Hi", "max_new_tokens": 3072.0, "cfg_filter_top_k": 45.0,
+        "seed": 7.0, "speakers": {"S1": voice as f64}});
+    let res = server.generate(&key, body).await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let received = jobs.recv().await.unwrap();
+    let task = speech(&received.job);
+    assert_eq!((task.max_new_tokens, task.sampling.cfg_filter_top_k, task.seed), (3072, 45, 7));
+    assert!(received.prompt.is_some(), "the voice sample is cloned");
+
+    let msg = expect_error(
+        server.generate(&key, json!({"input": "Hi", "max_new_tokens": 3072.5})).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert!(msg.contains("3072.5"), "{msg}");
+}
+
 async fn every_validation_error_has_its_type_status_and_a_precise_message(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -461,6 +486,7 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
 on_both_backends!(
     the_spec_curl_example_returns_a_valid_wav,
     parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned,
+    integral_json_numbers_are_accepted_where_an_integer_is_expected,
     every_validation_error_has_its_type_status_and_a_precise_message,
     voice_sample_errors_are_reported_at_generation,
     no_provider_when_no_node_offers_voice_cloning,
