@@ -281,15 +281,20 @@ fn speakers(v: &Value) -> Result<Speakers, WireError> {
                 )))
             }
         };
+        // The spec's type for a speaker value that names no sample of the caller, whatever it is.
         *slot = match id {
             Value::Null => None,
             v => match as_integer(v) {
                 Some(id) if id > 0 => Some(id),
                 _ => {
-                    return Err(invalid(format!(
-                        "`speakers.{key}` must be a positive voice-sample id; got {}",
-                        shown(v)
-                    )))
+                    return Err(WireError::new(
+                        ErrorKind::InvalidVoiceSample,
+                        format!(
+                            "`speakers.{key}` must be the id of a voice sample in your library; \
+                             got {}",
+                            shown(v)
+                        ),
+                    ))
                 }
             },
         };
@@ -379,7 +384,12 @@ mod tests {
         let v = validate(json!({"input": "Hi", "speakers": {"S1": 12, "S2": 17}})).unwrap();
         assert_eq!(v.speakers, Speakers { s1: Some(12), s2: Some(17) });
         assert!(validate(json!({"input": "Hi", "speakers": {"S3": 1}})).is_err());
-        assert!(validate(json!({"input": "Hi", "speakers": {"S1": "x"}})).is_err());
+        let e = validate(json!({"input": "Hi", "speakers": {"S1": "x"}})).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidVoiceSample);
+        assert_eq!(
+            e.message,
+            "`speakers.S1` must be the id of a voice sample in your library; got \"x\""
+        );
     }
 
     #[test]

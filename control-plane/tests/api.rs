@@ -211,9 +211,15 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     )
     .await;
 
-    let gen = |s: i64| server.generate(&key, json!({"input": "[S1] Hi.", "speakers": {"S1": s}}));
-    expect_error(gen(999_999).await, 400, "invalid_voice_sample").await;
-    expect_error(gen(theirs).await, 400, "invalid_voice_sample").await;
+    let gen = |s: Value| server.generate(&key, json!({"input": "[S1] Hi.", "speakers": {"S1": s}}));
+    // Anything but the id of one of the caller's samples.
+    for bad in
+        [json!(999_999), json!(theirs), json!(-3), json!(0), json!(1.5), json!("12"), json!([1])]
+    {
+        let msg = expect_error(gen(bad.clone()).await, 400, "invalid_voice_sample").await;
+        assert!(msg.contains("`speakers.S1`"), "{bad}: {msg}");
+    }
+    let gen = |s: i64| gen(json!(s));
     expect_error(gen(mine_without_transcript).await, 400, "missing_transcript").await;
     expect_error(gen(corrupt).await, 400, "audio_decode_failed").await;
 
