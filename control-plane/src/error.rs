@@ -57,6 +57,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         }
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NoProvider | NotFound => StatusCode::NOT_FOUND,
+        MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         UpstreamError => StatusCode::BAD_GATEWAY,
         MissingApiKey | InvalidApiKey | InvalidAdminToken => StatusCode::UNAUTHORIZED,
         QueueFull => StatusCode::TOO_MANY_REQUESTS,

@@ -196,6 +196,54 @@ async fn every_validation_error_has_its_type_status_and_a_precise_message(backen
     .await;
 }
 
+async fn malformed_queries_forms_paths_and_methods_get_the_json_envelope_too(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let http = &server.http;
+    let get = |path: &str| http.get(server.url(path)).bearer_auth(&key).send();
+
+    let msg =
+        expect_error(get("/v1/history?limit=ten").await.unwrap(), 400, "invalid_parameter").await;
+    assert!(msg.contains("limit"), "{msg}");
+    expect_error(get("/v1/history?cursor=1&cursor=2").await.unwrap(), 400, "invalid_parameter")
+        .await;
+    expect_error(get("/v1/nodes/connect?token=x&token=y").await.unwrap(), 400, "invalid_parameter")
+        .await;
+    // A join token but no WebSocket handshake.
+    expect_error(
+        get(&format!("/v1/nodes/connect?token={}", common::JOIN_TOKEN)).await.unwrap(),
+        400,
+        "invalid_parameter",
+    )
+    .await;
+
+    let upload = |content_type: &'static str, body: &'static str| {
+        http.post(server.url("/v1/voices"))
+            .bearer_auth(&key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let msg =
+        expect_error(upload("multipart/form-data", "x").await.unwrap(), 400, "invalid_parameter")
+            .await;
+    assert!(msg.contains("boundary"), "{msg}");
+    expect_error(upload("application/json", "{}").await.unwrap(), 400, "invalid_parameter").await;
+    expect_error(
+        upload("multipart/form-data; boundary=b", "--b\r\nbroken").await.unwrap(),
+        400,
+        "invalid_parameter",
+    )
+    .await;
+
+    let msg = expect_error(get("/v1/nothing-here").await.unwrap(), 404, "not_found").await;
+    assert!(msg.contains("/v1/nothing-here"), "{msg}");
+    let res = http.delete(server.url("/v1/models")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(res.headers()["allow"], "GET,HEAD");
+    expect_error(res, 405, "method_not_allowed").await;
+}
+
 async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -494,6 +542,7 @@ on_both_backends!(
     parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned,
     integral_json_numbers_are_accepted_where_an_integer_is_expected,
     every_validation_error_has_its_type_status_and_a_precise_message,
+    malformed_queries_forms_paths_and_methods_get_the_json_envelope_too,
     voice_sample_errors_are_reported_at_generation,
     no_provider_when_no_node_offers_voice_cloning,
     a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_unknown_model,

@@ -39,8 +39,10 @@ pub enum ErrorKind {
     InvalidAdminToken,
     /// The queue is full; retry after the `Retry-After` seconds (429).
     QueueFull,
-    /// The resource does not exist in this account (404).
+    /// The resource does not exist in this account, or no route has the path (404).
     NotFound,
+    /// The path exists but not with this HTTP method (405, with `Allow`).
+    MethodNotAllowed,
     /// The client went away before the job finished; only ever recorded in the history.
     Cancelled,
     /// A bug or an unavailable store (500); detail goes to the log only.
@@ -68,6 +70,7 @@ impl ErrorKind {
             Self::InvalidAdminToken => "invalid_admin_token",
             Self::QueueFull => "queue_full",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Cancelled => "cancelled",
             Self::InternalError => "internal_error",
         }
@@ -126,6 +129,7 @@ mod tests {
             ErrorKind::InvalidAdminToken,
             ErrorKind::QueueFull,
             ErrorKind::NotFound,
+            ErrorKind::MethodNotAllowed,
             ErrorKind::Cancelled,
             ErrorKind::InternalError,
         ] {

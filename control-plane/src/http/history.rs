@@ -2,11 +2,11 @@
 
 use super::auth::Account;
 use super::openapi::AudioFile;
-use super::ApiPath;
+use super::{ApiPath, ApiQuery};
 use crate::db::requests::{AttemptRow, HistoryRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
 
 /// Filters and paging of the list.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only requests in this status: queued, running, succeeded, failed.
     pub status: Option<String>,
@@ -140,7 +141,7 @@ fn not_found(id: &str) -> ApiError {
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
-    Query(q): Query<HistoryQuery>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     if let Some(s) =
         q.status.as_deref().filter(|s| !["queued", "running", "succeeded", "failed"].contains(s))

@@ -12,9 +12,9 @@ pub mod voices;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::{middleware, Router};
 use proto::ErrorKind;
 use tower_http::trace::TraceLayer;
@@ -34,10 +34,22 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(crate::nodes::ws::router())
         .route("/metrics", axum::routing::get(crate::metrics::serve))
+        // After every route: it applies to the method routers registered so far.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let msg = format!("{method} is not allowed on {}; the Allow header lists what is", uri.path());
+    ApiError::new(ErrorKind::MethodNotAllowed, msg)
 }
 
 /// `Json` whose rejections use the API's error envelope.
@@ -61,6 +73,38 @@ fn json_error(rejection: JsonRejection) -> ApiError {
         _ => ErrorKind::InvalidJson,
     };
     ApiError::new(kind, rejection.body_text())
+}
+
+/// `Query` whose rejections (a `limit` that is not a number, say) use the API's error envelope.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                Err(ApiError::new(ErrorKind::InvalidParameter, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// `Multipart` whose rejections (no boundary, another content type) use the API's error envelope.
+pub struct ApiMultipart(pub Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for ApiMultipart {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Multipart::from_request(req, state).await {
+            Ok(form) => Ok(Self(form)),
+            Err(rejection) => {
+                Err(ApiError::new(ErrorKind::InvalidParameter, rejection.body_text()))
+            }
+        }
+    }
 }
 
 /// `Path` whose rejections (an id that is not a number, say) use the API's error envelope.

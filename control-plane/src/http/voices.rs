@@ -2,12 +2,12 @@
 
 use super::auth::Account;
 use super::openapi::AudioFile;
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiMultipart, ApiPath};
 use crate::audio::{decode_to_mono_44k, AudioError};
 use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -98,7 +98,7 @@ pub async fn list(
 pub async fn upload(
     State(state): State<AppState>,
     Account(account): Account,
-    mut form: Multipart,
+    ApiMultipart(mut form): ApiMultipart,
 ) -> Result<(StatusCode, Json<VoiceRow>), ApiError> {
     let (mut file, mut speaker_name, mut transcript, mut is_default) = (None, None, None, false);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {

@@ -6,9 +6,11 @@
 
 use crate::db::nodes::NodeState;
 use crate::error::ApiError;
+use crate::http::ApiQuery;
 use crate::state::AppState;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -35,9 +37,10 @@ struct JoinQuery {
 
 async fn connect(
     State(state): State<AppState>,
-    Query(query): Query<JoinQuery>,
-    ws: WebSocketUpgrade,
+    ApiQuery(query): ApiQuery<JoinQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| ApiError::new(ErrorKind::InvalidParameter, e.body_text()))?;
     let token = query.token.unwrap_or_default();
     if token.is_empty() || !state.config.join_tokens.iter().any(|t| t == &token) {
         return Err(ApiError::new(ErrorKind::InvalidApiKey, "unknown node join token"));
