@@ -263,6 +263,21 @@ impl SpeechRequest {
     }
 }
 
+/// What a voice sample's speaker says, held to the script rules (no `[S3]` or above, no opening
+/// `[S2]`, no empty turn): the turns' text joined, for the tag of the speaker it clones to lead.
+pub fn transcript_words(transcript: &str) -> Result<String, ScriptError> {
+    let script = Script::parse(transcript)?;
+    let words: Vec<&str> = script.turns.iter().map(|t| t.text.as_str()).collect();
+    Ok(words.join(" "))
+}
+
+/// Checks the `transcript` sent with a voice sample.
+pub fn check_transcript(transcript: &str) -> Result<(), WireError> {
+    transcript_words(transcript)
+        .map(drop)
+        .map_err(|e| WireError::new(ErrorKind::InvalidScript, format!("`transcript`: {e}")))
+}
+
 fn speakers(v: &Value) -> Result<Speakers, WireError> {
     let Some(obj) = v.as_object() else {
         return Err(invalid(format!(
@@ -390,6 +405,20 @@ mod tests {
             e.message,
             "`speakers.S1` must be the id of a voice sample in your library; got \"x\""
         );
+    }
+
+    #[test]
+    fn a_transcript_obeys_the_script_rules_and_reads_as_one_speaker() {
+        assert_eq!(transcript_words(" Hi there.\n").unwrap(), "Hi there.");
+        assert_eq!(transcript_words("[S1] A prompt. [S1] More.").unwrap(), "A prompt. More.");
+        let e = check_transcript("[S1] Hi\n[S3] there").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidScript);
+        assert_eq!(
+            e.message,
+            "`transcript`: line 2: speaker tag [S3] is not supported; use [S1] or [S2]"
+        );
+        assert!(check_transcript("Hi [S3] there").is_err());
+        assert!(check_transcript("[S2] Me first.").is_err());
     }
 
     #[test]

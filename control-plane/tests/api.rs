@@ -279,6 +279,50 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     assert!(msg.contains("text tokens") && msg.contains("at most 1024"), "{msg}");
 }
 
+async fn a_voice_samples_transcript_obeys_the_script_rules(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(100);
+
+    let res = server.upload(&key, common::wav(1.0), "Ann", Some("[S1] Hello [S3] there.")).await;
+    let msg = expect_error(res, 400, "invalid_script").await;
+    assert!(msg.starts_with("`transcript`: line 1") && msg.contains("[S3]"), "{msg}");
+    let res = server.upload(&key, common::wav(1.0), "Ann", Some("[S2] Me first.")).await;
+    expect_error(res, 400, "invalid_script").await;
+    let (_, list) = server.get_json(&key, "/v1/voices").await;
+    assert_eq!(list["data"], json!([]));
+
+    let voice = server.voice(&key, 1.0, Some("[S1] A prompt.")).await;
+    let patch = server
+        .http
+        .patch(server.url(&format!("/v1/voices/{voice}")))
+        .bearer_auth(&key)
+        .json(&json!({"transcript": "Fine. [S4] Not fine."}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(patch, 400, "invalid_script").await;
+    let (_, stored) = server.get_json(&key, &format!("/v1/voices/{voice}")).await;
+    assert_eq!(stored["transcript"], "[S1] A prompt.");
+
+    // The transcript's words are the cloned speaker's, under that speaker's tag only.
+    let body = json!({"input": "[S1] Hi. [S2] Hello.", "speakers": {"S2": voice}});
+    assert_eq!(server.generate(&key, body.clone()).await.status(), 200);
+    let text = speech(&jobs.recv().await.unwrap().job).text.clone();
+    assert_eq!(text, "[S2] A prompt. [S1] Hi. [S2] Hello.");
+
+    // A transcript stored before the rule existed is refused at generation, before any node.
+    sqlx_exec(
+        &server,
+        &format!("UPDATE voices SET transcript = '[S1] Hi [S3] there' WHERE id = {voice}"),
+    )
+    .await;
+    let msg = expect_error(server.generate(&key, body).await, 400, "invalid_script").await;
+    assert!(msg.contains("`speakers.S2`") && msg.contains("[S3]"), "{msg}");
+    assert!(jobs.try_recv().is_err(), "a job reached the node");
+}
+
 /// Three bytes: not a whole number of f32 samples.
 fn blob_literal(server: &Server) -> &'static str {
     match server.state.db {
@@ -544,6 +588,7 @@ on_both_backends!(
     every_validation_error_has_its_type_status_and_a_precise_message,
     malformed_queries_forms_paths_and_methods_get_the_json_envelope_too,
     voice_sample_errors_are_reported_at_generation,
+    a_voice_samples_transcript_obeys_the_script_rules,
     no_provider_when_no_node_offers_voice_cloning,
     a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_unknown_model,
     requests_are_routed_only_to_nodes_with_the_feature_and_model,

@@ -7,7 +7,7 @@ use crate::db::requests::{NewRequest, Outcome};
 use crate::error::{ApiError, ErrorBody};
 use crate::queue::Queue;
 use crate::state::AppState;
-use crate::validation::{SpeechRequest, ValidSpeechRequest};
+use crate::validation::{transcript_words, SpeechRequest, ValidSpeechRequest};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
@@ -176,7 +176,11 @@ async fn cloning_prompt(
             let msg = format!("`speakers.{tag}`: the audio of voice sample {id} could not be read");
             return Err(ApiError::new(ErrorKind::AudioDecodeFailed, msg));
         }
-        transcripts[i] = Some(transcript);
+        let words = transcript_words(&transcript).map_err(|e| {
+            let msg = format!("`speakers.{tag}`: the transcript of voice sample {id}: {e}");
+            ApiError::new(ErrorKind::InvalidScript, msg)
+        })?;
+        transcripts[i] = Some(words);
         clips[i] = Some(f32_from_le_bytes(&sample.pcm));
     }
     let text = cloning_text(transcripts[0].as_deref(), transcripts[1].as_deref(), &req.script);

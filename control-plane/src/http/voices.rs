@@ -7,6 +7,7 @@ use crate::audio::{decode_to_mono_44k, AudioError};
 use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
+use crate::validation::check_transcript;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -92,7 +93,7 @@ pub async fn list(
 
 /// Uploads a sample: decoded, downmixed to mono and resampled to 44.1 kHz; kept as uploaded too.
 #[utoipa::path(post, path = "/v1/voices", tag = "voices", operation_id = "upload_voice", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
-    responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter", body = ErrorBody),
+    responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter, invalid_script", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn upload(
@@ -128,6 +129,9 @@ pub async fn upload(
     let speaker_name = speaker_name
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` is required"))?;
+    if let Some(t) = &transcript {
+        check_transcript(t)?;
+    }
     if file.len() > state.config.max_voice_bytes {
         let msg = format!(
             "`file` has {} bytes; the limit is {}",
@@ -228,9 +232,14 @@ pub async fn update(
     if body.speaker_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(ApiError::new(ErrorKind::InvalidParameter, "`speaker_name` must not be empty"));
     }
+    // A blank transcript clears it, as at upload.
+    let transcript = body.transcript.map(|t| t.filter(|t| !t.trim().is_empty()));
+    if let Some(Some(t)) = &transcript {
+        check_transcript(t)?;
+    }
     let patch = VoicePatch {
         speaker_name: body.speaker_name,
-        transcript: body.transcript,
+        transcript: transcript.map(|t| t.map(|t| t.trim().to_owned())),
         is_default: body.is_default,
     };
     let row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
