@@ -66,6 +66,10 @@ pub struct Config {
     #[arg(long, env = "MAX_VOICE_SECONDS", default_value_t = 30.0)]
     pub max_voice_seconds: f32,
 
+    /// Shortest voice sample in seconds: from less, Dia has too little of the voice to clone it.
+    #[arg(long, env = "MIN_VOICE_SECONDS", default_value_t = 1.0)]
+    pub min_voice_seconds: f32,
+
     /// Names this process in the node table and the history (default: random).
     #[arg(long, env = "REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -114,6 +118,7 @@ impl fmt::Debug for Config {
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("max_voice_bytes", &self.max_voice_bytes)
             .field("max_voice_seconds", &self.max_voice_seconds)
+            .field("min_voice_seconds", &self.min_voice_seconds)
             .field("replica_id", &self.replica_id)
             .finish()
     }

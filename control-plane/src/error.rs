@@ -52,9 +52,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     use ErrorKind::*;
     match kind {
         MissingInput | InvalidScript | InvalidVoiceSample | MissingTranscript
-        | AudioDecodeFailed | AudioTooLong | InvalidParameter | InvalidJson | UnknownModel => {
-            StatusCode::BAD_REQUEST
-        }
+        | AudioDecodeFailed | AudioTooLong | AudioTooShort | InvalidParameter | InvalidJson
+        | UnknownModel => StatusCode::BAD_REQUEST,
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NoProvider | NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -17,8 +17,8 @@ async fn the_spec_curl_example_returns_a_valid_wav(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
     let key = server.api_key().await;
-    let s1 = server.voice(&key, 0.5, Some("I am the host.")).await;
-    let s2 = server.voice(&key, 0.25, Some("I am the guest.")).await;
+    let s1 = server.voice(&key, 1.0, Some("I am the host.")).await;
+    let s2 = server.voice(&key, 1.5, Some("I am the guest.")).await;
     let mut jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(44_100);
     let body = json!({
         "input": "[S1] Hello! Welcome to the show.\n[S2] Thanks for having me.",
@@ -55,8 +55,8 @@ async fn the_spec_curl_example_returns_a_valid_wav(backend: Backend) {
     assert_eq!(task.text, "[S1] I am the host. [S2] I am the guest. [S1] Hello! Welcome to the show. [S2] Thanks for having me.");
     let prompt = received.prompt.expect("a voice prompt frame");
     let gap = (proto::speech::VOICE_GAP_SECONDS * 44_100.0) as u64;
-    assert_eq!(task.voice_prompt.unwrap().samples, 22_050 + gap + 11_025);
-    assert_eq!(prompt.payload.len() as u64, (22_050 + gap + 11_025) * 4);
+    assert_eq!(task.voice_prompt.unwrap().samples, 44_100 + gap + 66_150);
+    assert_eq!(prompt.payload.len() as u64, (44_100 + gap + 66_150) * 4);
     assert_eq!(prompt.header.request_id, received.job.request_id);
 }
 
@@ -250,9 +250,9 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     let key = server.api_key().await;
     let other_key = server.api_key().await;
     let _jobs = ScriptedNode::connect(&server.ws_url(), "n1", 4).await.serve(100);
-    let mine_without_transcript = server.voice(&key, 0.2, None).await;
-    let theirs = server.voice(&other_key, 0.2, Some("Not yours.")).await;
-    let corrupt = server.voice(&key, 0.2, Some("Broken.")).await;
+    let mine_without_transcript = server.voice(&key, 1.0, None).await;
+    let theirs = server.voice(&other_key, 1.0, Some("Not yours.")).await;
+    let corrupt = server.voice(&key, 1.0, Some("Broken.")).await;
     sqlx_exec(
         &server,
         &format!("UPDATE voices SET pcm = {} WHERE id = {corrupt}", blob_literal(&server)),
@@ -272,7 +272,7 @@ async fn voice_sample_errors_are_reported_at_generation(backend: Backend) {
     expect_error(gen(corrupt).await, 400, "audio_decode_failed").await;
 
     // Script and transcript fit the character limit alone, not the model's window together.
-    let wordy = server.voice(&key, 0.2, Some(&"la ".repeat(300))).await;
+    let wordy = server.voice(&key, 1.0, Some(&"la ".repeat(300))).await;
     let script = format!("[S1] {}", "é".repeat(100));
     let res = server.generate(&key, json!({"input": script, "speakers": {"S1": wordy}})).await;
     let msg = expect_error(res, 413, "request_too_large").await;
@@ -433,9 +433,9 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
     let server = Server::start(&db).await;
     let key = server.api_key().await;
     let other = server.api_key().await;
-    let a = server.voice(&key, 0.3, Some("One.")).await;
-    let b = server.voice(&key, 0.3, None).await;
-    let theirs = server.voice(&other, 0.3, None).await;
+    let a = server.voice(&key, 1.2, Some("One.")).await;
+    let b = server.voice(&key, 1.2, None).await;
+    let theirs = server.voice(&other, 1.2, None).await;
 
     let (status, list) = server.get_json(&key, "/v1/voices").await;
     assert_eq!(status, 200);
@@ -443,7 +443,7 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
         list["data"].as_array().unwrap().iter().map(|v| v["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, [a, b]);
     assert_eq!(list["data"][0]["format"], "wav");
-    assert!((list["data"][0]["duration_seconds"].as_f64().unwrap() - 0.3).abs() < 0.01);
+    assert!((list["data"][0]["duration_seconds"].as_f64().unwrap() - 1.2).abs() < 0.01);
 
     let patch = |id: i64, body: Value| {
         server
@@ -477,7 +477,7 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(audio.headers()["content-type"], "audio/wav");
-    assert_eq!(audio.bytes().await.unwrap().to_vec(), common::wav(0.3));
+    assert_eq!(audio.bytes().await.unwrap().to_vec(), common::wav(1.2));
 
     // Another account's sample is invisible: not listed, not fetched, not changed, not deleted.
     expect_error(
@@ -526,6 +526,13 @@ async fn undecodable_or_oversized_uploads_get_clear_errors(backend: Backend) {
     .await;
     expect_error(server.upload(&key, common::wav(1.5), "x", None).await, 400, "audio_too_long")
         .await;
+    let msg = expect_error(
+        server.upload(&key, common::wav(0.5), "x", None).await,
+        400,
+        "audio_too_short",
+    )
+    .await;
+    assert!(msg.contains("0.50 s") && msg.contains("at least 1 s"), "{msg}");
     expect_error(server.upload(&key, vec![0; 300_000], "x", None).await, 413, "request_too_large")
         .await;
     let (_, list) = server.get_json(&key, "/v1/voices").await;

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     AudioDecodeFailed,
     /// A voice sample is longer than the configured limit (400).
     AudioTooLong,
+    /// A voice sample is shorter than the configured minimum, too little to clone from (400).
+    AudioTooShort,
     /// The input text or the body is over its limit (413).
     RequestTooLarge,
     /// No online provider offers the feature (404).
@@ -59,6 +61,7 @@ impl ErrorKind {
             Self::MissingTranscript => "missing_transcript",
             Self::AudioDecodeFailed => "audio_decode_failed",
             Self::AudioTooLong => "audio_too_long",
+            Self::AudioTooShort => "audio_too_short",
             Self::RequestTooLarge => "request_too_large",
             Self::NoProvider => "no_provider",
             Self::UpstreamError => "upstream_error",
@@ -118,6 +121,7 @@ mod tests {
             ErrorKind::MissingTranscript,
             ErrorKind::AudioDecodeFailed,
             ErrorKind::AudioTooLong,
+            ErrorKind::AudioTooShort,
             ErrorKind::RequestTooLarge,
             ErrorKind::NoProvider,
             ErrorKind::UpstreamError,

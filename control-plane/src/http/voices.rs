@@ -93,7 +93,7 @@ pub async fn list(
 
 /// Uploads a sample: decoded, downmixed to mono and resampled to 44.1 kHz; kept as uploaded too.
 #[utoipa::path(post, path = "/v1/voices", tag = "voices", operation_id = "upload_voice", request_body(content = VoiceUpload, content_type = "multipart/form-data"),
-    responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, invalid_parameter, invalid_script", body = ErrorBody),
+    responses((status = 201, body = VoiceRow), (status = 400, description = "audio_decode_failed, audio_too_long, audio_too_short, invalid_parameter, invalid_script", body = ErrorBody),
         (status = 413, description = "request_too_large", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn upload(
@@ -153,6 +153,15 @@ pub async fn upload(
                 ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}"))
             }
         })?;
+    let seconds = decoded.samples.len() as f32 / crate::audio::SAMPLE_RATE as f32;
+    if seconds < state.config.min_voice_seconds {
+        let msg = format!(
+            "`file`: the audio is {seconds:.2} s long; a voice sample needs at least {} s of \
+             speech for Dia to clone the voice",
+            state.config.min_voice_seconds
+        );
+        return Err(ApiError::new(ErrorKind::AudioTooShort, msg));
+    }
     let pcm = f32_le_bytes(&decoded.samples);
     let voice = NewVoice {
         speaker_name: speaker_name.trim(),
