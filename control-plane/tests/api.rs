@@ -511,6 +511,67 @@ async fn the_voice_library_is_per_account_with_one_default(backend: Backend) {
     assert_eq!(theirs_list["data"][0]["id"].as_i64(), Some(theirs));
 }
 
+async fn defaults(server: &Server, key: &str) -> Vec<i64> {
+    let (_, list) = server.get_json(key, "/v1/voices").await;
+    let voices = list["data"].as_array().unwrap().iter();
+    voices.filter(|v| v["is_default"] == true).map(|v| v["id"].as_i64().unwrap()).collect()
+}
+
+async fn patching_a_missing_sample_as_default_keeps_the_current_default(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let other = server.api_key().await;
+    let mine = server.voice(&key, 1.0, Some("Mine.")).await;
+    let theirs = server.voice(&other, 1.0, Some("Theirs.")).await;
+    let patch = |id: i64| {
+        server
+            .http
+            .patch(server.url(&format!("/v1/voices/{id}")))
+            .bearer_auth(&key)
+            .json(&json!({"is_default": true}))
+            .send()
+    };
+    assert_eq!(patch(mine).await.unwrap().status(), 200);
+    expect_error(patch(999_999).await.unwrap(), 404, "not_found").await;
+    expect_error(patch(theirs).await.unwrap(), 404, "not_found").await;
+    assert_eq!(defaults(&server, &key).await, [mine]);
+}
+
+async fn simultaneous_default_uploads_and_patches_leave_exactly_one_default(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let uploads = (0..8).map(|i| {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(common::wav(1.0)).file_name("a.wav"))
+            .text("speaker_name", format!("Voice {i}"))
+            .text("is_default", "true");
+        server.http.post(server.url("/v1/voices")).bearer_auth(&key).multipart(form).send()
+    });
+    let mut ids = Vec::new();
+    for res in futures_util::future::join_all(uploads).await {
+        let res = res.unwrap();
+        assert_eq!(res.status(), 201, "{:?}", res.text().await);
+        ids.push(res.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    assert_eq!(defaults(&server, &key).await.len(), 1);
+
+    let patches = ids.iter().map(|id| {
+        server
+            .http
+            .patch(server.url(&format!("/v1/voices/{id}")))
+            .bearer_auth(&key)
+            .json(&json!({"is_default": true}))
+            .send()
+    });
+    for res in futures_util::future::join_all(patches).await {
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    }
+    assert_eq!(defaults(&server, &key).await.len(), 1);
+}
+
 async fn undecodable_or_oversized_uploads_get_clear_errors(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = common::config(&db.url);
@@ -600,6 +661,8 @@ on_both_backends!(
     a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_unknown_model,
     requests_are_routed_only_to_nodes_with_the_feature_and_model,
     the_voice_library_is_per_account_with_one_default,
+    patching_a_missing_sample_as_default_keeps_the_current_default,
+    simultaneous_default_uploads_and_patches_leave_exactly_one_default,
     undecodable_or_oversized_uploads_get_clear_errors,
     history_lists_newest_first_pages_filters_and_serves_audio,
 );

@@ -74,6 +74,25 @@ pub struct CloningSample {
 }
 
 impl Db {
+    /// How a transaction that moves an account's default starts. Two of them each clearing the
+    /// old default and setting theirs would collide on the one-default index (or, on SQLite,
+    /// fail to upgrade a stale read to a write), so they take the write lock up front.
+    fn begin_write(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "BEGIN IMMEDIATE",
+            Self::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// The statement that serialises the PostgreSQL transactions moving one account's default;
+    /// SQLite's `BEGIN IMMEDIATE` already serialises every writer.
+    fn lock_account(&self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(_) => Some("SELECT id FROM accounts WHERE id = $1 FOR UPDATE"),
+        }
+    }
+
     /// The account's samples, oldest first.
     pub async fn list_voices(&self, account: &str) -> Result<Vec<VoiceRow>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM voices WHERE account_id = $1 ORDER BY id");
@@ -109,8 +128,11 @@ impl Db {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {COLUMNS}"
         );
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             if v.is_default {
+                if let Some(lock) = self.lock_account() {
+                    sqlx::query(lock).bind(account).execute(&mut *tx).await?;
+                }
                 sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default")
                     .bind(account).execute(&mut *tx).await?;
             }
@@ -142,8 +164,11 @@ impl Db {
             None => (false, None),
         };
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             if patch.is_default == Some(true) {
+                if let Some(lock) = self.lock_account() {
+                    sqlx::query(lock).bind(account).execute(&mut *tx).await?;
+                }
                 sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default AND id <> $2")
                     .bind(account).bind(id).execute(&mut *tx).await?;
             }
@@ -151,7 +176,10 @@ impl Db {
                 .bind(account).bind(id).bind(patch.speaker_name).bind(set_transcript).bind(transcript)
                 .bind(patch.is_default).bind(now_ms())
                 .fetch_optional(&mut *tx).await?;
-            tx.commit().await?;
+            // No such sample: dropping the transaction rolls back the cleared default.
+            if row.is_some() {
+                tx.commit().await?;
+            }
             Ok(row)
         })
     }
