@@ -1,4 +1,5 @@
-//! The served OpenAPI document, as a client generator or an API explorer reads it.
+//! The served OpenAPI document, as a validator and a client generator read it, and the reference
+//! page a browser renders from it.
 //! Every test runs on SQLite and on PostgreSQL.
 
 mod common;
@@ -104,8 +105,55 @@ async fn the_generation_operation_carries_the_specs_example(backend: Backend) {
     assert!(op["responses"]["200"]["content"]["audio/wav"].is_object());
 }
 
+/// The page as headless Chromium renders it, scripts run.
+fn rendered_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        // Without these it waits on the network for updates and sync, which is closed here.
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", "--virtual-time-budget=10000", url])
+        .output()
+        .expect("chromium runs (scripts/system-packages.txt installs it)");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    String::from_utf8(run.stdout).unwrap()
+}
+
+async fn the_reference_page_renders_every_operation_in_a_browser(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let page = server.http.get(server.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.starts_with("default-src 'self';"), "{csp}");
+    let html = page.text().await.unwrap();
+    for link in html.split(['"', '\'']).filter(|s| s.ends_with(".js") || s.ends_with(".css")) {
+        assert!(link.starts_with("/docs/"), "{link} is not served by the control plane");
+        let res = server.http.get(server.url(link)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{link}");
+    }
+
+    let url = server.url("/docs");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.unwrap();
+    let doc = served_document(&server).await;
+    let mut rendered = 0;
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap();
+            // Only Swagger UI's rendering of the document writes this element.
+            let element = format!("<span class=\"opblock-summary-operation-id\">{id}</span>");
+            assert!(dom.contains(&element), "{id} is not on the rendered page:\n{dom}");
+            rendered += 1;
+        }
+    }
+    assert_eq!(rendered, 13);
+    assert!(dom.contains("Dia text-to-dialogue provider"));
+}
+
 on_both_backends!(
     the_served_document_passes_the_openapi_validator,
     every_operation_is_named_and_every_error_uses_the_envelope,
     the_generation_operation_carries_the_specs_example,
+    the_reference_page_renders_every_operation_in_a_browser,
 );

@@ -7,6 +7,7 @@ pub mod health;
 pub mod history;
 pub mod models;
 pub mod openapi;
+pub mod reference;
 pub mod voices;
 
 use crate::error::ApiError;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(reference::router())
         .merge(crate::nodes::ws::router())
         .route("/metrics", axum::routing::get(crate::metrics::serve))
         // After every route: it applies to the method routers registered so far.
