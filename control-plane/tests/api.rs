@@ -538,6 +538,26 @@ async fn patching_a_missing_sample_as_default_keeps_the_current_default(backend:
     assert_eq!(defaults(&server, &key).await, [mine]);
 }
 
+async fn is_default_in_an_upload_form_reads_as_clients_write_booleans(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let upload = |flag: &'static str| {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(common::wav(1.0)).file_name("a.wav"))
+            .text("speaker_name", "Ann")
+            .text("is_default", flag);
+        server.http.post(server.url("/v1/voices")).bearer_auth(&key).multipart(form).send()
+    };
+    for (flag, expected) in [("True", true), ("false", false), ("1", true), (" FALSE ", false)] {
+        let res = upload(flag).await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(res.json::<Value>().await.unwrap()["is_default"], expected, "{flag}");
+    }
+    let msg = expect_error(upload("maybe").await.unwrap(), 400, "invalid_parameter").await;
+    assert!(msg.contains("`is_default`") && msg.contains("maybe"), "{msg}");
+}
+
 async fn simultaneous_default_uploads_and_patches_leave_exactly_one_default(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -662,6 +682,7 @@ on_both_backends!(
     requests_are_routed_only_to_nodes_with_the_feature_and_model,
     the_voice_library_is_per_account_with_one_default,
     patching_a_missing_sample_as_default_keeps_the_current_default,
+    is_default_in_an_upload_form_reads_as_clients_write_booleans,
     simultaneous_default_uploads_and_patches_leave_exactly_one_default,
     undecodable_or_oversized_uploads_get_clear_errors,
     history_lists_newest_first_pages_filters_and_serves_audio,

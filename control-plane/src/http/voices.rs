@@ -54,7 +54,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// The multipart form of an upload (for the OpenAPI document).
+/// The multipart form of an upload.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct VoiceUpload {
@@ -65,7 +65,7 @@ struct VoiceUpload {
     speaker_name: String,
     /// What the clip says.
     transcript: Option<String>,
-    /// "true" to make it the default.
+    /// True to make it the account's default (`true`/`false` in any case, or `1`/`0`).
     is_default: Option<bool>,
 }
 
@@ -111,10 +111,7 @@ pub async fn upload(
                 transcript = Some(field.text().await.map_err(multipart_error)?)
                     .filter(|t| !t.trim().is_empty())
             }
-            "is_default" => {
-                is_default =
-                    matches!(field.text().await.map_err(multipart_error)?.trim(), "true" | "1")
-            }
+            "is_default" => is_default = form_bool(&field.text().await.map_err(multipart_error)?)?,
             other => {
                 return Err(ApiError::new(
                     ErrorKind::InvalidParameter,
@@ -176,6 +173,19 @@ pub async fn upload(
     };
     let row = state.db.insert_voice(&account, &voice).await?;
     Ok((StatusCode::CREATED, Json(row)))
+}
+
+/// A boolean form field, as clients write it: `true`/`false` in any case (Python's generated
+/// clients send `True`), or `1`/`0`.
+fn form_bool(text: &str) -> Result<bool, ApiError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(ApiError::new(
+            ErrorKind::InvalidParameter,
+            format!("`is_default` must be true or false; got \"{other}\""),
+        )),
+    }
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
