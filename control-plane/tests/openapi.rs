@@ -75,6 +75,8 @@ async fn every_operation_is_named_and_every_error_uses_the_envelope(backend: Bac
     ids.dedup();
     assert_eq!(ids.len(), count, "operation ids repeat");
     assert_eq!(count, 13);
+    let admin = &doc["paths"]["/v1/admin/accounts"]["post"]["responses"]["401"];
+    assert_eq!(admin["description"], "invalid_admin_token");
     let detail = &doc["components"]["schemas"]["ErrorDetail"];
     assert_eq!(detail["required"], json!(["type", "message"]));
 }

@@ -64,29 +64,26 @@ impl Modify for CommonErrors {
 }
 
 fn add_common_errors(op: &mut Operation) {
-    let schemes: Vec<String> = op
-        .security
-        .iter()
-        .flatten()
-        .flat_map(|requirement| {
-            serde_json::to_value(requirement)
-                .ok()
-                .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
-                .unwrap_or_default()
-        })
-        .collect();
-    let unauthorized = if schemes.iter().any(|s| s == "admin_token") {
-        Some("invalid_admin_token")
-    } else if schemes.iter().any(|s| s == "api_key") {
-        Some("missing_api_key, invalid_api_key")
-    } else {
-        None
-    };
+    let unauthorized = unauthorized_types(op);
     let responses = &mut op.responses.responses;
     if let Some(types) = unauthorized {
         responses.entry("401".into()).or_insert_with(|| error_response(types).into());
     }
     responses.entry("500".into()).or_insert_with(|| error_response("internal_error").into());
+}
+
+/// The error types of a 401 from the operation's security scheme, if it has one. utoipa keeps
+/// a requirement's scheme private; serialised, each requirement is `{"<scheme>": []}`.
+fn unauthorized_types(op: &Operation) -> Option<&'static str> {
+    let security = serde_json::to_value(&op.security).unwrap_or_default();
+    let uses = |scheme| security.as_array().into_iter().flatten().any(|r| r.get(scheme).is_some());
+    if uses("admin_token") {
+        Some("invalid_admin_token")
+    } else if uses("api_key") {
+        Some("missing_api_key, invalid_api_key")
+    } else {
+        None
+    }
 }
 
 /// A response with the error envelope, listing the error types it may carry.
