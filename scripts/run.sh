@@ -19,6 +19,7 @@ fallback=()
 [ -n "${DIA_WEIGHTS:-}${DAC_WEIGHTS:-}" ] || fallback=(--tiny-random-if-offline)
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
 ./target/release/control-plane --listen "127.0.0.1:$port" \
+  --metrics-addr "127.0.0.1:${METRICS_PORT:-9090}" \
   --database-url "${DATABASE_URL:-sqlite://data/control-plane.db}" &
 ./target/release/dia-node serve --control-plane "ws://127.0.0.1:$port/v1/nodes/connect" \
   --join-token "${NODE_JOIN_TOKENS%%,*}" --device "${DEVICE:-auto}" "${fallback[@]}" \

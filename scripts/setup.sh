@@ -18,9 +18,10 @@ if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   torch_dir=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
   ln -sfn "${torch_dir#"$PWD/.venv/"}" .venv/libtorch
 fi
-# The OpenAPI tests: a validator, and a client generator (with ruff, which formats its output).
+# Python tools the tests run: the OpenAPI validator and a client generator (with ruff, which
+# formats its output); the Kubernetes schema validator.
 .venv/bin/pip install --quiet --disable-pip-version-check \
-  openapi-spec-validator==0.9.0 openapi-python-client==0.29.1
+  openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 kubernetes-validate==1.37.0
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -9,9 +9,13 @@ use std::time::Duration;
 #[derive(Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
-    /// Address the API (and the node WebSocket, /metrics, /openapi.json) listens on.
+    /// Address the API (and the node WebSocket, /openapi.json, /docs, the probes) listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address `/metrics` (Prometheus) listens on, apart from the public API.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
 
     /// Store: `sqlite://path.db` (created on first start) or `postgres://…` (what several replicas share).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://control-plane.db")]
@@ -103,6 +107,7 @@ impl fmt::Debug for Config {
         let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("metrics_addr", &self.metrics_addr)
             .field(
                 "database_url",
                 &format!("{}://<redacted>", self.database_url.split(':').next().unwrap_or("")),

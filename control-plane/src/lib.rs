@@ -20,17 +20,29 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
-/// The whole HTTP service: public API, node endpoint, health, metrics, OpenAPI.
+/// The whole HTTP service: public API, node endpoint, health, OpenAPI.
 pub fn app(state: AppState) -> Router {
     http::router(state)
+}
+
+/// Serves `GET /metrics` on its own listener, so that the scrape port need not be public.
+pub async fn serve_metrics(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    let router =
+        Router::new().route("/metrics", axum::routing::get(metrics::serve)).with_state(state);
+    axum::serve(listener, router).await?;
+    Ok(())
 }
 
 /// Starts the store and the dispatcher, then serves until SIGINT/SIGTERM, after which the nodes
 /// are told to drain.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "control plane listening");
+    let metrics = TcpListener::bind(config.metrics_addr).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?, metrics = %metrics.local_addr()?, "control plane listening"
+    );
     let state = AppState::start(config).await?;
+    tokio::spawn(serve_metrics(metrics, state.clone()));
     serve(listener, state).await
 }
 

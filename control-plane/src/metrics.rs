@@ -5,6 +5,7 @@ use crate::error::ErrorKindExt;
 use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
@@ -24,7 +25,10 @@ pub struct Metrics {
     pub queue_seconds: Histogram,
     /// `tts_queue_depth`: requests waiting for a node, pool-wide.
     pub queue_depth: IntGauge,
-    /// `tts_nodes_online{feature}`: healthy nodes on this replica.
+    /// `tts_queue_capacity`: the most requests that may wait (`MAX_QUEUED`).
+    pub queue_capacity: IntGauge,
+    /// `tts_nodes_online{feature}`: healthy nodes on this replica, for every feature of
+    /// [`proto::FEATURES`] (what nodes claim beyond them is not a label).
     pub nodes_online: IntGaugeVec,
     /// `tts_audio_generated_seconds_total`.
     pub audio_seconds: Counter,
@@ -62,6 +66,8 @@ impl Metrics {
         .expect("valid metric");
         let queue_depth =
             IntGauge::new("tts_queue_depth", "Requests waiting for a node").expect("valid metric");
+        let queue_capacity = IntGauge::new("tts_queue_capacity", "Most requests that may wait")
+            .expect("valid metric");
         let nodes_online = IntGaugeVec::new(
             Opts::new("tts_nodes_online", "Healthy nodes connected to this replica, by feature"),
             &["feature"],
@@ -74,6 +80,7 @@ impl Metrics {
         registry.register(Box::new(request_seconds.clone())).expect("registered once");
         registry.register(Box::new(queue_seconds.clone())).expect("registered once");
         registry.register(Box::new(queue_depth.clone())).expect("registered once");
+        registry.register(Box::new(queue_capacity.clone())).expect("registered once");
         registry.register(Box::new(nodes_online.clone())).expect("registered once");
         registry.register(Box::new(audio_seconds.clone())).expect("registered once");
         Self {
@@ -82,6 +89,7 @@ impl Metrics {
             request_seconds,
             queue_seconds,
             queue_depth,
+            queue_capacity,
             nodes_online,
             audio_seconds,
         }
@@ -113,13 +121,27 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     m.requests
         .with_label_values(&[
             route.as_str(),
-            method.as_str(),
+            method_label(&method),
             response.status().as_str(),
             error_type,
         ])
         .inc();
     m.request_seconds.with_label_values(&[route.as_str()]).observe(start.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of a fixed set, so a client cannot mint label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`.

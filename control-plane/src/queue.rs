@@ -257,10 +257,10 @@ impl Queue {
                     }
                 }
             }
-            // Reset first, so a feature whose last node left drops to zero.
-            self.metrics.nodes_online.reset();
-            for (feature, count) in self.registry.online_by_feature() {
-                self.metrics.nodes_online.with_label_values(&[feature.as_str()]).set(count);
+            let online = self.registry.online_by_feature();
+            for feature in proto::FEATURES {
+                let count = online.get(*feature).copied().unwrap_or(0);
+                self.metrics.nodes_online.with_label_values(&[feature]).set(count);
             }
             return Ok(());
         }

@@ -39,6 +39,7 @@ impl AppState {
             config.replica_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into();
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
+        metrics.queue_capacity.set(config.max_queued);
         let registry = Arc::new(Registry::default());
         let queue = Arc::new(Queue::new(
             db.clone(),

@@ -273,14 +273,22 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
     assert_eq!(server.generate(&key, json!({"input": "Hi"})).await.status(), 200);
     expect_error(server.generate(&key, json!({})).await, 400, "missing_input").await;
 
-    let metrics =
-        server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // A method no client should use is counted, but never becomes a label value of its own.
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    server.http.request(brew, server.url("/v1/models")).send().await.unwrap();
+    // The public port does not serve the metrics: they have their own.
+    assert_eq!(server.http.get(server.url("/metrics")).send().await.unwrap().status(), 404);
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr);
+    let metrics = server.http.get(metrics_url).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("BREW"), "{metrics}");
     for needle in [
+        r#"method="other",route="/v1/models",status="405""#,
         r#"tts_http_requests_total{error_type="missing_input",method="POST",route="/v1/voice/generations",status="400"} 1"#,
         r#"tts_http_requests_total{error_type="",method="POST",route="/v1/voice/generations",status="200"} 1"#,
         r#"tts_nodes_online{feature="voice-cloning"} 1"#,
         "tts_audio_generated_seconds_total 1",
         "tts_queue_depth 0",
+        "tts_queue_capacity 256",
         "tts_queue_wait_seconds_count 1",
         r#"tts_http_request_duration_seconds_count{route="/v1/voice/generations"} 2"#,
     ] {

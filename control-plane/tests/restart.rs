@@ -25,6 +25,7 @@ impl Process {
         let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
             .args([
                 &format!("--listen={addr}"),
+                "--metrics-addr=127.0.0.1:0",
                 &format!("--database-url={}", db.url),
                 &format!("--join-tokens={JOIN_TOKEN}"),
                 &format!("--bootstrap-api-key={KEY}"),

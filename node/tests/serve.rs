@@ -26,6 +26,8 @@ impl Drop for Node {
 
 struct Pool {
     base: String,
+    /// The control plane's `/metrics`.
+    metrics: String,
     http: reqwest::Client,
     nodes: Vec<(String, Node)>,
     _dir: tempfile::TempDir,
@@ -53,6 +55,9 @@ impl Pool {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = control_plane::AppState::start(config).await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+        tokio::spawn(control_plane::serve_metrics(metrics, state.clone()));
         tokio::spawn(control_plane::serve(listener, state));
         let nodes = commands
             .into_iter()
@@ -75,10 +80,16 @@ impl Pool {
             })
             .collect::<Vec<_>>();
         let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
-        let pool =
-            Self { base: format!("http://{addr}"), http: reqwest::Client::new(), nodes, _dir: dir };
+        let pool = Self {
+            base: format!("http://{addr}"),
+            metrics: metrics_url,
+            http: reqwest::Client::new(),
+            nodes,
+            _dir: dir,
+        };
         for _ in 0..300 {
-            if pool.get("/metrics").await.text().await.unwrap().contains(&online) {
+            let metrics = reqwest::get(&pool.metrics).await.unwrap().text().await.unwrap();
+            if metrics.contains(&online) {
                 return pool;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -359,4 +370,58 @@ async fn nan_logits_fail_the_request_as_upstream_error_and_the_node_keeps_servin
     assert!(metrics.contains("dia_node_jobs_total{outcome=\"failed\"}"), "{metrics}");
     let log = std::fs::read_to_string(&pool.nodes[0].1 .2).unwrap();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// `promtool check <args>` with `input` on stdin; panics with its output unless it passes.
+fn promtool(args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_alert_rules_use_only_metrics_the_running_programs_export() {
+    let pool = Pool::start(1, 1).await;
+    let res = pool.generate(json!({"input": "[S1] Counted.", "max_new_tokens": 256})).await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let control = reqwest::get(&pool.metrics).await.unwrap().text().await.unwrap();
+    let node = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();
+    promtool(&["check", "metrics"], &control);
+    promtool(&["check", "metrics"], &node);
+    let exported: std::collections::HashSet<&str> = control
+        .lines()
+        .chain(node.lines())
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+
+    let monitoring = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s/monitoring");
+    let rules = std::fs::read_to_string(monitoring.join("rules.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(monitoring.join("dashboard.json")).unwrap();
+    let status = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(monitoring.join("rules.yml"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "promtool check rules failed");
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .chain(dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("tts_") || w.starts_with("dia_node_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 12, "the rules and the dashboard name {used:?}");
+    let missing: Vec<&&str> = used.iter().filter(|m| !exported.contains(**m)).collect();
+    assert!(missing.is_empty(), "used but not exported: {missing:?}\n{control}\n{node}");
 }

@@ -37,3 +37,5 @@ pub const SAMPLE_RATE: u32 = 44_100;
 
 /// The feature a node advertises to serve `POST /v1/voice/generations`.
 pub const FEATURE_VOICE_CLONING: &str = "voice-cloning";
+/// Every feature the control plane routes.
+pub const FEATURES: &[&str] = &[FEATURE_VOICE_CLONING];

@@ -35,7 +35,6 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(reference::router())
         .merge(crate::nodes::ws::router())
-        .route("/metrics", axum::routing::get(crate::metrics::serve))
         // After every route: it applies to the method routers registered so far.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)

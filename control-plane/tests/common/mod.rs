@@ -95,6 +95,8 @@ impl Drop for TestDb {
 /// A running control plane.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
     pub state: AppState,
     pub http: reqwest::Client,
 }
@@ -119,8 +121,11 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::start(config).await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        tokio::spawn(control_plane::serve_metrics(metrics, state.clone()));
         tokio::spawn(control_plane::serve(listener, state.clone()));
-        Self { addr, state, http: reqwest::Client::new() }
+        Self { addr, metrics_addr, state, http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
