@@ -19,7 +19,7 @@ use crate::error::{ModelError, Result};
 const BINARY_VERSIONS: std::ops::RangeInclusive<u32> = 4..=6;
 
 /// Every variable of a `model.bin`, by CTranslate2 name.
-pub fn read_model_bin(path: &Path) -> Result<TensorMap> {
+fn read_model_bin(path: &Path) -> Result<TensorMap> {
     let bytes = std::fs::read(path)
         .map_err(|e| ModelError::Checkpoint { path: path.to_owned(), message: e.to_string() })?;
     let mut r = Reader { bytes: &bytes, pos: 0, path };

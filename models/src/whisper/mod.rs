@@ -8,7 +8,7 @@
 //! reference in `docs/whisper-reference.md`.
 
 mod config;
-mod ct2;
+pub mod ct2;
 pub mod mel;
 mod model;
 mod tokenizer;
@@ -21,7 +21,6 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 pub use config::WhisperConfig;
-pub use ct2::read_model_bin;
 pub use tokenizer::Tokenizer;
 
 use crate::checkpoint::{load_into, read_safetensors};

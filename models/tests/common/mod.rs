@@ -40,6 +40,37 @@ pub fn whisper_weights() -> PathBuf {
     dir
 }
 
+/// Writes `dir` as a transformers-layout Whisper checkpoint (the hub's `openai/whisper-base`
+/// files) holding the CTranslate2 weights of [`whisper_weights`], renamed: `model.safetensors`,
+/// `config.json`, `generation_config.json`, `tokenizer.json`.
+pub fn write_whisper_transformers_folder(dir: &Path) {
+    let ct2 = whisper_weights();
+    let (c, tensors) = models::whisper::ct2::read_dir(&ct2).expect("CTranslate2 Whisper reads");
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "whisper",
+        "num_mel_bins": c.num_mel_bins,
+        "d_model": c.d_model,
+        "encoder_layers": c.encoder_layers,
+        "encoder_attention_heads": c.encoder_attention_heads,
+        "decoder_layers": c.decoder_layers,
+        "decoder_attention_heads": c.decoder_attention_heads,
+        "encoder_ffn_dim": c.encoder_ffn_dim,
+        "decoder_ffn_dim": c.decoder_ffn_dim,
+        "vocab_size": c.vocab_size,
+        "max_source_positions": c.max_source_positions,
+        "max_target_positions": c.max_target_positions,
+    });
+    let generation = serde_json::json!({
+        "suppress_tokens": c.suppress_tokens,
+        "begin_suppress_tokens": c.begin_suppress_tokens,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+    std::fs::copy(ct2.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+}
+
 /// The tensors and the metadata of one case.
 pub struct Case {
     pub tensors: HashMap<String, Tensor>,
