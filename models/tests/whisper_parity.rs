@@ -112,6 +112,35 @@ fn greedy_tokens_match_faster_whisper_from_the_wav_files() {
 }
 
 #[test]
+fn a_clip_longer_than_a_window_is_decoded_window_by_window() {
+    let dir = whisper_dir();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("long.json")).unwrap()).unwrap();
+    let expected: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(dir.join("long.safetensors")).unwrap();
+    // Rebuilt as the fixture script builds it: each clip, then silence, the sequence repeated.
+    let gap = meta["gap_samples"].as_u64().unwrap() as usize;
+    let mut pcm = Vec::new();
+    for _ in 0..meta["repeat"].as_u64().unwrap() {
+        for clip in meta["clips"].as_array().unwrap() {
+            pcm.extend(read_wav(&dir.join(format!("{}.wav", clip.as_str().unwrap()))).0);
+            pcm.extend(std::iter::repeat_n(0.0, gap));
+        }
+    }
+    assert_eq!(pcm.len() as u64, meta["samples"].as_u64().unwrap());
+    assert!(pcm.len() > 30 * 16_000);
+
+    let model = model();
+    let transcript = model.transcribe(&pcm, 16_000, 1, None).unwrap();
+    assert_same("long tokens", &Tensor::from_slice(&transcript.tokens), &expected[0].1);
+    assert_eq!(transcript.language, meta["language"].as_str().unwrap());
+    let windows: Vec<&str> =
+        meta["window_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(windows.len(), 2);
+    assert_eq!(transcript.text, windows.concat().trim());
+}
+
+#[test]
 fn a_given_language_is_used_as_given() {
     let model = model();
     let case = Case::load(&whisper_dir(), "de_150");
