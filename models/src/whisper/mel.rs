@@ -12,6 +12,8 @@ pub const N_FFT: i64 = 400;
 pub const HOP_LENGTH: i64 = 160;
 /// Frames of one 30 s window, the encoder's input length.
 pub const WINDOW_FRAMES: i64 = 3_000;
+/// The shortest clip whose padded length exceeds the half window reflected on each side.
+pub const MIN_SAMPLES: usize = (N_FFT / 2 - HOP_LENGTH + 1) as usize;
 
 /// Log-mel features `[n_mels, ⌊T / 160⌋ + 1]` of the whole clip `[T]`; the maximum that the
 /// dynamic range is clamped against is the clip's, not a window's.

@@ -97,8 +97,17 @@ impl Whisper {
     }
 
     /// Log-mel features `[n_mels, ⌊T / 160⌋ + 1]` of 16 kHz mono audio (see [`mel::log_mel`]).
-    pub fn log_mel(&self, audio_16k: &[f32]) -> Tensor {
-        mel::log_mel(&Tensor::from_slice(audio_16k).to_device(self.device), &self.mel_filters)
+    /// The centring reflects half a window, so the clip needs more than [`mel::MIN_SAMPLES`].
+    pub fn log_mel(&self, audio_16k: &[f32]) -> Result<Tensor> {
+        if audio_16k.len() < mel::MIN_SAMPLES {
+            return Err(ModelError::Input(format!(
+                "{} samples at 16 kHz is too short a clip (at least {})",
+                audio_16k.len(),
+                mel::MIN_SAMPLES
+            )));
+        }
+        let audio = Tensor::from_slice(audio_16k).to_device(self.device);
+        Ok(mel::log_mel(&audio, &self.mel_filters))
     }
 
     /// Encoder output `[max_source_positions, D]` of one window `[n_mels, 3000]`.
@@ -171,7 +180,7 @@ impl Whisper {
         language: Option<&str>,
     ) -> Result<Transcript> {
         let audio = to_mono_16k(pcm, sample_rate, channels)?;
-        let mel = self.log_mel(&audio);
+        let mel = self.log_mel(&audio)?;
         // faster-whisper detects on the features as computed (the extra last frame included) but
         // transcribes the frames before it.
         let language = match language {
@@ -223,4 +232,33 @@ pub fn to_mono_16k(pcm: &[f32], sample_rate: u32, channels: u16) -> Result<Vec<f
             .map_err(|e| error(&e))?;
     let input = InterleavedSlice::new(&mono, 1, mono.len()).map_err(|e| error(&e))?;
     Ok(resampler.process_all(&input, mono.len(), None).map_err(|e| error(&e))?.take_data())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_are_averaged_and_16k_is_kept() {
+        let mono = to_mono_16k(&[1.0, 0.0, 0.5, 0.25, -1.0, 1.0], 16_000, 2).unwrap();
+        assert_eq!(mono, [0.5, 0.375, 0.0]);
+    }
+
+    #[test]
+    fn any_accepted_rate_resamples_to_the_expected_length() {
+        for rate in [8_000, 22_050, 44_100, 44_101, 48_000, 96_000] {
+            for len in [1, 1_000, 44_100] {
+                let out = to_mono_16k(&vec![0.25; len], rate, 1).unwrap();
+                let expected = (len as f64 * 16_000.0 / f64::from(rate)).ceil() as usize;
+                assert_eq!(out.len(), expected, "{len} samples at {rate} Hz");
+            }
+        }
+    }
+
+    #[test]
+    fn pcm_that_is_not_whole_frames_or_empty_is_refused() {
+        assert!(to_mono_16k(&[0.0; 3], 16_000, 2).is_err());
+        assert!(to_mono_16k(&[0.0; 4], 16_000, 0).is_err());
+        assert!(to_mono_16k(&[], 16_000, 1).is_err());
+    }
 }
