@@ -36,6 +36,12 @@ fn read_model_bin(path: &Path) -> Result<TensorMap> {
     let mut tensors = TensorMap::new();
     for _ in 0..count {
         let name = r.string()?;
+        // int8 weights with per-row scales would be read as numbers, not dequantised.
+        if name.ends_with("_scale") {
+            return Err(r.error(format!(
+                "{name}: quantized models are not supported (convert with float16 or float32)"
+            )));
+        }
         let rank = r.u8()?;
         let dims: Vec<i64> = (0..rank).map(|_| r.u32().map(i64::from)).collect::<Result<_>>()?;
         let kind = match r.u8()? {
@@ -200,4 +206,49 @@ fn rename(path: &Path, name: &str, t: Tensor, out: &mut TensorMap) -> Result<()>
         out.insert(format!("{at}.{part}.{leaf}"), chunk.contiguous());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `model.bin` holding one f32 variable `name` of shape `[2]`.
+    fn model_bin(name: &str) -> Vec<u8> {
+        let string = |s: &str| {
+            let mut out = ((s.len() + 1) as u16).to_le_bytes().to_vec();
+            out.extend(s.as_bytes());
+            out.push(0);
+            out
+        };
+        let mut bin = 6u32.to_le_bytes().to_vec();
+        bin.extend(string("WhisperSpec"));
+        bin.extend(3u32.to_le_bytes());
+        bin.extend(1u32.to_le_bytes());
+        bin.extend(string(name));
+        bin.push(1);
+        bin.extend(2u32.to_le_bytes());
+        bin.push(0);
+        bin.extend(8u32.to_le_bytes());
+        bin.extend([1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()));
+        bin
+    }
+
+    #[test]
+    fn variables_are_read_with_their_shape_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.bin");
+        std::fs::write(&path, model_bin("encoder/layer_norm/gamma")).unwrap();
+        let tensors = read_model_bin(&path).unwrap();
+        let t = &tensors["encoder/layer_norm/gamma"];
+        assert_eq!(Vec::<f32>::try_from(t).unwrap(), [1.5, -2.0]);
+    }
+
+    #[test]
+    fn quantized_models_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.bin");
+        std::fs::write(&path, model_bin("encoder/layer_0/ffn/linear_0/weight_scale")).unwrap();
+        let err = read_model_bin(&path).unwrap_err().to_string();
+        assert!(err.contains("quantized"), "{err}");
+    }
 }
