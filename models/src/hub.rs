@@ -13,6 +13,9 @@ pub const DIA_REVISION: &str = "ef2795fcc29c5abe6ffc91fd33808588b49bbc66";
 /// The 44.1 kHz DAC in transformers layout, and its revision.
 pub const DAC_REPO: &str = "descript/dac_44khz";
 pub const DAC_REVISION: &str = "c1bc521685adf9cfe247bc39a5ca58917eda1ac4";
+/// Whisper base in transformers layout, and its revision.
+pub const WHISPER_REPO: &str = "openai/whisper-base";
+pub const WHISPER_REVISION: &str = "e37978b90ca9030d5170a5c07aadb050351a65bb";
 
 /// A checkpoint as named on a command line: a folder if one is there, else a hub repo
 /// `owner/name` or `owner/name@revision`.
@@ -82,6 +85,17 @@ pub fn dia_weights(spec: &str) -> Result<PathBuf> {
 pub fn dac_weights(spec: &str) -> Result<PathBuf> {
     resolve(Source::parse(spec, DAC_REPO, DAC_REVISION), |repo| {
         repo.get("model.safetensors")?;
+        repo.get("config.json")
+    })
+}
+
+/// A folder holding Whisper, like [`dia_weights`]: a local folder in either layout
+/// ([`crate::whisper::Whisper::load`]), or a hub repo in transformers layout.
+pub fn whisper_weights(spec: &str) -> Result<PathBuf> {
+    resolve(Source::parse(spec, WHISPER_REPO, WHISPER_REVISION), |repo| {
+        for file in ["model.safetensors", "generation_config.json", "tokenizer.json"] {
+            repo.get(file)?;
+        }
         repo.get("config.json")
     })
 }

