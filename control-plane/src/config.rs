@@ -50,6 +50,10 @@ pub struct Config {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 900)]
     pub job_timeout_secs: u64,
 
+    /// Most jobs one node may hold at once, whatever capacity it claims.
+    #[arg(long, env = "MAX_NODE_CAPACITY", default_value_t = 64)]
+    pub max_node_capacity: u32,
+
     /// Tries per request across nodes (failover); the client sees upstream_error when all fail.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i64,
@@ -118,6 +122,7 @@ impl fmt::Debug for Config {
             .field("max_input_chars", &self.max_input_chars)
             .field("max_queued", &self.max_queued)
             .field("queue_timeout_secs", &self.queue_timeout_secs)
+            .field("max_node_capacity", &self.max_node_capacity)
             .field("max_attempts", &self.max_attempts)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("poll_interval_ms", &self.poll_interval_ms)

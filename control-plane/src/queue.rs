@@ -16,7 +16,7 @@ use crate::nodes::ws::text;
 use axum::extract::ws::Message;
 use proto::{
     BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
-    RequestId, Stream, Task, WireError, SAMPLE_RATE,
+    RequestId, Stream, Task, WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -148,8 +148,17 @@ impl Queue {
     fn cancel_local(&self, id: RequestId) {
         if let Some(tx) = self.registry.cancel(id) {
             tracing::info!(request = %id, "cancelling on its node");
-            let _ = tx.send(text(&ControlToNode::Cancel { request_id: id }));
+            let _ = tx.try_send(text(&ControlToNode::Cancel { request_id: id }));
             self.wake();
+        }
+    }
+
+    /// Takes an attempt away from its node of this replica and tells the node to stop it.
+    pub async fn stop_attempt(&self, node: &NodeId, request: RequestId, attempt: u32) {
+        if self.registry.take(node, request, attempt).is_some() {
+            if let Some(tx) = self.registry.sender(node) {
+                let _ = tx.try_send(text(&ControlToNode::Cancel { request_id: request }));
+            }
         }
     }
 
@@ -289,10 +298,12 @@ impl Queue {
             return;
         };
         self.metrics.queue_seconds.observe(claimed.queue_seconds);
-        let sent = self.registry.assign(node, request_id, attempt).is_some_and(|tx| {
+        let max_audio_bytes = max_audio_samples(&task) * 2;
+        let assigned = self.registry.assign(node, request_id, attempt, max_audio_bytes);
+        let sent = assigned.is_some_and(|tx| {
             let job =
                 ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
-            let mut ok = tx.send(text(&job)).is_ok();
+            let mut ok = tx.try_send(text(&job)).is_ok();
             if let Some(pcm) = claimed.prompt_audio {
                 let header = FrameHeader {
                     request_id,
@@ -302,7 +313,7 @@ impl Queue {
                     encoding: PcmEncoding::F32Le,
                 };
                 ok &= tx
-                    .send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into()))
+                    .try_send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into()))
                     .is_ok();
             }
             ok
@@ -330,11 +341,7 @@ impl Queue {
             let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };
             // The replica holding the node stops it; the others only record the failure.
             let node = NodeId(node);
-            if self.registry.take(&node, id, attempt).is_some() {
-                if let Some(tx) = self.registry.sender(&node) {
-                    let _ = tx.send(text(&ControlToNode::Cancel { request_id: id }));
-                }
-            }
+            self.stop_attempt(&node, id, attempt).await;
             let msg = format!("node {node} did not finish within {limit} s");
             let late = WireError::new(ErrorKind::UpstreamError, msg);
             self.attempt_failed(id, attempt, "timed_out", &late, true).await;
@@ -373,4 +380,11 @@ impl Queue {
             }
         }
     }
+}
+
+/// The most audio a job may bring back: its frames at the speed factor, plus a second of slack.
+fn max_audio_samples(task: &Task) -> usize {
+    let Task::Speech(speech) = task;
+    let frames = f64::from(speech.max_new_tokens) * f64::from(SAMPLES_PER_FRAME);
+    (frames / f64::from(speech.speed_factor).max(0.1)).ceil() as usize + SAMPLE_RATE as usize
 }

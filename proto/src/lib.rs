@@ -34,6 +34,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Sample rate of every PCM payload on the wire, both directions (Dia's DAC runs at 44.1 kHz).
 pub const SAMPLE_RATE: u32 = 44_100;
+/// Audio samples per generated frame (the DAC's hop): `max_new_tokens` frames are at most this
+/// many samples each, before the speed factor.
+pub const SAMPLES_PER_FRAME: u32 = 512;
 
 /// The feature a node advertises to serve `POST /v1/voice/generations`.
 pub const FEATURE_VOICE_CLONING: &str = "voice-cloning";

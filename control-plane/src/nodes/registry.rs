@@ -4,10 +4,11 @@ use axum::extract::ws::Message;
 use proto::{FrameHeader, Hello, ModelInfo, NodeId, RequestId};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
-/// Outbound messages to one node's socket.
-pub type NodeTx = UnboundedSender<Message>;
+/// Outbound messages to one node's socket; bounded, so a node that stops reading cannot make
+/// the control plane buffer without end (a full outbox counts as a lost node).
+pub type NodeTx = Sender<Message>;
 
 struct Entry {
     session: u64,
@@ -23,6 +24,17 @@ struct Running {
     /// 16-bit LE PCM received so far, in chunk order.
     audio: Vec<u8>,
     next_chunk: u32,
+    /// Most audio bytes the job may produce.
+    max_audio_bytes: usize,
+}
+
+/// Why an audio chunk was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AudioRefused {
+    /// No such job on the node, a stale attempt, or a chunk out of order.
+    NotExpected,
+    /// More audio than the job's bound allows: the attempt must end.
+    TooLong,
 }
 
 /// A node that can take a job now.
@@ -104,26 +116,41 @@ impl Registry {
         free.into_iter().map(|(_, c)| c).collect()
     }
 
-    /// Books a job on a node; returns the socket to send it on, or `None` if the node is gone.
-    pub fn assign(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<NodeTx> {
+    /// Books a job that may produce up to `max_audio_bytes` on a node; returns the socket to
+    /// send it on, or `None` if the node is gone.
+    pub fn assign(
+        &self,
+        id: &NodeId,
+        request: RequestId,
+        attempt: u32,
+        max_audio_bytes: usize,
+    ) -> Option<NodeTx> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let entry = nodes.get_mut(id)?;
-        entry.jobs.insert(request, Running { attempt, audio: Vec::new(), next_chunk: 0 });
+        let job = Running { attempt, audio: Vec::new(), next_chunk: 0, max_audio_bytes };
+        entry.jobs.insert(request, job);
         Some(entry.tx.clone())
     }
 
-    /// Appends an audio chunk; false for an unknown job, a stale attempt or a chunk out of order.
-    pub fn push_audio(&self, id: &NodeId, header: &FrameHeader, payload: &[u8]) -> bool {
+    /// Appends an audio chunk of the job's current attempt, in order and within its bound.
+    pub fn push_audio(
+        &self,
+        id: &NodeId,
+        header: &FrameHeader,
+        payload: &[u8],
+    ) -> Result<(), AudioRefused> {
         let mut nodes = self.nodes.lock().expect("registry lock");
-        let Some(job) = nodes.get_mut(id).and_then(|e| e.jobs.get_mut(&header.request_id)) else {
-            return false;
-        };
-        if job.attempt != header.attempt || job.next_chunk != header.chunk {
-            return false;
+        let job = nodes
+            .get_mut(id)
+            .and_then(|e| e.jobs.get_mut(&header.request_id))
+            .filter(|job| job.attempt == header.attempt && job.next_chunk == header.chunk)
+            .ok_or(AudioRefused::NotExpected)?;
+        if job.audio.len() + payload.len() > job.max_audio_bytes {
+            return Err(AudioRefused::TooLong);
         }
         job.audio.extend_from_slice(payload);
         job.next_chunk += 1;
-        true
+        Ok(())
     }
 
     /// Ends a job on a node; returns its audio when the attempt matches.

@@ -7,6 +7,7 @@
 use crate::db::nodes::NodeState;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
+use crate::nodes::registry::AudioRefused;
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -22,8 +23,13 @@ use proto::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-/// Biggest frame a node may send (a long generation's audio may come as one chunk).
-const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+/// Biggest message a node may send: audio comes in chunks of a second (88 KiB), so this only
+/// bounds what a misbehaving node can make the control plane hold.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Messages waiting to be written to one node.
+const OUTBOX: usize = 256;
+/// Longest error message of a node kept in the history.
+const MAX_NODE_MESSAGE_CHARS: usize = 1000;
 
 /// Routes of the node endpoint.
 pub fn router() -> Router<AppState> {
@@ -45,7 +51,10 @@ async fn connect(
     if token.is_empty() || !state.config.join_tokens.iter().any(|t| t == &token) {
         return Err(ApiError::new(ErrorKind::InvalidApiKey, "unknown node join token"));
     }
-    Ok(ws.max_message_size(MAX_FRAME_BYTES).on_upgrade(move |socket| session(state, socket)))
+    Ok(ws
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| session(state, socket)))
 }
 
 async fn session(state: AppState, socket: WebSocket) {
@@ -54,7 +63,7 @@ async fn session(state: AppState, socket: WebSocket) {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<NodeToControl>(&text),
         _ => return,
     };
-    let hello = match hello {
+    let mut hello = match hello {
         Ok(NodeToControl::Hello(hello)) => hello,
         _ => return reject(&mut sink, "the first message must be a hello").await,
     };
@@ -65,7 +74,11 @@ async fn session(state: AppState, socket: WebSocket) {
     if hello.capacity == 0 || hello.models.is_empty() {
         return reject(&mut sink, "a node needs a capacity of at least 1 and a model").await;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    if hello.capacity > state.config.max_node_capacity {
+        tracing::warn!(node = %hello.node_id, claimed = hello.capacity, "capacity capped");
+        hello.capacity = state.config.max_node_capacity;
+    }
+    let (tx, mut rx) = mpsc::channel(OUTBOX);
     let node = hello.node_id.clone();
     let session = match state.registry.register(hello.clone(), tx) {
         Ok(session) => session,
@@ -118,8 +131,21 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) {
         },
         Message::Binary(bytes) => match BinaryFrame::decode(&bytes) {
             Ok(frame) if frame.header.stream == Stream::Audio => {
-                if !state.registry.push_audio(node, &frame.header, &frame.payload) {
-                    tracing::warn!(node = %node, request = %frame.header.request_id, "audio for no current job");
+                let (request, attempt) = (frame.header.request_id, frame.header.attempt);
+                match state.registry.push_audio(node, &frame.header, &frame.payload) {
+                    Ok(()) => {}
+                    Err(AudioRefused::NotExpected) => {
+                        tracing::warn!(node = %node, request = %request, "audio for no current job")
+                    }
+                    Err(AudioRefused::TooLong) => {
+                        state.queue.stop_attempt(node, request, attempt).await;
+                        let msg = format!(
+                            "node {node} sent more audio than the request's max_new_tokens and \
+                             speed_factor allow"
+                        );
+                        let error = WireError::new(ErrorKind::UpstreamError, msg);
+                        state.queue.attempt_failed(request, attempt, "failed", &error, true).await;
+                    }
                 }
             }
             Ok(_) => tracing::warn!(node = %node, "a node sent a voice-prompt frame"),
@@ -160,6 +186,10 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
         }
         NodeToControl::Failed { request_id, attempt, error, retryable } => {
             if state.registry.take(node, request_id, attempt).is_some() {
+                // Whatever kind a node names, the client sees a failure upstream; the node's
+                // words stay in the history, within bounds.
+                let message: String = error.message.chars().take(MAX_NODE_MESSAGE_CHARS).collect();
+                let error = WireError::new(ErrorKind::UpstreamError, message);
                 state.queue.attempt_failed(request_id, attempt, "failed", &error, retryable).await;
             }
         }

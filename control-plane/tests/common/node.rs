@@ -100,15 +100,7 @@ impl ScriptedNode {
     pub async fn complete(&mut self, job: &Job, samples: &[i16]) {
         let (a, b) = samples.split_at(samples.len() / 2);
         for (chunk, part) in [a, b].into_iter().enumerate() {
-            let header = FrameHeader {
-                request_id: job.request_id,
-                attempt: job.attempt,
-                stream: Stream::Audio,
-                chunk: chunk as u32,
-                encoding: PcmEncoding::I16Le,
-            };
-            let frame = BinaryFrame { header, payload: i16_le_bytes(part) };
-            self.ws.send(Message::binary(frame.encode())).await.unwrap();
+            self.audio(job, chunk as u32, part).await;
         }
         let done = NodeToControl::Finished(Finished {
             request_id: job.request_id,
@@ -117,6 +109,24 @@ impl ScriptedNode {
             inference_seconds: 0.01,
         });
         self.send(&done).await;
+    }
+
+    /// Sends one audio chunk of `job`.
+    pub async fn audio(&mut self, job: &Job, chunk: u32, samples: &[i16]) {
+        let header = FrameHeader {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            stream: Stream::Audio,
+            chunk,
+            encoding: PcmEncoding::I16Le,
+        };
+        let frame = BinaryFrame { header, payload: i16_le_bytes(samples) };
+        self.raw(Message::binary(frame.encode())).await;
+    }
+
+    /// Sends any WebSocket message; an error (the control plane closed) is ignored.
+    pub async fn raw(&mut self, message: Message) {
+        let _ = self.ws.send(message).await;
     }
 
     /// Reports `generated_seconds` of audio done for `job`.
@@ -130,10 +140,19 @@ impl ScriptedNode {
     }
 
     pub async fn fail(&mut self, job: &Job, retryable: bool) {
+        self.fail_with(
+            job,
+            WireError::new(ErrorKind::UpstreamError, "scripted failure"),
+            retryable,
+        )
+        .await;
+    }
+
+    pub async fn fail_with(&mut self, job: &Job, error: WireError, retryable: bool) {
         let failed = NodeToControl::Failed {
             request_id: job.request_id,
             attempt: job.attempt,
-            error: WireError::new(ErrorKind::UpstreamError, "scripted failure"),
+            error,
             retryable,
         };
         self.send(&failed).await;

@@ -1,0 +1,116 @@
+//! Nodes may be run by others: what a node claims or sends is bounded, on the real WebSocket
+//! with a misbehaving scripted node. Every test runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::node::ScriptedNode;
+use common::{expect_error, Backend, Server, TestDb};
+use proto::{ControlToNode, ErrorKind, WireError};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+fn generate(server: &Server, key: &str, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (http, url, key) =
+        (server.http.clone(), server.url("/v1/voice/generations"), key.to_owned());
+    tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await.unwrap() })
+}
+
+async fn attempts(server: &Server, key: &str, id: &str) -> Vec<(String, String, String)> {
+    let (_, item) = server.get_json(key, &format!("/v1/history/{id}")).await;
+    item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+            (s("node_id"), s("outcome"), s("error_message"))
+        })
+        .collect()
+}
+
+async fn a_claimed_capacity_is_capped_by_the_configured_maximum(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.max_node_capacity = 2;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut greedy = ScriptedNode::connect(&server.ws_url(), "greedy", 1000).await;
+    let _requests: Vec<_> =
+        (0..3).map(|i| generate(&server, &key, json!({"input": format!("[S1] {i}")}))).collect();
+    greedy.next_job().await;
+    greedy.next_job().await;
+    let third = tokio::time::timeout(Duration::from_millis(1500), greedy.next_control()).await;
+    assert!(third.is_err(), "a third job went to a node capped at 2: {third:?}");
+}
+
+async fn a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "liar", 1).await;
+    let request = generate(&server, &key, json!({"input": "[S1] Blame me."}));
+    let job = node.next_job().await.job;
+    let long = format!("not your key {}", "x".repeat(5000));
+    node.fail_with(&job, WireError::new(ErrorKind::InvalidApiKey, long), false).await;
+    let message = expect_error(request.await.unwrap(), 502, "upstream_error").await;
+    assert!(message.starts_with("not your key"), "{message}");
+    assert!(message.chars().count() <= 1000, "{} characters", message.chars().count());
+    let history = attempts(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!(history.len(), 1);
+    assert!(history[0].2.starts_with("not your key"), "{history:?}");
+}
+
+async fn audio_past_what_the_request_allows_fails_the_attempt_over(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut flood = ScriptedNode::connect(&server.ws_url(), "flood", 1).await;
+    // 256 frames at speed 2 allow 256·512/2 samples and a second of slack: 109 636.
+    let body = json!({"input": "[S1] Short.", "max_new_tokens": 256, "speed_factor": 2.0});
+    let request = generate(&server, &key, body);
+    let job = flood.next_job().await.job;
+    // Ranked before `flood` at equal load, so the retry goes to it.
+    let mut calm = ScriptedNode::connect(&server.ws_url(), "calm", 1).await.serve(1000);
+    flood.audio(&job, 0, &vec![0; 100_000]).await;
+    flood.audio(&job, 1, &vec![0; 10_000]).await;
+    match flood.next_control().await {
+        Some(ControlToNode::Cancel { request_id }) => assert_eq!(request_id, job.request_id),
+        other => panic!("expected the flooding node's job cancelled, got {other:?}"),
+    }
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-node-id"], "calm");
+    assert_eq!(calm.recv().await.unwrap().job.attempt, 2);
+    let history = attempts(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("flood", "failed"));
+    assert!(history[0].2.contains("more audio than"), "{history:?}");
+    assert_eq!((history[1].0.as_str(), history[1].1.as_str()), ("calm", "succeeded"));
+}
+
+async fn an_oversized_message_ends_the_session_and_its_job_fails_over(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut huge = ScriptedNode::connect(&server.ws_url(), "huge", 1).await;
+    let request = generate(&server, &key, json!({"input": "[S1] Big."}));
+    let job = huge.next_job().await.job;
+    let _steady = ScriptedNode::connect(&server.ws_url(), "steady", 1).await.serve(1000);
+    huge.raw(Message::binary(vec![0u8; 17 * 1024 * 1024])).await;
+    assert!(huge.next_control().await.is_none(), "the session of a node sending 17 MiB ends");
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-node-id"], "steady");
+    let history = attempts(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("huge", "node_lost"));
+}
+
+on_both_backends!(
+    a_claimed_capacity_is_capped_by_the_configured_maximum,
+    a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message,
+    audio_past_what_the_request_allows_fails_the_attempt_over,
+    an_oversized_message_ends_the_session_and_its_job_fails_over,
+);
