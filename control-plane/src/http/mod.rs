@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(reference::router())
+        .merge(crate::dashboard::router())
         .merge(crate::nodes::ws::router())
         .route("/metrics", axum::routing::get(crate::metrics::serve))
         // After every route: it applies to the method routers registered so far.
