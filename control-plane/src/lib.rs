@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod http;

@@ -134,15 +134,21 @@ impl Queue {
     /// Cancels a request whose client went away: recorded as failed (`cancelled`), and the node
     /// running it, on whichever replica, is told to stop.
     pub async fn cancel(&self, id: RequestId) {
-        let error = WireError::new(ErrorKind::Cancelled, "the client disconnected");
-        match self.db.fail_unfinished(&id.to_string(), &error, true).await {
-            Ok(true) => {
-                self.cancel_local(id);
-                self.notify(CHANNEL_CANCEL, &id.to_string()).await;
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, request = %id, "could not record a cancellation"),
+        if let Err(e) = self.cancel_because(id, "the client disconnected").await {
+            tracing::error!(error = %e, request = %id, "could not record a cancellation");
         }
+    }
+
+    /// Cancels a queued or running request (recorded as failed, `cancelled`, with `why`) and
+    /// tells its node to stop; false when it had already ended.
+    pub async fn cancel_because(&self, id: RequestId, why: &str) -> Result<bool, sqlx::Error> {
+        let error = WireError::new(ErrorKind::Cancelled, why);
+        let cancelled = self.db.fail_unfinished(&id.to_string(), &error, true).await?;
+        if cancelled {
+            self.cancel_local(id);
+            self.notify(CHANNEL_CANCEL, &id.to_string()).await;
+        }
+        Ok(cancelled)
     }
 
     fn cancel_local(&self, id: RequestId) {

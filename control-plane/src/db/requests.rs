@@ -138,6 +138,17 @@ pub struct AttemptRow {
     pub error_message: Option<String>,
 }
 
+/// Which of an account's requests a history page lists; `None` fields do not filter.
+#[derive(Default)]
+pub struct HistoryFilter<'a> {
+    /// queued, running, succeeded or failed.
+    pub status: Option<&'a str>,
+    /// Sharing collection.
+    pub collection: Option<&'a str>,
+    /// private, unlisted or public.
+    pub visibility: Option<&'a str>,
+}
+
 /// How an attempt ended without audio.
 pub struct AttemptFailure<'a> {
     /// `failed` (the node said so) or `node_lost`.
@@ -360,17 +371,19 @@ impl Db {
     pub async fn history(
         &self,
         account: &str,
-        status: Option<&str>,
+        filter: &HistoryFilter<'_>,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<HistoryRow>, sqlx::Error> {
         let sql = format!(
             "SELECT {HISTORY_COLUMNS} FROM requests r
              WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND seq < $3
+                 AND ($5 IS NULL OR collection = $5) AND ($6 IS NULL OR visibility = $6)
              ORDER BY seq DESC LIMIT $4"
         );
         on_pool!(self, p => sqlx::query_as(&sql)
-            .bind(account).bind(status).bind(before.unwrap_or(i64::MAX)).bind(limit)
+            .bind(account).bind(filter.status).bind(before.unwrap_or(i64::MAX)).bind(limit)
+            .bind(filter.collection).bind(filter.visibility)
             .fetch_all(p).await)
     }
 

@@ -35,7 +35,8 @@ pub struct CreatedKey {
     pub api_key: String,
 }
 
-fn new_key() -> String {
+/// A fresh random API key.
+pub(crate) fn new_key() -> String {
     let bytes: [u8; 24] = rand::random();
     format!("dia_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

@@ -25,12 +25,21 @@ impl FromRequestParts<AppState> for Account {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts).ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::MissingApiKey,
-                "send your API key as `Authorization: Bearer <key>`",
-            )
-        })?;
+        let Some(key) = bearer(parts) else {
+            // The dashboard's own calls carry its session cookie instead of a key.
+            return match crate::dashboard::session::api_account(state, parts).await {
+                Ok(Some(account)) => Ok(Self(account)),
+                Ok(None) => Err(ApiError::new(
+                    ErrorKind::MissingApiKey,
+                    "send your API key as `Authorization: Bearer <key>`",
+                )),
+                Err(_) => Err(ApiError::new(
+                    ErrorKind::InvalidApiKey,
+                    "a dashboard session's change must come from its own page, with its \
+                     `x-csrf-token` header",
+                )),
+            };
+        };
         if let Some(account) = state.keys.get(key) {
             return Ok(Self(account));
         }
@@ -82,6 +91,11 @@ impl KeyCache {
         let entries = self.entries.lock().expect("key cache lock");
         let (account, at) = entries.get(&crate::db::accounts::key_hash(key))?;
         (at.elapsed() < self.ttl).then(|| account.clone())
+    }
+
+    /// Drops a revoked key (by its hash) so it stops working at once on this replica.
+    pub fn forget(&self, key_hash: &str) {
+        self.entries.lock().expect("key cache lock").remove(key_hash);
     }
 
     fn insert(&self, key: &str, account: &str) {

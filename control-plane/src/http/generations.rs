@@ -48,9 +48,26 @@ pub async fn create(
     Account(account): Account,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let req = SpeechRequest::from_json(&body)?.validate(state.config.max_input_chars)?;
-    let (text, prompt) = cloning_prompt(&state, &account, &req).await?;
-    let model = super::models::choose(&state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
+    let id = RequestId::new();
+    let waiter = state.queue.waiter(&id);
+    let seed = enqueue(&state, &account, &body, id).await?;
+    let guard = CancelOnDrop(Some((state.queue.clone(), id)));
+    let outcome = state.queue.wait(&waiter).await?;
+    guard.disarm();
+    respond(id, seed, outcome)
+}
+
+/// Validates a generation, assembles its cloning prompt and queues it as `id`; returns its seed.
+/// The API waits for it; the dashboard answers at once and follows it in the history.
+pub(crate) async fn enqueue(
+    state: &AppState,
+    account: &str,
+    body: &Value,
+    id: RequestId,
+) -> Result<u64, ApiError> {
+    let req = SpeechRequest::from_json(body)?.validate(state.config.max_input_chars)?;
+    let (text, prompt) = cloning_prompt(state, account, &req).await?;
+    let model = super::models::choose(state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
     // The encoder reads a fixed window; past it the script would be cut off without a word.
     let tokens = proto::script::model_token_count(&text);
     if tokens > model.max_input_chars as usize {
@@ -62,7 +79,6 @@ pub async fn create(
         return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
     }
 
-    let id = RequestId::new();
     let task = Task::Speech(SpeechTask {
         text,
         sampling: req.sampling,
@@ -73,7 +89,6 @@ pub async fn create(
             .as_ref()
             .map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
     });
-    let waiter = state.queue.waiter(&id);
     let (id_text, params) = (id.to_string(), serde_json::to_string(&req).expect("serialises"));
     let (visibility, task) = (
         serde_json::to_value(req.visibility).expect("serialises"),
@@ -81,7 +96,7 @@ pub async fn create(
     );
     let new = NewRequest {
         id: &id_text,
-        account_id: &account,
+        account_id: account,
         feature: FEATURE_VOICE_CLONING,
         model: &model.id,
         input: &req.input,
@@ -97,11 +112,7 @@ pub async fn create(
         return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
     }
     state.queue.announce_queued().await;
-
-    let guard = CancelOnDrop(Some((state.queue.clone(), id)));
-    let outcome = state.queue.wait(&waiter).await?;
-    guard.disarm();
-    respond(id, req.seed, outcome)
+    Ok(req.seed)
 }
 
 /// Cancels the request if the handler is dropped before it ends: hyper drops the handler's

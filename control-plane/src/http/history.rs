@@ -3,13 +3,13 @@
 use super::auth::Account;
 use super::openapi::AudioFile;
 use super::{ApiPath, ApiQuery};
-use crate::db::requests::{AttemptRow, HistoryRow};
+use crate::db::requests::{AttemptRow, HistoryFilter, HistoryRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/history", get(list))
         .route("/v1/history/{id}", get(fetch))
         .route("/v1/history/{id}/audio", get(audio))
+        .route("/v1/history/{id}/cancel", post(cancel))
 }
 
 /// Filters and paging of the list.
@@ -29,6 +30,10 @@ pub fn router() -> Router<AppState> {
 pub struct HistoryQuery {
     /// Only requests in this status: queued, running, succeeded, failed.
     pub status: Option<String>,
+    /// Only requests in this sharing collection.
+    pub collection: Option<String>,
+    /// Only requests with this visibility: private, unlisted, public.
+    pub visibility: Option<String>,
     /// Page size, 1–100, default 20.
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -150,6 +155,12 @@ pub async fn list(
             format!("`status` must be one of queued, running, succeeded, failed; got \"{s}\"");
         return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
     }
+    if let Some(v) =
+        q.visibility.as_deref().filter(|v| !["private", "unlisted", "public"].contains(v))
+    {
+        let msg = format!("`visibility` must be one of private, unlisted, public; got \"{v}\"");
+        return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
+    }
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::new(
@@ -158,7 +169,12 @@ pub async fn list(
         ));
     }
     // One row more than asked tells whether another page follows.
-    let mut rows = state.db.history(&account, q.status.as_deref(), q.cursor, limit + 1).await?;
+    let filter = HistoryFilter {
+        status: q.status.as_deref(),
+        collection: q.collection.as_deref(),
+        visibility: q.visibility.as_deref(),
+    };
+    let mut rows = state.db.history(&account, &filter, q.cursor, limit + 1).await?;
     let next_cursor = (rows.len() as i64 > limit).then(|| rows[limit as usize - 1].seq);
     rows.truncate(limit as usize);
     Ok(Json(HistoryPage { data: rows.into_iter().map(HistoryItem::from).collect(), next_cursor }))
@@ -191,4 +207,23 @@ pub async fn audio(
 ) -> Result<impl IntoResponse, ApiError> {
     let wav = state.db.history_audio(&account, &id).await?.ok_or_else(|| not_found(&id))?;
     Ok(([(CONTENT_TYPE, "audio/wav")], wav))
+}
+
+/// Cancels a queued or running request: it fails as `cancelled` and its node stops working on
+/// it. A request that has already ended is returned as it is.
+#[utoipa::path(post, path = "/v1/history/{id}/cancel", tag = "history", operation_id = "cancel_request", params(HistoryId),
+    responses((status = 200, description = "The request as it stands after the cancellation", body = HistoryItem),
+        (status = 404, description = "not_found", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Account(account): Account,
+    ApiPath(HistoryId { id }): ApiPath<HistoryId>,
+) -> Result<Json<HistoryItem>, ApiError> {
+    let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
+    if matches!(row.status.as_str(), "queued" | "running") {
+        let request_id = id.parse().map_err(|_| not_found(&id))?;
+        state.queue.cancel_because(request_id, "cancelled by its owner").await?;
+    }
+    fetch(State(state), Account(account), ApiPath(HistoryId { id })).await
 }

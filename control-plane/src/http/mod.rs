@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(reference::router())
+        .merge(crate::dashboard::router())
         .merge(crate::nodes::ws::router())
         // After every route: it applies to the method routers registered so far.
         .method_not_allowed_fallback(method_not_allowed)

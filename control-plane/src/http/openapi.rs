@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::models::list,
         super::voices::list, super::voices::upload, super::voices::fetch, super::voices::audio,
         super::voices::update, super::voices::remove,
-        super::history::list, super::history::fetch, super::history::audio,
+        super::history::list, super::history::fetch, super::history::audio, super::history::cancel,
         super::admin::create_account, super::admin::create_key,
     ),
     components(schemas(ErrorBody)),

@@ -1,5 +1,8 @@
 //! The fixture folders (`DIA_FIXTURE_DIR`, `DAC_FIXTURE_DIR`) and the `dia-node` binary on them.
 
+pub mod browser;
+pub mod pool;
+
 use std::path::PathBuf;
 use std::process::Command;
 
