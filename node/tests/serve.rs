@@ -4,128 +4,57 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
+use common::pool::{Pool, Store};
 use common::{dia_node, fixtures};
 use serde_json::{json, Value};
 
 const KEY: &str = "dia_pool_test";
-const JOIN: &str = "join-pool-test";
 
-/// A node process, its metrics URL and the file its stderr goes to; killed when dropped.
-struct Node(Child, String, PathBuf);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A pool on SQLite with a bootstrap key; the fixture voice prompt is 0.45 s, under the 1 s a
+/// real voice sample needs.
+async fn start_with(batch: u32, commands: Vec<Command>) -> Pool {
+    let args = [format!("--bootstrap-api-key={KEY}"), "--min-voice-seconds=0.4".to_owned()];
+    Pool::start_with(Store::Sqlite, batch, commands, &args).await
 }
 
-struct Pool {
-    base: String,
-    /// The control plane's `/metrics`.
-    metrics: String,
-    http: reqwest::Client,
-    nodes: Vec<(String, Node)>,
-    _dir: tempfile::TempDir,
+async fn start(batch: u32, nodes: usize) -> Pool {
+    start_with(batch, (0..nodes).map(|_| dia_node("serve")).collect()).await
 }
 
-impl Pool {
-    /// A control plane with nodes `tiny-0…` of capacity `batch` on the fixture weights that
-    /// have joined it.
-    async fn start(batch: u32, nodes: usize) -> Self {
-        Self::start_with(batch, (0..nodes).map(|_| dia_node("serve")).collect()).await
-    }
+async fn get(pool: &Pool, path: &str) -> reqwest::Response {
+    pool.http.get(pool.url(path)).bearer_auth(KEY).send().await.unwrap()
+}
 
-    /// A control plane that the `dia-node serve` commands have joined as nodes `tiny-0…` of
-    /// capacity `batch`; node `i` writes its stderr to `node-i.log` in the pool's folder.
-    async fn start_with(batch: u32, commands: Vec<Command>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = control_plane::Config::parse_from([
-            "control-plane".to_owned(),
-            format!("--database-url=sqlite://{}", dir.path().join("cp.db").display()),
-            format!("--join-tokens={JOIN}"),
-            format!("--bootstrap-api-key={KEY}"),
-            // The fixture voice prompt is 0.45 s, under the 1 s a real voice sample needs.
-            "--min-voice-seconds=0.4".to_owned(),
-        ]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = control_plane::AppState::start(config).await.unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics_url = format!("http://{}/metrics", metrics.local_addr().unwrap());
-        tokio::spawn(control_plane::serve_metrics(metrics, state.clone()));
-        tokio::spawn(control_plane::serve(listener, state));
-        let nodes = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut command)| {
-                let id = format!("tiny-{i}");
-                let metrics =
-                    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-                let log = dir.path().join(format!("node-{i}.log"));
-                let node = command
-                    .args(["--metrics-addr", &metrics.to_string()])
-                    .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
-                    .args(["--join-token", JOIN, "--node-id", &id])
-                    .args(["--max-batch", &batch.to_string(), "--max-positions", "1100"])
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log).unwrap())
-                    .spawn()
-                    .expect("dia-node serve starts");
-                (id, Node(node, format!("http://{metrics}/metrics"), log))
-            })
-            .collect::<Vec<_>>();
-        let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
-        let pool = Self {
-            base: format!("http://{addr}"),
-            metrics: metrics_url,
-            http: reqwest::Client::new(),
-            nodes,
-            _dir: dir,
-        };
-        for _ in 0..300 {
-            let metrics = reqwest::get(&pool.metrics).await.unwrap().text().await.unwrap();
-            if metrics.contains(&online) {
-                return pool;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// Sends a generation in the background.
+fn spawn_generate(pool: &Pool, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (http, url) = (pool.http.clone(), pool.url("/v1/voice/generations"));
+    tokio::spawn(async move { http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap() })
+}
+
+async fn generate(pool: &Pool, body: Value) -> reqwest::Response {
+    pool.http
+        .post(pool.url("/v1/voice/generations"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until the newest request runs on a node; returns that node's id.
+async fn running_on(pool: &Pool) -> String {
+    for _ in 0..300 {
+        let history: Value = get(pool, "/v1/history").await.json().await.unwrap();
+        let newest = &history["data"][0];
+        if newest["status"] == "running" {
+            return newest["node_id"].as_str().unwrap().to_owned();
         }
-        panic!("the nodes did not join within 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap()
-    }
-
-    /// Sends a generation in the background.
-    fn spawn_generate(&self, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
-        let (http, url) = (self.http.clone(), format!("{}/v1/voice/generations", self.base));
-        tokio::spawn(
-            async move { http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap() },
-        )
-    }
-
-    /// Waits until the newest request runs on a node; returns that node's id.
-    async fn running_on(&self) -> String {
-        for _ in 0..300 {
-            let history: Value = self.get("/v1/history").await.json().await.unwrap();
-            let newest = &history["data"][0];
-            if newest["status"] == "running" {
-                return newest["node_id"].as_str().unwrap().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no node started the request within 6 s");
-    }
-
-    async fn generate(&self, body: Value) -> reqwest::Response {
-        let url = format!("{}/v1/voice/generations", self.base);
-        self.http.post(url).bearer_auth(KEY).json(&body).send().await.unwrap()
-    }
+    panic!("no node started the request within 6 s");
 }
 
 fn samples(wav: &[u8]) -> Vec<i16> {
@@ -136,9 +65,9 @@ fn samples(wav: &[u8]) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
-    let pool = Pool::start(2, 1).await;
+    let pool = start(2, 1).await;
     let script = "[S1] Hello from the pool. [S2] Hi there!";
-    let res = pool.generate(json!({"input": script, "seed": 21, "max_new_tokens": 256})).await;
+    let res = generate(&pool, json!({"input": script, "seed": 21, "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     assert_eq!(res.headers()["x-node-id"], "tiny-0");
     let pooled = samples(&res.bytes().await.unwrap());
@@ -162,7 +91,7 @@ async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_node() {
-    let pool = Pool::start(2, 1).await;
+    let pool = start(2, 1).await;
     let wav =
         std::fs::read(fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_2.wav"))
             .unwrap();
@@ -178,7 +107,7 @@ async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_n
         .map(|i| json!({"input": format!("[S1] Request {i}."), "seed": i, "max_new_tokens": 256}))
         .collect();
     bodies.push(json!({"input": "[S1] In her voice.", "speakers": {"S1": voice["id"]}, "max_new_tokens": 256}));
-    let requests: Vec<_> = bodies.into_iter().map(|b| pool.generate(b)).collect();
+    let requests: Vec<_> = bodies.into_iter().map(|b| generate(&pool, b)).collect();
     let mut outputs = Vec::new();
     for res in futures_util::future::join_all(requests).await {
         assert_eq!(res.status(), 200, "{:?}", res.text().await);
@@ -190,7 +119,7 @@ async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_n
             assert_ne!(a, b, "two different requests gave the same audio");
         }
     }
-    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    let history: Value = get(&pool, "/v1/history").await.json().await.unwrap();
     let statuses: Vec<&str> =
         history["data"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["succeeded"; 4]);
@@ -207,7 +136,7 @@ async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
-    let mut pool = Pool::start(1, 2).await;
+    let mut pool = start(1, 2).await;
     let body =
         json!({"input": "[S1] A long one, to be cut short.", "seed": 3, "max_new_tokens": 1024});
     let request = tokio::spawn({
@@ -217,7 +146,7 @@ async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
     // Wait until a node runs it, then kill that node's process.
     let mut running_on = None;
     for _ in 0..300 {
-        let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+        let history: Value = get(&pool, "/v1/history").await.json().await.unwrap();
         if let Some(row) = history["data"].as_array().and_then(|r| r.first()) {
             if row["status"] == "running" {
                 running_on = row["node_id"].as_str().map(str::to_owned);
@@ -234,9 +163,9 @@ async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
     let survivor = &pool.nodes[0].0;
     assert_eq!(res.headers()["x-node-id"], survivor.as_str());
     assert!(!samples(&res.bytes().await.unwrap()).is_empty());
-    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    let history: Value = get(&pool, "/v1/history").await.json().await.unwrap();
     let id = history["data"][0]["id"].as_str().unwrap().to_owned();
-    let item: Value = pool.get(&format!("/v1/history/{id}")).await.json().await.unwrap();
+    let item: Value = get(&pool, &format!("/v1/history/{id}")).await.json().await.unwrap();
     let attempts: Vec<(&str, &str)> = item["attempts"]
         .as_array()
         .unwrap()
@@ -248,10 +177,10 @@ async fn a_node_killed_mid_generation_hands_its_job_to_the_other_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_node_it_delivers_its_job_and_leaves_the_pool() {
-    let mut pool = Pool::start(1, 1).await;
+    let mut pool = start(1, 1).await;
     let body = json!({"input": "[S1] Finish me before you go.", "seed": 4, "max_new_tokens": 1024});
-    let request = pool.spawn_generate(body);
-    pool.running_on().await;
+    let request = spawn_generate(&pool, body);
+    running_on(&pool).await;
     let pid = pool.nodes[0].1 .0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
@@ -268,7 +197,7 @@ async fn sigterm_drains_a_node_it_delivers_its_job_and_leaves_the_pool() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exit.expect("the node exits once drained").success());
-    let res = pool.generate(json!({"input": "[S1] Anyone there?", "max_new_tokens": 256})).await;
+    let res = generate(&pool, json!({"input": "[S1] Anyone there?", "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 404, "no node is left to serve it");
 }
 
@@ -285,9 +214,9 @@ async fn each_node_advertises_what_it_runs_and_an_unreachable_hub_gives_the_tiny
         .env_remove("DAC_WEIGHTS")
         .env("HF_ENDPOINT", format!("http://{closed}"))
         .env("HF_HOME", cache.path());
-    let pool = Pool::start_with(1, vec![dia_node("serve"), offline]).await;
+    let pool = start_with(1, vec![dia_node("serve"), offline]).await;
 
-    let models: Value = pool.get("/v1/models").await.json().await.unwrap();
+    let models: Value = get(&pool, "/v1/models").await.json().await.unwrap();
     let mut ids: Vec<&str> =
         models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     ids.sort();
@@ -304,13 +233,12 @@ async fn each_node_advertises_what_it_runs_and_an_unreachable_hub_gives_the_tiny
     assert_eq!(said.len(), 1, "one line says the hub is unreachable:\n{log}");
     assert!(said[0].contains(&format!("http://{closed}")) && said[0].contains("dia-tiny-random"));
 
-    let res = pool
-        .generate(json!({"input": "[S1] Noise, honestly.", "model": "dia-tiny-random", "seed": 5, "max_new_tokens": 256}))
+    let res = generate(&pool, json!({"input": "[S1] Noise, honestly.", "model": "dia-tiny-random", "seed": 5, "max_new_tokens": 256}))
         .await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     assert_eq!(res.headers()["x-node-id"], "tiny-1");
     assert!(!samples(&res.bytes().await.unwrap()).is_empty());
-    let history: Value = pool.get("/v1/history").await.json().await.unwrap();
+    let history: Value = get(&pool, "/v1/history").await.json().await.unwrap();
     assert_eq!(history["data"][0]["model"], "dia-tiny-random");
 }
 
@@ -353,17 +281,18 @@ async fn nan_logits_fail_the_request_as_upstream_error_and_the_node_keeps_servin
     let mut node = Command::new(env!("CARGO_BIN_EXE_dia-node"));
     node.arg("serve").arg("--weights").arg(weights.path()).arg("--dac");
     node.arg(fixtures("dac-tiny", "DAC_FIXTURE_DIR"));
-    let mut pool = Pool::start_with(1, vec![node]).await;
+    let mut pool = start_with(1, vec![node]).await;
 
     for _ in 0..2 {
         let res =
-            pool.generate(json!({"input": "[S1] Not a word of it.", "max_new_tokens": 256})).await;
+            generate(&pool, json!({"input": "[S1] Not a word of it.", "max_new_tokens": 256}))
+                .await;
         assert_eq!(res.status(), 502);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["type"], "upstream_error", "{body}");
     }
     assert!(pool.nodes[0].1 .0.try_wait().unwrap().is_none(), "the node is still running");
-    let models: Value = pool.get("/v1/models").await.json().await.unwrap();
+    let models: Value = get(&pool, "/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"][0]["nodes"], 1, "and still in the pool: {models}");
     let metrics = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("dia_node_jobs_total{outcome=\"succeeded\"} 0"), "{metrics}");
@@ -391,8 +320,8 @@ fn promtool(args: &[&str], input: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_alert_rules_use_only_metrics_the_running_programs_export() {
-    let pool = Pool::start(1, 1).await;
-    let res = pool.generate(json!({"input": "[S1] Counted.", "max_new_tokens": 256})).await;
+    let pool = start(1, 1).await;
+    let res = generate(&pool, json!({"input": "[S1] Counted.", "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     let control = reqwest::get(&pool.metrics).await.unwrap().text().await.unwrap();
     let node = reqwest::get(&pool.nodes[0].1 .1).await.unwrap().text().await.unwrap();

@@ -5,13 +5,14 @@
 
 use super::dia_node;
 use clap::Parser;
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const JOIN: &str = "join-pool";
 
-/// A node process; killed when dropped.
-pub struct Node(pub Child);
+/// A node process, its `/metrics` URL and the file its stderr goes to; killed when dropped.
+pub struct Node(pub Child, pub String, pub PathBuf);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -30,6 +31,8 @@ pub enum Store {
 pub struct Pool {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The control plane's `/metrics`.
+    pub metrics: String,
     pub http: reqwest::Client,
     pub nodes: Vec<(String, Node)>,
     pub dir: tempfile::TempDir,
@@ -58,8 +61,20 @@ impl Drop for Pool {
 
 impl Pool {
     /// A control plane (configured by `args` besides its store and join token) that `nodes`
-    /// nodes `tiny-0…` of capacity `batch` have joined; node `i` logs to `node-i.log`.
+    /// nodes `tiny-0…` of capacity `batch` on the fixture weights have joined.
     pub async fn start(store: Store, batch: u32, nodes: usize, args: &[String]) -> Self {
+        let commands = (0..nodes).map(|_| dia_node("serve")).collect();
+        Self::start_with(store, batch, commands, args).await
+    }
+
+    /// A control plane that the `dia-node serve` commands have joined as nodes `tiny-0…` of
+    /// capacity `batch`; node `i` writes its stderr to `node-i.log` in the pool's folder.
+    pub async fn start_with(
+        store: Store,
+        batch: u32,
+        commands: Vec<Command>,
+        args: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (database_url, postgres) = match store {
             Store::Sqlite => (format!("sqlite://{}", dir.path().join("cp.db").display()), None),
@@ -83,35 +98,41 @@ impl Pool {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = control_plane::AppState::start(config).await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+        tokio::spawn(control_plane::serve_metrics(metrics, state.clone()));
         tokio::spawn(control_plane::serve(listener, state));
-        let nodes = (0..nodes)
-            .map(|i| {
+        let nodes = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut command)| {
                 let id = format!("tiny-{i}");
                 let metrics =
                     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
                 let log = dir.path().join(format!("node-{i}.log"));
-                let node = dia_node("serve")
+                let node = command
                     .args(["--metrics-addr", &metrics.to_string()])
                     .args(["--control-plane", &format!("ws://{addr}/v1/nodes/connect")])
                     .args(["--join-token", JOIN, "--node-id", &id])
-                    .args(["--max-batch", &batch.to_string(), "--max-positions", "1100"])
+                    .args(["--max-batch", &batch.to_string()])
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(&log).unwrap())
                     .spawn()
                     .expect("dia-node serve starts");
-                (id, Node(node))
+                (id, Node(node, format!("http://{metrics}/metrics"), log))
             })
             .collect::<Vec<_>>();
         let online = format!("tts_nodes_online{{feature=\"voice-cloning\"}} {}", nodes.len());
         let pool = Self {
             base: format!("http://{addr}"),
+            metrics: metrics_url,
             http: reqwest::Client::new(),
             nodes,
             dir,
             postgres,
         };
         for _ in 0..300 {
-            let metrics = pool.http.get(pool.url("/metrics")).send().await.unwrap();
+            let metrics = pool.http.get(&pool.metrics).send().await.unwrap();
             if metrics.text().await.unwrap().contains(&online) {
                 return pool;
             }
