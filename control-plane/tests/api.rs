@@ -5,7 +5,7 @@ mod common;
 
 use common::node::{cloning_model, tone, ScriptedNode, MODEL};
 use common::{expect_error, read_wav, Backend, Server, TestDb};
-use proto::{ModelInfo, Task};
+use proto::{ControlToNode, ModelInfo, Task};
 use serde_json::{json, Value};
 
 fn speech(job: &proto::Job) -> &proto::SpeechTask {
@@ -632,13 +632,31 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
         ids.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
     }
     server.generate(&other, json!({"input": "Not in your history."})).await;
+    let res = server.generate(&key, json!({"input": "Elsewhere.", "collection": "c2"})).await;
+    let private = res.headers()["x-request-id"].to_str().unwrap().to_owned();
 
-    let (_, page) = server.get_json(&key, "/v1/history?limit=2").await;
+    // Filters by collection and visibility.
+    let listed = |page: &Value| -> Vec<String> {
+        page["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().into()).collect()
+    };
+    let (_, c1) = server.get_json(&key, "/v1/history?collection=c1").await;
+    assert_eq!(listed(&c1), [ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    let (_, c2) = server.get_json(&key, "/v1/history?collection=c2").await;
+    assert_eq!(listed(&c2), [private.clone()]);
+    let (_, mine) = server.get_json(&key, "/v1/history?visibility=private").await;
+    assert_eq!(listed(&mine), [private.clone()]);
+    let (_, both) = server.get_json(&key, "/v1/history?visibility=public&collection=c2").await;
+    assert_eq!(both["data"], json!([]));
+    let res = server.http.get(server.url("/v1/history?visibility=secret")).bearer_auth(&key);
+    expect_error(res.send().await.unwrap(), 400, "invalid_parameter").await;
+
+    let (_, page) = server.get_json(&key, "/v1/history?limit=2&collection=c1").await;
     let got: Vec<&str> =
         page["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
     let cursor = page["next_cursor"].as_i64().unwrap();
-    let (_, page2) = server.get_json(&key, &format!("/v1/history?limit=2&cursor={cursor}")).await;
+    let (_, page2) =
+        server.get_json(&key, &format!("/v1/history?limit=2&collection=c1&cursor={cursor}")).await;
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert_eq!(page2["data"][0]["id"], ids[0].as_str());
     assert_eq!(page2["next_cursor"], Value::Null);
@@ -669,7 +687,40 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
     assert_eq!(status, 404);
 }
 
+async fn the_owner_cancels_a_running_request_and_its_node_is_told(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let (key, other) = (server.api_key().await, server.api_key().await);
+    let mut node = ScriptedNode::connect(&server.ws_url(), "n1", 1).await;
+    let (http, url, k) = (server.http.clone(), server.url("/v1/voice/generations"), key.clone());
+    let request = tokio::spawn(async move {
+        http.post(url).bearer_auth(k).json(&json!({"input": "[S1] Stop me."})).send().await.unwrap()
+    });
+    let job = node.next_job().await.job;
+    let cancel = |who: &str| {
+        let url = server.url(&format!("/v1/history/{}/cancel", job.request_id));
+        server.http.post(url).bearer_auth(who.to_owned()).send()
+    };
+    assert_eq!(cancel(&other).await.unwrap().status(), 404, "not another account's request");
+    let item: Value = cancel(&key).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (item["status"].as_str(), item["error"]["type"].as_str()),
+        (Some("failed"), Some("cancelled"))
+    );
+    match node.next_control().await {
+        Some(ControlToNode::Cancel { request_id }) => assert_eq!(request_id, job.request_id),
+        other => panic!("expected the node told to cancel, got {other:?}"),
+    }
+    let res = request.await.unwrap();
+    assert!(res.status().is_client_error(), "the waiting client hears of it: {}", res.status());
+    // An ended request is returned as it is.
+    let again: Value = cancel(&key).await.unwrap().json().await.unwrap();
+    assert_eq!(again["status"], "failed");
+    assert_eq!(again["attempts"], item["attempts"]);
+}
+
 on_both_backends!(
+    the_owner_cancels_a_running_request_and_its_node_is_told,
     the_spec_curl_example_returns_a_valid_wav,
     parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned,
     integral_json_numbers_are_accepted_where_an_integer_is_expected,
