@@ -640,11 +640,11 @@ async fn history_lists_newest_first_pages_filters_and_serves_audio(backend: Back
         page["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().into()).collect()
     };
     let (_, c1) = server.get_json(&key, "/v1/history?collection=c1").await;
-    assert_eq!(listed(&c1), [ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    assert_eq!(listed(&c1), [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
     let (_, c2) = server.get_json(&key, "/v1/history?collection=c2").await;
-    assert_eq!(listed(&c2), [private.clone()]);
+    assert_eq!(listed(&c2), [private.as_str()]);
     let (_, mine) = server.get_json(&key, "/v1/history?visibility=private").await;
-    assert_eq!(listed(&mine), [private.clone()]);
+    assert_eq!(listed(&mine), [private.as_str()]);
     let (_, both) = server.get_json(&key, "/v1/history?visibility=public&collection=c2").await;
     assert_eq!(both["data"], json!([]));
     let res = server.http.get(server.url("/v1/history?visibility=secret")).bearer_auth(&key);
