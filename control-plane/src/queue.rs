@@ -20,7 +20,7 @@ use proto::{
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 const CHANNEL_QUEUED: &str = "tts_queued";
@@ -106,29 +106,35 @@ impl Queue {
         }
     }
 
-    /// Waits until the request ends. A request still queued after the queue timeout fails then.
-    /// Called right after the request was stored, so it waits before it first looks; a signal
-    /// sent in between is kept by the `Notify`.
+    /// Waits until the request ends. Its deadline is absolute: whenever it is found queued past
+    /// it (also after a failed attempt sent it back), it fails. Called right after the request
+    /// was stored, so it waits before it first looks; a signal sent in between is kept by the
+    /// `Notify`.
     pub async fn wait(&self, waiter: &Waiter<'_>) -> Result<Outcome, sqlx::Error> {
-        let mut deadline = Some(Instant::now() + self.config.queue_timeout());
+        let deadline = Instant::now() + self.config.queue_timeout();
         loop {
-            let until_deadline =
-                deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            let until_deadline = deadline.saturating_duration_since(Instant::now());
             tokio::select! {
                 () = waiter.notify.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval()) => {}
-                () = tokio::time::sleep(until_deadline) => {
-                    deadline = None;
-                    let secs = self.config.queue_timeout_secs;
-                    let error = WireError::new(ErrorKind::UpstreamError, format!("no node took the request within {secs} s"));
-                    self.db.fail_unfinished(&waiter.id, &error, false).await?;
-                }
+                () = tokio::time::sleep(self.config.poll_interval().min(until_deadline)) => {}
             }
             let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
-            if matches!(outcome.status.as_str(), "succeeded" | "failed") {
-                return Ok(outcome);
+            match outcome.status.as_str() {
+                "succeeded" | "failed" => return Ok(outcome),
+                "queued" if Instant::now() >= deadline => {
+                    self.db.fail_unfinished(&waiter.id, &self.overdue(), false).await?;
+                }
+                _ => {}
             }
         }
+    }
+
+    fn overdue(&self) -> WireError {
+        let secs = self.config.queue_timeout_secs;
+        WireError::new(
+            ErrorKind::UpstreamError,
+            format!("no node took the request within {secs} s"),
+        )
     }
 
     /// Cancels a request whose client went away: recorded as failed (`cancelled`), and the node
@@ -332,6 +338,11 @@ impl Queue {
     }
 
     async fn sweep(&self) -> Result<(), sqlx::Error> {
+        // Queued past its deadline with no handler left to notice (its replica went away).
+        let created_before = crate::db::now_ms() - self.config.queue_timeout().as_millis() as i64;
+        for id in self.db.fail_overdue_queued(created_before, &self.overdue()).await? {
+            self.announce_done(&id).await;
+        }
         let fresh = self.config.heartbeat_timeout().as_millis() as i64;
         for (id, attempt) in self.db.orphaned_running(fresh).await? {
             let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };

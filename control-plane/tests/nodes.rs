@@ -313,7 +313,31 @@ async fn metrics_openapi_and_probes_are_served(backend: Backend) {
     assert_eq!(server.http.get(server.url("/readyz")).send().await.unwrap().status(), 200);
 }
 
+/// The deadline is absolute: a request that went back to the queue after it passed fails then,
+/// instead of waiting for ever.
+async fn a_request_sent_back_to_the_queue_after_its_deadline_fails_then(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.queue_timeout_secs = 1;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "slow", 1).await;
+    let request = spawn_generate(&server, &key, "[S1] Late.");
+    let job = node.next_job().await.job;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Out of the pool, then the attempt fails: the request is queued again, past its deadline.
+    node.heartbeat(false).await;
+    node.fail(&job, true).await;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), request)
+        .await
+        .expect("the request ends by its deadline")
+        .unwrap();
+    let message = expect_error(res, 502, "upstream_error").await;
+    assert!(message.contains("within 1 s"), "{message}");
+}
+
 on_both_backends!(
+    a_request_sent_back_to_the_queue_after_its_deadline_fails_then,
     a_burst_cannot_overfill_the_queue,
     the_history_shows_the_progress_its_node_reports,
     a_node_that_heartbeats_but_never_finishes_is_timed_out_and_the_job_retried,

@@ -20,6 +20,10 @@ struct Process {
 
 impl Process {
     async fn start(db: &TestDb) -> Self {
+        Self::start_with(db, &[]).await
+    }
+
+    async fn start_with(db: &TestDb, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
@@ -32,6 +36,7 @@ impl Process {
                 "--heartbeat-interval-ms=200",
                 "--poll-interval-ms=100",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -111,4 +116,37 @@ async fn a_killed_control_plane_loses_no_accepted_request(backend: Backend) {
     }
 }
 
-on_both_backends!(a_killed_control_plane_loses_no_accepted_request);
+/// A request queued when its replica died has no handler left to time it out: any replica's
+/// sweep fails it once its deadline has passed.
+async fn a_queued_request_whose_replica_died_still_ends_by_its_deadline(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let http = reqwest::Client::new();
+    let first = Process::start(&db).await;
+    // One slot, taken by a job the node never answers: the second request waits in the queue.
+    let mut busy = ScriptedNode::connect(&first.ws_url(), "busy", 1).await;
+    for input in ["[S1] Hold the slot.", "[S1] Hello?"] {
+        let (client, url) = (http.clone(), first.url("/v1/voice/generations"));
+        tokio::spawn(async move {
+            let _ = client.post(url).bearer_auth(KEY).json(&json!({"input": input})).send().await;
+        });
+        if input.starts_with("[S1] Hold") {
+            busy.next_job().await;
+        }
+    }
+    eventually(async || history(&http, &first).await.iter().any(|r| r["status"] == "queued")).await;
+    drop(busy);
+    drop(first);
+
+    let second = Process::start_with(&db, &["--queue-timeout-secs=1"]).await;
+    eventually(async || history(&http, &second).await.iter().all(|r| r["status"] == "failed"))
+        .await;
+    for row in history(&http, &second).await {
+        assert_eq!(row["error"]["type"], "upstream_error", "{row}");
+        assert!(row["error"]["message"].as_str().unwrap().contains("within 1 s"), "{row}");
+    }
+}
+
+on_both_backends!(
+    a_killed_control_plane_loses_no_accepted_request,
+    a_queued_request_whose_replica_died_still_ends_by_its_deadline,
+);

@@ -328,6 +328,26 @@ impl Db {
         })
     }
 
+    /// Fails every request still queued that was accepted before `created_before`; their ids.
+    pub async fn fail_overdue_queued(
+        &self,
+        created_before: i64,
+        error: &WireError,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let sql = "UPDATE requests SET status = 'failed', error_type = $1, error_message = $2,
+                   finished_at = $3 WHERE status = 'queued' AND created_at < $4 RETURNING id";
+        on_pool!(self, p => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql)
+                .bind(error.kind.as_str())
+                .bind(&error.message)
+                .bind(now_ms())
+                .bind(created_before)
+                .fetch_all(p)
+                .await?;
+            Ok(rows.into_iter().map(|(id,)| id).collect())
+        })
+    }
+
     /// Running requests whose node is no longer held by the replica that claimed them (the node
     /// or the replica went away): `(id, attempt)` pairs to fail over.
     pub async fn orphaned_running(&self, fresh_ms: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
