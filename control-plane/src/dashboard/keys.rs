@@ -1,16 +1,14 @@
 //! The API-keys page: create (the key shown once), list, revoke.
 
-use super::pages::{refused, CsrfForm};
-use super::session::{self, Session};
+use super::pages::CsrfForm;
+use super::session::{CarriesCsrf, Genuine, Session};
 use super::{html, Nav};
 use crate::db::{on_pool, Db};
 use crate::error::ApiError;
 use crate::state::AppState;
 use askama::Template;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 
 /// A key as listed: never the key itself.
@@ -61,13 +59,8 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Result<Res
 /// Creates a key and shows it, this once.
 pub async fn create(
     State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Genuine { session, .. }: Genuine<CsrfForm>,
 ) -> Result<Response, ApiError> {
-    if !session::genuine(&session, &headers, Some(&form.csrf)) {
-        return Ok(refused());
-    }
     let key = crate::http::admin::new_key();
     state.db.add_api_key(&session.account, &key).await?;
     render(&state, &session, Some(key)).await
@@ -79,15 +72,16 @@ pub struct RevokeForm {
     key_hash: String,
 }
 
+impl CarriesCsrf for RevokeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn revoke(
     State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    Form(form): Form<RevokeForm>,
+    Genuine { session, form }: Genuine<RevokeForm>,
 ) -> Result<Response, ApiError> {
-    if !session::genuine(&session, &headers, Some(&form.csrf)) {
-        return Ok(refused());
-    }
     if state.db.revoke_key(&session.account, &form.key_hash).await? {
         state.keys.forget(&form.key_hash);
     }

@@ -1,6 +1,6 @@
 //! Sign-in and the account's pages: voice library, playground, queue and history.
 
-use super::session::{self, Session};
+use super::session::{self, CarriesCsrf, Genuine, Session};
 use super::{html, Nav};
 use crate::db::on_pool;
 use crate::db::requests::HistoryFilter;
@@ -61,21 +61,22 @@ pub async fn sign_in(
     })
 }
 
-/// A form field carrying the session's CSRF token.
+/// A form with nothing but the session's CSRF token.
 #[derive(Deserialize)]
 pub struct CsrfForm {
-    pub csrf: String,
+    csrf: String,
+}
+
+impl CarriesCsrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 pub async fn sign_out(
     State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Genuine { session, .. }: Genuine<CsrfForm>,
 ) -> Result<Response, ApiError> {
-    if !session::genuine(&session, &headers, Some(&form.csrf)) {
-        return Ok(refused());
-    }
     let cookie = session::sign_out(&state, &session).await?;
     Ok(session::redirect_with_cookie("/sign-in", cookie))
 }

@@ -1,17 +1,16 @@
 //! The Pool page (admin): the nodes online, their models and features, load and health. A
 //! session shows the admin token once to open it.
 
-use super::pages::refused;
-use super::session::{self, Session};
+use super::session::{CarriesCsrf, Genuine, Session};
 use super::{html, Nav};
 use crate::db::{now_ms, on_pool, Db};
 use crate::error::ApiError;
+use crate::http::auth::same_secret;
 use crate::state::AppState;
 use askama::Template;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use proto::ModelInfo;
 use serde::Deserialize;
 
@@ -95,16 +94,18 @@ pub struct UnlockForm {
     admin_token: String,
 }
 
+impl CarriesCsrf for UnlockForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn unlock(
     State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    Form(form): Form<UnlockForm>,
+    Genuine { session, form }: Genuine<UnlockForm>,
 ) -> Result<Response, ApiError> {
-    if !session::genuine(&session, &headers, Some(&form.csrf)) {
-        return Ok(refused());
-    }
-    if state.config.admin_token.as_deref() != Some(form.admin_token.as_str()) {
+    let expected = state.config.admin_token.as_deref();
+    if !expected.is_some_and(|t| same_secret(&form.admin_token, t)) {
         let page = render(&state, &session, Some("That admin token is not valid.")).await?;
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
     }

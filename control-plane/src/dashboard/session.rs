@@ -10,12 +10,15 @@
 
 use crate::db::accounts::key_hash;
 use crate::db::{now_ms, on_pool, Db};
+use crate::http::auth::same_secret;
 use crate::state::AppState;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::de::DeserializeOwned;
 
 const COOKIE_NAME: &str = "dia_session";
 /// A week; signing in again is cheap.
@@ -119,8 +122,37 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a state change made with this session is genuine: same origin, and the token given.
-pub fn genuine(session: &Session, headers: &HeaderMap, token: Option<&str>) -> bool {
-    same_origin(headers) && token.is_some_and(|t| t == session.csrf)
+fn genuine(session: &Session, headers: &HeaderMap, token: Option<&str>) -> bool {
+    same_origin(headers) && token.is_some_and(|t| same_secret(t, &session.csrf))
+}
+
+/// A dashboard form that carries the session's CSRF token.
+pub trait CarriesCsrf {
+    fn csrf(&self) -> &str;
+}
+
+/// A form posted from the dashboard's own page, with its session: same origin and the session's
+/// token, else the change is refused (403) before the handler runs.
+pub struct Genuine<F> {
+    pub session: Session,
+    pub form: F,
+}
+
+impl<F: DeserializeOwned + CarriesCsrf + Send> FromRequest<AppState> for Genuine<F> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let session = Session::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let Form(form) = Form::<F>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !genuine(&session, &headers, Some(form.csrf())) {
+            return Err(super::pages::refused());
+        }
+        Ok(Self { session, form })
+    }
 }
 
 /// The account of an API call the dashboard's script makes with its session cookie; unsafe

@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for Admin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         match (&state.config.admin_token, bearer(parts)) {
-            (Some(expected), Some(given)) if expected == given => Ok(Self),
+            (Some(expected), Some(given)) if same_secret(given, expected) => Ok(Self),
             (None, _) => Err(ApiError::new(
                 ErrorKind::InvalidAdminToken,
                 "admin endpoints are disabled (no ADMIN_TOKEN)",
@@ -109,4 +109,11 @@ impl KeyCache {
             (account.to_owned(), std::time::Instant::now()),
         );
     }
+}
+
+/// Whether a secret given by a client equals the expected one, in time that does not depend on
+/// where they differ (only on their lengths).
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
