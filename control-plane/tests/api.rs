@@ -692,10 +692,7 @@ async fn the_owner_cancels_a_running_request_and_its_node_is_told(backend: Backe
     let server = Server::start(&db).await;
     let (key, other) = (server.api_key().await, server.api_key().await);
     let mut node = ScriptedNode::connect(&server.ws_url(), "n1", 1).await;
-    let (http, url, k) = (server.http.clone(), server.url("/v1/voice/generations"), key.clone());
-    let request = tokio::spawn(async move {
-        http.post(url).bearer_auth(k).json(&json!({"input": "[S1] Stop me."})).send().await.unwrap()
-    });
+    let request = server.spawn_generate(&key, json!({"input": "[S1] Stop me."}));
     let job = node.next_job().await.job;
     let cancel = |who: &str| {
         let url = server.url(&format!("/v1/history/{}/cancel", job.request_id));

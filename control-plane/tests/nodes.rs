@@ -10,21 +10,13 @@ use proto::{ControlToNode, Hello, NodeId, NodeToControl};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Sends a generation in the background.
+/// Sends a generation of `input` in the background.
 fn spawn_generate(
     server: &Server,
     key: &str,
     input: &str,
 ) -> tokio::task::JoinHandle<reqwest::Response> {
-    let (http, url, key, input) = (
-        server.http.clone(),
-        server.url("/v1/voice/generations"),
-        key.to_owned(),
-        input.to_owned(),
-    );
-    tokio::spawn(async move {
-        http.post(url).bearer_auth(key).json(&json!({"input": input})).send().await.unwrap()
-    })
+    server.spawn_generate(key, json!({"input": input}))
 }
 
 async fn history_item(server: &Server, key: &str, id: &str) -> Value {

@@ -68,15 +68,12 @@ async fn history(http: &reqwest::Client, p: &Process) -> Vec<Value> {
     res.json::<Value>().await.unwrap()["data"].as_array().unwrap().clone()
 }
 
-async fn a_killed_control_plane_loses_no_accepted_request(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let http = reqwest::Client::new();
-    let first = Process::start(&db).await;
-
-    // One slot: the first request runs on a node that never answers, the second waits.
-    let mut busy = ScriptedNode::connect(&first.ws_url(), "busy", 1).await;
+/// One slot, taken by a request on a node that never answers; a second request waits in the
+/// queue. Returns the silent node.
+async fn one_running_one_queued(http: &reqwest::Client, p: &Process) -> ScriptedNode {
+    let mut busy = ScriptedNode::connect(&p.ws_url(), "busy", 1).await;
     for input in ["[S1] Running when the process dies.", "[S1] Queued when the process dies."] {
-        let (client, url) = (http.clone(), first.url("/v1/voice/generations"));
+        let (client, url) = (http.clone(), p.url("/v1/voice/generations"));
         tokio::spawn(async move {
             let _ = client.post(url).bearer_auth(KEY).json(&json!({"input": input})).send().await;
         });
@@ -85,10 +82,19 @@ async fn a_killed_control_plane_loses_no_accepted_request(backend: Backend) {
         }
     }
     eventually(async || {
-        let rows = history(&http, &first).await;
+        let rows = history(http, p).await;
         rows.len() == 2 && rows.iter().any(|r| r["status"] == "queued")
     })
     .await;
+    busy
+}
+
+async fn a_killed_control_plane_loses_no_accepted_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let http = reqwest::Client::new();
+    let first = Process::start(&db).await;
+
+    let busy = one_running_one_queued(&http, &first).await;
     drop(first);
     drop(busy);
 
@@ -122,18 +128,7 @@ async fn a_queued_request_whose_replica_died_still_ends_by_its_deadline(backend:
     let db = TestDb::new(backend).await;
     let http = reqwest::Client::new();
     let first = Process::start(&db).await;
-    // One slot, taken by a job the node never answers: the second request waits in the queue.
-    let mut busy = ScriptedNode::connect(&first.ws_url(), "busy", 1).await;
-    for input in ["[S1] Hold the slot.", "[S1] Hello?"] {
-        let (client, url) = (http.clone(), first.url("/v1/voice/generations"));
-        tokio::spawn(async move {
-            let _ = client.post(url).bearer_auth(KEY).json(&json!({"input": input})).send().await;
-        });
-        if input.starts_with("[S1] Hold") {
-            busy.next_job().await;
-        }
-    }
-    eventually(async || history(&http, &first).await.iter().any(|r| r["status"] == "queued")).await;
+    let busy = one_running_one_queued(&http, &first).await;
     drop(busy);
     drop(first);
 

@@ -8,14 +8,8 @@ use std::time::Duration;
 use common::node::ScriptedNode;
 use common::{expect_error, Backend, Server, TestDb};
 use proto::{ControlToNode, ErrorKind, WireError};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-fn generate(server: &Server, key: &str, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
-    let (http, url, key) =
-        (server.http.clone(), server.url("/v1/voice/generations"), key.to_owned());
-    tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await.unwrap() })
-}
 
 async fn attempts(server: &Server, key: &str, id: &str) -> Vec<(String, String, String)> {
     let (_, item) = server.get_json(key, &format!("/v1/history/{id}")).await;
@@ -37,8 +31,9 @@ async fn a_claimed_capacity_is_capped_by_the_configured_maximum(backend: Backend
     let server = Server::start_with(config).await;
     let key = server.api_key().await;
     let mut greedy = ScriptedNode::connect(&server.ws_url(), "greedy", 1000).await;
-    let _requests: Vec<_> =
-        (0..3).map(|i| generate(&server, &key, json!({"input": format!("[S1] {i}")}))).collect();
+    let _requests: Vec<_> = (0..3)
+        .map(|i| server.spawn_generate(&key, json!({"input": format!("[S1] {i}")})))
+        .collect();
     greedy.next_job().await;
     greedy.next_job().await;
     let third = tokio::time::timeout(Duration::from_millis(1500), greedy.next_control()).await;
@@ -52,7 +47,7 @@ async fn a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_messag
     let server = Server::start(&db).await;
     let key = server.api_key().await;
     let mut node = ScriptedNode::connect(&server.ws_url(), "liar", 1).await;
-    let request = generate(&server, &key, json!({"input": "[S1] Blame me."}));
+    let request = server.spawn_generate(&key, json!({"input": "[S1] Blame me."}));
     let job = node.next_job().await.job;
     let long = format!("not your key {}", "x".repeat(5000));
     node.fail_with(&job, WireError::new(ErrorKind::InvalidApiKey, long), false).await;
@@ -71,7 +66,7 @@ async fn audio_past_what_the_request_allows_fails_the_attempt_over(backend: Back
     let mut flood = ScriptedNode::connect(&server.ws_url(), "flood", 1).await;
     // 256 frames at speed 2 allow 256·512/2 samples and a second of slack: 109 636.
     let body = json!({"input": "[S1] Short.", "max_new_tokens": 256, "speed_factor": 2.0});
-    let request = generate(&server, &key, body);
+    let request = server.spawn_generate(&key, body);
     let job = flood.next_job().await.job;
     // Ranked before `flood` at equal load, so the retry goes to it.
     let mut calm = ScriptedNode::connect(&server.ws_url(), "calm", 1).await.serve(1000);
@@ -96,7 +91,7 @@ async fn an_oversized_message_ends_the_session_and_its_job_fails_over(backend: B
     let server = Server::start(&db).await;
     let key = server.api_key().await;
     let mut huge = ScriptedNode::connect(&server.ws_url(), "huge", 1).await;
-    let request = generate(&server, &key, json!({"input": "[S1] Big."}));
+    let request = server.spawn_generate(&key, json!({"input": "[S1] Big."}));
     let job = huge.next_job().await.job;
     let _steady = ScriptedNode::connect(&server.ws_url(), "steady", 1).await.serve(1000);
     huge.raw(Message::binary(vec![0u8; 17 * 1024 * 1024])).await;

@@ -1,6 +1,6 @@
 //! The checkpoints a node runs (`--weights`, `--dac`) and the model id it advertises for them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use models::{hub, tiny, ModelError};
@@ -36,22 +36,17 @@ impl CheckpointArgs {
         let tiny = |spec: &str| spec == TINY_RANDOM;
         let scratch =
             (tiny(&self.weights) || tiny(&self.dac)).then(tempfile::tempdir).transpose()?;
-        let dia = match &scratch {
-            Some(dir) if tiny(&self.weights) => {
-                let path = dir.path().join("dia");
-                tiny::write_dia(&path, TINY_SEED)?;
-                path
+        type Write = fn(&Path, i64) -> models::Result<()>;
+        type Fetch = fn(&str) -> models::Result<PathBuf>;
+        let folder = |spec: &str, name: &str, write: Write, fetch: Fetch| match &scratch {
+            Some(dir) if tiny(spec) => {
+                let path = dir.path().join(name);
+                write(&path, TINY_SEED).map(|()| path)
             }
-            _ => hub::dia_weights(&self.weights)?,
+            _ => fetch(spec),
         };
-        let dac = match &scratch {
-            Some(dir) if tiny(&self.dac) => {
-                let path = dir.path().join("dac");
-                tiny::write_dac(&path, TINY_SEED)?;
-                path
-            }
-            _ => hub::dac_weights(&self.dac)?,
-        };
+        let dia = folder(&self.weights, "dia", tiny::write_dia, hub::dia_weights)?;
+        let dac = folder(&self.dac, "dac", tiny::write_dac, hub::dac_weights)?;
         Ok(Checkpoints { dia, dac, model_id: self.model_id(), _scratch: scratch })
     }
 

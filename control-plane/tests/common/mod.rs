@@ -161,6 +161,19 @@ impl Server {
             .unwrap()
     }
 
+    /// POST /v1/voice/generations in the background, for requests a test acts on meanwhile.
+    pub fn spawn_generate(
+        &self,
+        key: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let (http, url, key) =
+            (self.http.clone(), self.url("/v1/voice/generations"), key.to_owned());
+        tokio::spawn(
+            async move { http.post(url).bearer_auth(key).json(&body).send().await.unwrap() },
+        )
+    }
+
     /// Uploads a voice sample; returns the response.
     pub async fn upload(
         &self,
