@@ -313,17 +313,13 @@ impl Queue {
         let max_audio_bytes = max_audio_samples(&task) * 2;
         let assigned = self.registry.assign(node, request_id, attempt, max_audio_bytes);
         let sent = assigned.is_some_and(|tx| {
+            let attached = task.attached_audio();
             let job =
                 ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
             let mut ok = tx.try_send(text(&job)).is_ok();
-            if let Some(pcm) = claimed.prompt_audio {
-                let header = FrameHeader {
-                    request_id,
-                    attempt,
-                    stream: Stream::VoicePrompt,
-                    chunk: 0,
-                    encoding: PcmEncoding::F32Le,
-                };
+            if let (Some((stream, clip)), Some(pcm)) = (attached, claimed.prompt_audio) {
+                let header =
+                    FrameHeader { request_id, attempt, stream, chunk: 0, encoding: clip.encoding };
                 ok &= tx
                     .try_send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into()))
                     .is_ok();
@@ -399,9 +395,10 @@ impl Queue {
     }
 }
 
-/// The most audio a job may bring back: its frames at the speed factor, plus a second of slack.
+/// The most audio a job may bring back: for speech, its frames at the speed factor plus a second
+/// of slack; none for other kinds.
 fn max_audio_samples(task: &Task) -> usize {
-    let Task::Speech(speech) = task;
+    let Task::Speech(speech) = task else { return 0 };
     let frames = f64::from(speech.max_new_tokens) * f64::from(SAMPLES_PER_FRAME);
     (frames / f64::from(speech.speed_factor).max(0.1)).ceil() as usize + SAMPLE_RATE as usize
 }

@@ -9,7 +9,7 @@ use proto::{ControlToNode, ModelInfo, Task};
 use serde_json::{json, Value};
 
 fn speech(job: &proto::Job) -> &proto::SpeechTask {
-    let Task::Speech(task) = &job.task;
+    let Task::Speech(task) = &job.task else { panic!("not a speech job: {job:?}") };
     task
 }
 
@@ -349,6 +349,7 @@ async fn no_provider_when_no_node_offers_voice_cloning(backend: Backend) {
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        languages: vec!["en".into()],
     };
     let _stt = ScriptedNode::connect_with(&server.ws_url(), "stt", 4, vec![stt]).await;
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
@@ -368,6 +369,7 @@ async fn a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        languages: vec!["en".into()],
     };
     let gone = ScriptedNode::connect_with(
         &server.ws_url(),
@@ -403,6 +405,7 @@ async fn requests_are_routed_only_to_nodes_with_the_feature_and_model(backend: B
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        languages: vec!["en".into()],
     };
     let _stt_node = ScriptedNode::connect_with(&server.ws_url(), "stt", 8, vec![stt]).await;
     let mut other =

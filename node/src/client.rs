@@ -104,6 +104,7 @@ async fn session(
             features: vec![FEATURE_VOICE_CLONING.into()],
             max_input_chars: engine.max_text as u32,
             max_new_tokens: identity.max_new_tokens,
+            languages: vec![],
         }],
         capacity: identity.capacity,
         gpu: identity.gpu.clone(),
@@ -160,8 +161,7 @@ async fn serve(
                         }
                         ControlToNode::Submit(job) => {
                             jobs.insert(job.request_id);
-                            let Task::Speech(task) = &job.task;
-                            if task.voice_prompt.is_some() {
+                            if job.task.attached_audio().is_some() {
                                 awaiting_prompt = Some(job);
                             } else {
                                 submit(engine, job, None);
@@ -230,7 +230,10 @@ async fn send_heartbeat(ws: &mut Ws, engine: &Engine, draining: bool) -> anyhow:
 }
 
 fn submit(engine: &Engine, job: Job, prompt: Option<Vec<f32>>) {
-    let Task::Speech(task) = job.task;
+    let Task::Speech(task) = job.task else {
+        tracing::error!(request = %job.request_id, "a job of a kind this node does not serve");
+        return;
+    };
     engine.submit(Submission { request_id: job.request_id, attempt: job.attempt, task, prompt });
 }
 
@@ -259,8 +262,9 @@ async fn send_event(
                 let frame = BinaryFrame { header, payload: i16_le_bytes(samples) };
                 ws.send(Message::Binary(frame.encode().into())).await?;
             }
+            let samples = pcm.len() as u64;
             let done =
-                Finished { request_id, attempt, samples: pcm.len() as u64, inference_seconds };
+                Finished { request_id, attempt, samples, inference_seconds, transcript: None };
             ws.send(text(&NodeToControl::Finished(done))).await?;
         }
         Event::Failed { request_id, attempt, message, retryable } if jobs.remove(&request_id) => {

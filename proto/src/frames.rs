@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum Stream {
     /// Control plane → node: the voice prompt of a job, sent right after its `submit`.
     VoicePrompt,
+    /// Control plane → node: the clip of a transcription job, sent right after its `submit`.
+    Clip,
     /// Node → control plane: generated audio, one or more chunks before `finished`.
     Audio,
 }

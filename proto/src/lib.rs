@@ -19,6 +19,7 @@ pub mod ids;
 pub mod messages;
 pub mod script;
 pub mod speech;
+pub mod transcription;
 
 pub use error::{ErrorKind, WireError};
 pub use frames::{BinaryFrame, FrameError, FrameHeader, PcmEncoding, Stream};
@@ -28,9 +29,10 @@ pub use messages::{
 };
 pub use script::{Script, ScriptError, Speaker, Turn};
 pub use speech::{Sampling, SpeechTask, VoicePrompt};
+pub use transcription::{Clip, Transcript, TranscriptionTask};
 
 /// Bumped on every incompatible change to the messages; a node with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Sample rate of every PCM payload on the wire, both directions (Dia's DAC runs at 44.1 kHz).
 pub const SAMPLE_RATE: u32 = 44_100;
@@ -40,5 +42,8 @@ pub const SAMPLES_PER_FRAME: u32 = 512;
 
 /// The feature a node advertises to serve `POST /v1/voice/generations`.
 pub const FEATURE_VOICE_CLONING: &str = "voice-cloning";
+/// The feature a node advertises to transcribe clips (voice-library transcripts and
+/// `POST /v1/audio/transcriptions`).
+pub const FEATURE_TRANSCRIPTION: &str = "transcription";
 /// Every feature the control plane routes.
-pub const FEATURES: &[&str] = &[FEATURE_VOICE_CLONING];
+pub const FEATURES: &[&str] = &[FEATURE_VOICE_CLONING, FEATURE_TRANSCRIPTION];

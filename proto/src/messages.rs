@@ -3,6 +3,7 @@
 use crate::error::WireError;
 use crate::ids::{NodeId, RequestId};
 use crate::speech::SpeechTask;
+use crate::transcription::{Transcript, TranscriptionTask};
 use serde::{Deserialize, Serialize};
 
 /// Control plane → node.
@@ -16,7 +17,7 @@ pub enum ControlToNode {
         /// Why.
         error: WireError,
     },
-    /// Run a job. If its task has a voice prompt, one binary frame with it follows.
+    /// Run a job. If its task has audio (a voice prompt, a clip), one binary frame with it follows.
     Submit(Job),
     /// Stop a job (its client went away); no answer is expected.
     Cancel {
@@ -50,12 +51,32 @@ pub struct Job {
     pub task: Task,
 }
 
-/// The kind of work in a job; new kinds (e.g. `transcription`) become new variants.
+/// The kind of work in a job; new kinds become new variants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Task {
     /// Text-to-dialogue with optional voice cloning (feature `voice-cloning`).
     Speech(SpeechTask),
+    /// Speech-to-text of one clip (feature `transcription`).
+    Transcription(TranscriptionTask),
+}
+
+impl Task {
+    /// The feature a node must advertise to run it.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            Self::Speech(_) => crate::FEATURE_VOICE_CLONING,
+            Self::Transcription(_) => crate::FEATURE_TRANSCRIPTION,
+        }
+    }
+
+    /// The audio that follows the `submit` in a binary frame, and its stream.
+    pub fn attached_audio(&self) -> Option<(crate::frames::Stream, crate::Clip)> {
+        match self {
+            Self::Speech(s) => s.voice_prompt.map(|c| (crate::frames::Stream::VoicePrompt, c)),
+            Self::Transcription(t) => Some((crate::frames::Stream::Clip, t.clip)),
+        }
+    }
 }
 
 /// Node → control plane.
@@ -119,10 +140,14 @@ pub struct ModelInfo {
     /// Features it offers, e.g. [`crate::FEATURE_VOICE_CLONING`].
     pub features: Vec<String>,
     /// Longest text it reads (script plus cloning transcripts), in its text tokens: for Dia,
-    /// UTF-8 bytes with each speaker tag counting one (`script::model_token_count`).
+    /// UTF-8 bytes with each speaker tag counting one (`script::model_token_count`); 0 for
+    /// models that read no text.
     pub max_input_chars: u32,
-    /// Most audio frames (`max_new_tokens`) it generates per job.
+    /// Most audio frames (`max_new_tokens`) it generates per job (speech models; 0 otherwise).
     pub max_new_tokens: u32,
+    /// Language codes it transcribes (transcription models; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
 }
 
 /// Whether a node can take work.
@@ -156,8 +181,12 @@ pub struct Finished {
     pub request_id: RequestId,
     /// The attempt.
     pub attempt: u32,
-    /// Total samples sent in the audio chunks (16-bit mono at 44.1 kHz), as a check.
+    /// Total samples sent in the audio chunks (16-bit mono at 44.1 kHz), as a check; 0 for
+    /// jobs that produce no audio.
     pub samples: u64,
-    /// Seconds the node spent generating.
+    /// Seconds the node spent on the job.
     pub inference_seconds: f32,
+    /// The text of a transcription job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Transcript>,
 }

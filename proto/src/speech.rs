@@ -1,6 +1,5 @@
 //! What a node needs to generate speech: the final script, sampling parameters, seed and prompt.
 
-use crate::frames::PcmEncoding;
 use serde::{Deserialize, Serialize};
 
 /// Sampling parameters of one generation, shared by API validation (bounds and defaults) and the
@@ -42,14 +41,8 @@ pub struct SpeechTask {
     pub voice_prompt: Option<VoicePrompt>,
 }
 
-/// Describes the voice-prompt PCM that follows a `submit` in a binary frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VoicePrompt {
-    /// Number of mono samples at [`crate::SAMPLE_RATE`].
-    pub samples: u64,
-    /// How the samples are encoded in the frame payload.
-    pub encoding: PcmEncoding,
-}
+/// The voice-prompt PCM that follows a speech `submit` in a binary frame (stream `voice_prompt`).
+pub type VoicePrompt = crate::transcription::Clip;
 
 /// Silence between the S1 and S2 clips of a two-voice prompt, so the model hears the turn change.
 pub const VOICE_GAP_SECONDS: f32 = 0.3;

@@ -19,7 +19,9 @@ fn a_submit_carries_the_whole_speech_task() {
     let ControlToNode::Submit(job) = golden::<ControlToNode>("submit.json") else {
         panic!("not a submit")
     };
-    let Task::Speech(task) = job.task;
+    assert_eq!(job.task.feature(), proto::FEATURE_VOICE_CLONING);
+    assert_eq!(job.task.attached_audio().map(|(s, _)| s), Some(proto::Stream::VoicePrompt));
+    let Task::Speech(task) = job.task else { panic!("not speech") };
     assert_eq!(task.seed, 42);
     assert_eq!(task.sampling, proto::Sampling::default());
     assert_eq!(task.voice_prompt.unwrap().samples, 132_300);
@@ -32,6 +34,32 @@ fn a_hello_names_models_features_and_capacity() {
     };
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     assert_eq!(hello.models[0].features, [proto::FEATURE_VOICE_CLONING]);
+    assert!(hello.models[0].languages.is_empty());
+    assert_eq!(hello.models[1].features, [proto::FEATURE_TRANSCRIPTION]);
+    assert_eq!(hello.models[1].languages, ["en", "de"]);
+}
+
+#[test]
+fn a_transcription_submit_announces_its_clip_and_optional_language() {
+    let ControlToNode::Submit(job) = golden::<ControlToNode>("submit_transcription.json") else {
+        panic!("not a submit")
+    };
+    assert_eq!(job.task.feature(), proto::FEATURE_TRANSCRIPTION);
+    let (stream, clip) = job.task.attached_audio().unwrap();
+    assert_eq!((stream, clip.samples), (proto::Stream::Clip, 441_000));
+    let Task::Transcription(task) = job.task else { panic!("not a transcription") };
+    assert_eq!(task.language, None);
+}
+
+#[test]
+fn a_finished_transcription_carries_its_text_and_no_audio() {
+    let NodeToControl::Finished(done) = golden::<NodeToControl>("finished_transcription.json")
+    else {
+        panic!("not finished")
+    };
+    assert_eq!(done.samples, 0);
+    let transcript = done.transcript.unwrap();
+    assert_eq!((transcript.text.as_str(), transcript.language.as_str()), ("Hello there.", "en"));
 }
 
 #[test]
@@ -60,6 +88,7 @@ fn a_finished_message_counts_the_samples_sent() {
         panic!("not finished")
     };
     assert_eq!(done.samples, 88_200);
+    assert_eq!(done.transcript, None);
 }
 
 #[test]

@@ -125,6 +125,7 @@ async fn echo_node(url: &str, id: &str) {
             features: vec![proto::FEATURE_VOICE_CLONING.into()],
             max_input_chars: 1024,
             max_new_tokens: 4096,
+            languages: vec![],
         }],
         capacity: 256,
         gpu: None,
@@ -149,6 +150,7 @@ async fn echo_node(url: &str, id: &str) {
                 attempt: job.attempt,
                 samples: 4410,
                 inference_seconds: 0.0,
+                transcript: None,
             });
             if ws.send(Message::binary(frame.encode())).await.is_err()
                 || ws.send(Message::text(serde_json::to_string(&done).unwrap())).await.is_err()

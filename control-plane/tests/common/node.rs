@@ -20,6 +20,7 @@ pub fn cloning_model(id: &str) -> ModelInfo {
         features: vec![proto::FEATURE_VOICE_CLONING.into()],
         max_input_chars: 1024,
         max_new_tokens: 4096,
+        languages: vec![],
     }
 }
 
@@ -85,8 +86,7 @@ impl ScriptedNode {
             Some(ControlToNode::Submit(job)) => job,
             other => panic!("expected a submit, got {other:?}"),
         };
-        let proto::Task::Speech(task) = &job.task;
-        let prompt = match task.voice_prompt {
+        let prompt = match job.task.attached_audio() {
             None => None,
             Some(_) => match self.ws.next().await {
                 Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
@@ -107,6 +107,7 @@ impl ScriptedNode {
             attempt: job.attempt,
             samples: samples.len() as u64,
             inference_seconds: 0.01,
+            transcript: None,
         });
         self.send(&done).await;
     }
@@ -189,8 +190,7 @@ impl ScriptedNode {
                 };
                 let Some(msg) = msg else { break };
                 if let ControlToNode::Submit(job) = msg {
-                    let proto::Task::Speech(task) = &job.task;
-                    let prompt = match task.voice_prompt {
+                    let prompt = match job.task.attached_audio() {
                         Some(_) => match self.ws.next().await {
                             Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
                             _ => break,
