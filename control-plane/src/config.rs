@@ -78,6 +78,11 @@ pub struct Config {
     #[arg(long, env = "MIN_VOICE_SECONDS", default_value_t = 1.0)]
     pub min_voice_seconds: f32,
 
+    /// Longest clip `POST /v1/audio/transcriptions` takes, in seconds (it travels to the node in
+    /// one 16-bit frame, under the node's 16 MiB frame limit up to about 190 s).
+    #[arg(long, env = "MAX_TRANSCRIPTION_SECONDS", default_value_t = 180.0)]
+    pub max_transcription_seconds: f32,
+
     /// Names this process in the node table and the history (default: random).
     #[arg(long, env = "REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -129,6 +134,7 @@ impl fmt::Debug for Config {
             .field("max_voice_bytes", &self.max_voice_bytes)
             .field("max_voice_seconds", &self.max_voice_seconds)
             .field("min_voice_seconds", &self.min_voice_seconds)
+            .field("max_transcription_seconds", &self.max_transcription_seconds)
             .field("replica_id", &self.replica_id)
             .finish()
     }

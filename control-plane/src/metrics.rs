@@ -32,6 +32,8 @@ pub struct Metrics {
     pub nodes_online: IntGaugeVec,
     /// `tts_audio_generated_seconds_total`.
     pub audio_seconds: Counter,
+    /// `tts_audio_transcribed_seconds_total`.
+    pub transcribed_seconds: Counter,
 }
 
 /// Latency buckets from a fast error to a long generation.
@@ -82,7 +84,11 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone())).expect("registered once");
         registry.register(Box::new(queue_capacity.clone())).expect("registered once");
         registry.register(Box::new(nodes_online.clone())).expect("registered once");
+        let transcribed_seconds =
+            Counter::new("tts_audio_transcribed_seconds_total", "Seconds of audio transcribed")
+                .expect("valid metric");
         registry.register(Box::new(audio_seconds.clone())).expect("registered once");
+        registry.register(Box::new(transcribed_seconds.clone())).expect("registered once");
         Self {
             registry,
             requests,
@@ -92,6 +98,7 @@ impl Metrics {
             queue_capacity,
             nodes_online,
             audio_seconds,
+            transcribed_seconds,
         }
     }
 

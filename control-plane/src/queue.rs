@@ -8,15 +8,16 @@
 
 use crate::audio::wav_i16_bytes;
 use crate::config::Config;
-use crate::db::requests::{AttemptFailure, Claimed, Outcome};
+use crate::db::requests::{AttemptFailure, Claimed, JobResult, Outcome};
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::nodes::registry::{Candidate, Registry};
+use crate::nodes::registry::{Candidate, JobKind, Registry, Taken};
 use crate::nodes::ws::text;
 use axum::extract::ws::Message;
+use proto::transcription::MAX_TRANSCRIPT_BYTES;
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
-    RequestId, Stream, Task, WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, RequestId, Task,
+    WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -174,36 +175,83 @@ impl Queue {
         }
     }
 
-    /// Records a node's finished job: its audio becomes the request's WAV.
-    pub async fn finished(&self, node: &NodeId, done: &Finished, audio: Vec<u8>) {
-        let samples = proto::frames::i16_from_le_bytes(&audio);
-        if samples.len() as u64 != done.samples {
-            let msg = format!(
-                "node {node} announced {} samples but sent {}",
-                done.samples,
-                samples.len()
-            );
-            let error = WireError::new(ErrorKind::UpstreamError, msg);
-            return self
-                .attempt_failed(done.request_id, done.attempt, "failed", &error, true)
-                .await;
-        }
-        let seconds = samples.len() as f64 / f64::from(SAMPLE_RATE);
-        let wav = wav_i16_bytes(&samples, SAMPLE_RATE);
+    /// Records a node's finished job: a generation's audio becomes the request's WAV, a
+    /// transcription's text its transcript. A result that does not fit the job fails the attempt.
+    pub async fn finished(&self, node: &NodeId, done: &Finished, taken: Taken) {
+        let wav;
+        let result = match (taken.kind, &done.transcript) {
+            (JobKind::Speech, None) => {
+                let samples = proto::frames::i16_from_le_bytes(&taken.audio);
+                if samples.len() as u64 != done.samples {
+                    let msg = format!(
+                        "node {node} announced {} samples but sent {}",
+                        done.samples,
+                        samples.len()
+                    );
+                    return self.reject_result(done, msg).await;
+                }
+                wav = wav_i16_bytes(&samples, SAMPLE_RATE);
+                JobResult::Audio {
+                    wav: &wav,
+                    seconds: samples.len() as f64 / f64::from(SAMPLE_RATE),
+                }
+            }
+            (JobKind::Transcription { clip_seconds }, Some(t)) => {
+                if !taken.audio.is_empty() {
+                    return self
+                        .reject_result(done, format!("node {node} sent audio for a transcription"))
+                        .await;
+                }
+                if t.text.len() > MAX_TRANSCRIPT_BYTES || !is_language_code(&t.language) {
+                    let msg = format!(
+                        "node {node} sent a transcript of {} bytes in language \"{}\" (at most {MAX_TRANSCRIPT_BYTES} bytes, a language code)",
+                        t.text.len(),
+                        t.language.chars().take(20).collect::<String>()
+                    );
+                    return self.reject_result(done, msg).await;
+                }
+                JobResult::Transcript { text: t.text.trim(), language: &t.language, clip_seconds }
+            }
+            (JobKind::Speech, Some(_)) => {
+                return self
+                    .reject_result(done, format!("node {node} sent a transcript for a generation"))
+                    .await
+            }
+            (JobKind::Transcription { .. }, None) => {
+                return self
+                    .reject_result(
+                        done,
+                        format!("node {node} finished a transcription without its text"),
+                    )
+                    .await
+            }
+        };
         let id = done.request_id.to_string();
-        let result = self
+        let recorded = self
             .db
-            .succeed(&id, i64::from(done.attempt), &wav, seconds, f64::from(done.inference_seconds))
+            .succeed(&id, i64::from(done.attempt), &result, f64::from(done.inference_seconds))
             .await;
-        match result {
+        match recorded {
             Ok(true) => {
-                self.metrics.audio_seconds.inc_by(seconds);
+                match result {
+                    JobResult::Audio { seconds, .. } => self.metrics.audio_seconds.inc_by(seconds),
+                    JobResult::Transcript { clip_seconds, .. } => {
+                        self.metrics.transcribed_seconds.inc_by(clip_seconds)
+                    }
+                }
                 self.announce_done(&id).await;
             }
             Ok(false) => tracing::info!(request = %id, "result of an abandoned attempt dropped"),
             Err(e) => tracing::error!(error = %e, request = %id, "could not record a result"),
         }
         self.wake();
+    }
+
+    /// Fails an attempt whose node answered with something its job cannot have produced; another
+    /// node may do better.
+    async fn reject_result(&self, done: &Finished, message: String) {
+        let error = WireError::new(ErrorKind::UpstreamError, message);
+        self.attempt_failed(done.request_id, done.attempt, "failed", &error, true).await;
     }
 
     /// Ends an attempt without audio: retried while the error is retryable and attempts remain,
@@ -311,7 +359,13 @@ impl Queue {
         };
         self.metrics.queue_seconds.observe(claimed.queue_seconds);
         let max_audio_bytes = max_audio_samples(&task) * 2;
-        let assigned = self.registry.assign(node, request_id, attempt, max_audio_bytes);
+        let kind = match &task {
+            Task::Speech(_) => JobKind::Speech,
+            Task::Transcription(t) => JobKind::Transcription {
+                clip_seconds: t.clip.samples as f64 / f64::from(SAMPLE_RATE),
+            },
+        };
+        let assigned = self.registry.assign(node, request_id, attempt, kind, max_audio_bytes);
         let sent = assigned.is_some_and(|tx| {
             let attached = task.attached_audio();
             let job =
@@ -401,4 +455,9 @@ fn max_audio_samples(task: &Task) -> usize {
     let Task::Speech(speech) = task else { return 0 };
     let frames = f64::from(speech.max_new_tokens) * f64::from(SAMPLES_PER_FRAME);
     (frames / f64::from(speech.speed_factor).max(0.1)).ceil() as usize + SAMPLE_RATE as usize
+}
+
+/// A language code as Whisper's tokenizer spells them (`en`, `haw`, `yue`).
+fn is_language_code(code: &str) -> bool {
+    (2..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase())
 }

@@ -327,6 +327,30 @@ if (playground) {
 
 // ---- Queue and history ---------------------------------------------------------------------
 
+// A sample uploaded without a transcript is transcribed by the pool: its card follows it, and
+// the edit form gets the text unless something was typed there meanwhile.
+async function followTranscripts() {
+  for (const p of $$("#voice-list .transcript[data-pending]")) {
+    const card = p.closest(".voice");
+    const res = await api("GET", `/v1/voices/${card.dataset.id}`);
+    if (!res.ok || res.body.transcript_status === "pending") continue;
+    p.removeAttribute("data-pending");
+    p.removeAttribute("role");
+    card.dataset.transcriptStatus = res.body.transcript_status;
+    if (res.body.transcript_status === "filled") {
+      p.className = "transcript";
+      p.textContent = res.body.transcript;
+      const area = $("textarea[name=transcript]", card);
+      if (!area.value) area.value = res.body.transcript;
+    } else {
+      p.className = "transcript missing";
+      p.textContent = `Transcription failed: ${res.body.transcript_error || "no reason given"}. ` +
+        "Type what the clip says: cloning needs it.";
+    }
+  }
+}
+setInterval(() => { if ($("#voice-list .transcript[data-pending]")) followTranscripts(); }, 1500);
+
 const requests = $("#requests");
 if (requests) {
   requests.addEventListener("click", async (e) => {

@@ -17,7 +17,8 @@ pub struct NewRequest<'a> {
     pub feature: &'a str,
     /// Model to run.
     pub model: &'a str,
-    /// The script as sent.
+    /// What the client sent to be worked on, for the history: the script; for a transcription,
+    /// what the clip is.
     pub input: &'a str,
     /// JSON of the validated parameters, for the history.
     pub params: &'a str,
@@ -29,8 +30,29 @@ pub struct NewRequest<'a> {
     pub collection: Option<&'a str>,
     /// JSON of the [`proto::Task`] sent to nodes.
     pub task: &'a str,
-    /// Voice prompt PCM (f32 LE), if cloning.
+    /// The audio the task's `submit` is followed by (f32 LE): the voice prompt when cloning, the
+    /// clip of a transcription.
     pub prompt_audio: Option<&'a [u8]>,
+}
+
+/// What a succeeded attempt brought back.
+pub enum JobResult<'a> {
+    /// A generation's WAV and its length.
+    Audio {
+        /// The WAV file.
+        wav: &'a [u8],
+        /// Its length.
+        seconds: f64,
+    },
+    /// A transcription's text.
+    Transcript {
+        /// What was said.
+        text: &'a str,
+        /// The language it was transcribed in.
+        language: &'a str,
+        /// Length of the clip transcribed.
+        clip_seconds: f64,
+    },
 }
 
 /// A job a replica claimed for one of its nodes.
@@ -59,15 +81,19 @@ pub struct Outcome {
     pub error_type: Option<String>,
     /// Error message when failed.
     pub error_message: Option<String>,
-    /// WAV when succeeded.
+    /// WAV when a generation succeeded.
     pub audio: Option<Vec<u8>>,
+    /// Text when a transcription succeeded.
+    pub transcript: Option<String>,
+    /// The language of the transcript.
+    pub language: Option<String>,
     /// Node of the last attempt.
     pub node_id: Option<String>,
     /// Seconds waited for a node.
     pub queue_seconds: Option<f64>,
     /// Seconds the node generated.
     pub inference_seconds: Option<f64>,
-    /// Length of the audio.
+    /// Length of the audio generated or transcribed.
     pub audio_seconds: Option<f64>,
 }
 
@@ -84,9 +110,11 @@ pub struct HistoryRow {
     pub error_type: Option<String>,
     /// Error message when failed.
     pub error_message: Option<String>,
+    /// The feature it needs (`voice-cloning`, `transcription`).
+    pub feature: String,
     /// Model.
     pub model: String,
-    /// The script.
+    /// The script; for a transcription, what the clip is.
     pub input: String,
     /// JSON of the validated parameters.
     pub params: String,
@@ -112,6 +140,10 @@ pub struct HistoryRow {
     pub inference_seconds: Option<f64>,
     /// Audio length.
     pub audio_seconds: Option<f64>,
+    /// A transcription's text.
+    pub transcript: Option<String>,
+    /// A transcription's language.
+    pub language: Option<String>,
     /// 1-based place among the queued requests for the same model, while queued.
     pub queue_position: Option<i64>,
     /// Audio generated so far by the running attempt, as its node reports it.
@@ -160,9 +192,9 @@ pub struct AttemptFailure<'a> {
 }
 
 const HISTORY_COLUMNS: &str =
-    "seq, id, status, error_type, error_message, model, input, params, seed,
+    "seq, id, status, error_type, error_message, feature, model, input, params, seed,
     visibility, collection, attempts, node_id, created_at, started_at, finished_at, queue_seconds,
-    inference_seconds, audio_seconds, generated_seconds,
+    inference_seconds, audio_seconds, transcript, language, generated_seconds,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM requests q
         WHERE q.status = 'queued' AND q.model = r.model AND q.seq <= r.seq) END AS queue_position";
 
@@ -242,25 +274,31 @@ impl Db {
         })
     }
 
-    /// Records the audio of a running attempt; false when the attempt is no longer current.
+    /// Records the result of a running attempt; false when the attempt is no longer current.
     pub async fn succeed(
         &self,
         id: &str,
         attempt: i64,
-        wav: &[u8],
-        audio_seconds: f64,
+        result: &JobResult<'_>,
         inference_seconds: f64,
     ) -> Result<bool, sqlx::Error> {
         let sql = "UPDATE requests SET status = 'succeeded', audio = $3, audio_seconds = $4,
-                       inference_seconds = $5, finished_at = $6
+                       transcript = $5, language = $6, inference_seconds = $7, finished_at = $8
                    WHERE id = $1 AND status = 'running' AND attempts = $2";
+        let (wav, seconds, text, language) = match *result {
+            JobResult::Audio { wav, seconds } => (Some(wav), seconds, None, None),
+            JobResult::Transcript { text, language, clip_seconds } => {
+                (None, clip_seconds, Some(text), Some(language))
+            }
+        };
         let attempt_sql = "UPDATE attempts SET outcome = 'succeeded', finished_at = $3
                            WHERE request_id = $1 AND attempt = $2";
         let now = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let done = sqlx::query(sql).bind(id).bind(attempt).bind(wav).bind(audio_seconds)
-                .bind(inference_seconds).bind(now).execute(&mut *tx).await?.rows_affected() == 1;
+            let done = sqlx::query(sql).bind(id).bind(attempt).bind(wav).bind(seconds).bind(text)
+                .bind(language).bind(inference_seconds).bind(now)
+                .execute(&mut *tx).await?.rows_affected() == 1;
             if done {
                 sqlx::query(attempt_sql).bind(id).bind(attempt).bind(now).execute(&mut *tx).await?;
             }
@@ -382,8 +420,8 @@ impl Db {
 
     /// Where a request stands.
     pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, sqlx::Error> {
-        let sql = "SELECT status, error_type, error_message, audio, node_id, queue_seconds,
-                       inference_seconds, audio_seconds FROM requests WHERE id = $1";
+        let sql = "SELECT status, error_type, error_message, audio, transcript, language, node_id,
+                       queue_seconds, inference_seconds, audio_seconds FROM requests WHERE id = $1";
         on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_optional(p).await)
     }
 

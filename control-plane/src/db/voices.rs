@@ -10,8 +10,14 @@ pub struct VoiceRow {
     pub id: i64,
     /// Display name of the voice.
     pub speaker_name: String,
-    /// What is said in the clip; needed for cloning.
+    /// What is said in the clip; needed for cloning. Typed at upload or later, or filled by a
+    /// transcription.
     pub transcript: Option<String>,
+    /// Where the transcript stands.
+    #[sqlx(try_from = "String")]
+    pub transcript_status: TranscriptStatus,
+    /// Why the transcription failed, when it did.
+    pub transcript_error: Option<String>,
     /// Pre-selected in the playground; at most one per account.
     pub is_default: bool,
     /// Upload container format: wav, mp3, flac, ogg, webm.
@@ -28,8 +34,63 @@ pub struct VoiceRow {
     pub updated_at: i64,
 }
 
-const COLUMNS: &str = "id, speaker_name, transcript, is_default, format, duration_seconds, \
-                       source_sample_rate, source_channels, created_at, updated_at";
+/// Where a sample's transcript stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptStatus {
+    /// A transcription is queued or running.
+    Pending,
+    /// There is a transcript, typed or transcribed.
+    Filled,
+    /// The transcription failed (`transcript_error` says why); type one.
+    Failed,
+    /// None, and no transcription node was online when it was uploaded; type one.
+    Unavailable,
+}
+
+impl TranscriptStatus {
+    /// The name the API gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Filled => "filled",
+            Self::Failed => "failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl TryFrom<String> for TranscriptStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "pending" => Ok(Self::Pending),
+            "filled" => Ok(Self::Filled),
+            "failed" => Ok(Self::Failed),
+            "unavailable" => Ok(Self::Unavailable),
+            _ => Err(format!("unknown transcript status `{s}`")),
+        }
+    }
+}
+
+/// A sample read through its transcription request (`r`): a typed transcript wins, then the
+/// transcription's text once it succeeded with some.
+const COLUMNS: &str = "v.id, v.speaker_name,
+    COALESCE(v.transcript, CASE WHEN r.status = 'succeeded' AND TRIM(r.transcript) <> ''
+        THEN r.transcript END) AS transcript,
+    CASE WHEN v.transcript IS NOT NULL THEN 'filled'
+        WHEN r.id IS NULL THEN 'unavailable'
+        WHEN r.status IN ('queued', 'running') THEN 'pending'
+        WHEN r.status = 'succeeded' AND TRIM(r.transcript) <> '' THEN 'filled'
+        ELSE 'failed' END AS transcript_status,
+    CASE WHEN v.transcript IS NOT NULL THEN NULL
+        WHEN r.status = 'failed' THEN r.error_message
+        WHEN r.status = 'succeeded' AND TRIM(COALESCE(r.transcript, '')) = ''
+            THEN 'no speech was recognised in the clip' END AS transcript_error,
+    v.is_default, v.format, v.duration_seconds, v.source_sample_rate, v.source_channels,
+    v.created_at, v.updated_at";
+const FROM: &str = "voices v LEFT JOIN requests r ON r.id = v.transcription_id";
 
 /// A new sample, decoded.
 pub struct NewVoice<'a> {
@@ -69,6 +130,9 @@ pub struct VoicePatch {
 pub struct CloningSample {
     /// Transcript, if any.
     pub transcript: Option<String>,
+    /// Where the transcript stands.
+    #[sqlx(try_from = "String")]
+    pub transcript_status: TranscriptStatus,
     /// Normalised samples, f32 LE.
     pub pcm: Vec<u8>,
 }
@@ -95,13 +159,13 @@ impl Db {
 
     /// The account's samples, oldest first.
     pub async fn list_voices(&self, account: &str) -> Result<Vec<VoiceRow>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM voices WHERE account_id = $1 ORDER BY id");
+        let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE v.account_id = $1 ORDER BY v.id");
         on_pool!(self, p => sqlx::query_as(&sql).bind(account).fetch_all(p).await)
     }
 
     /// One sample of the account.
     pub async fn get_voice(&self, account: &str, id: i64) -> Result<Option<VoiceRow>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM voices WHERE account_id = $1 AND id = $2");
+        let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE v.account_id = $1 AND v.id = $2");
         on_pool!(self, p => sqlx::query_as(&sql).bind(account).bind(id).fetch_optional(p).await)
     }
 
@@ -122,11 +186,11 @@ impl Db {
         v: &NewVoice<'_>,
     ) -> Result<VoiceRow, sqlx::Error> {
         let now = now_ms();
-        let sql = format!(
+        let sql =
             "INSERT INTO voices (account_id, speaker_name, transcript, is_default, format, original, pcm,
                 duration_seconds, source_sample_rate, source_channels, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {COLUMNS}"
-        );
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id";
+        let select = format!("SELECT {COLUMNS} FROM {FROM} WHERE v.id = $1");
         on_pool!(self, p => {
             let mut tx = p.begin_with(self.begin_write()).await?;
             if v.is_default {
@@ -136,29 +200,31 @@ impl Db {
                 sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default")
                     .bind(account).execute(&mut *tx).await?;
             }
-            let row = sqlx::query_as(&sql)
+            let id: i64 = sqlx::query_scalar(sql)
                 .bind(account).bind(v.speaker_name).bind(v.transcript).bind(v.is_default).bind(v.format)
                 .bind(v.original).bind(v.pcm).bind(v.duration_seconds).bind(v.source_sample_rate)
                 .bind(v.source_channels).bind(now)
                 .fetch_one(&mut *tx).await?;
+            let row = sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(row)
         })
     }
 
-    /// Applies a patch to a sample of the account; `None` when it is not there.
+    /// Applies a patch to a sample of the account; `None` when it is not there. A new transcript,
+    /// or none, replaces whatever a transcription brought.
     pub async fn update_voice(
         &self,
         account: &str,
         id: i64,
         patch: VoicePatch,
     ) -> Result<Option<VoiceRow>, sqlx::Error> {
-        let sql = format!(
-            "UPDATE voices SET speaker_name = COALESCE($3, speaker_name),
+        let sql = "UPDATE voices SET speaker_name = COALESCE($3, speaker_name),
                 transcript = CASE WHEN $4 THEN $5 ELSE transcript END,
+                transcription_id = CASE WHEN $4 THEN NULL ELSE transcription_id END,
                 is_default = COALESCE($6, is_default), updated_at = $7
-             WHERE account_id = $1 AND id = $2 RETURNING {COLUMNS}"
-        );
+             WHERE account_id = $1 AND id = $2 RETURNING id";
+        let select = format!("SELECT {COLUMNS} FROM {FROM} WHERE v.id = $1");
         let (set_transcript, transcript) = match patch.transcript {
             Some(t) => (true, t),
             None => (false, None),
@@ -172,15 +238,15 @@ impl Db {
                 sqlx::query("UPDATE voices SET is_default = FALSE WHERE account_id = $1 AND is_default AND id <> $2")
                     .bind(account).bind(id).execute(&mut *tx).await?;
             }
-            let row = sqlx::query_as(&sql)
+            let updated: Option<i64> = sqlx::query_scalar(sql)
                 .bind(account).bind(id).bind(patch.speaker_name).bind(set_transcript).bind(transcript)
                 .bind(patch.is_default).bind(now_ms())
                 .fetch_optional(&mut *tx).await?;
             // No such sample: dropping the transaction rolls back the cleared default.
-            if row.is_some() {
-                tx.commit().await?;
-            }
-            Ok(row)
+            let Some(id) = updated else { return Ok(None) };
+            let row = sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Some(row))
         })
     }
 
@@ -197,7 +263,28 @@ impl Db {
         account: &str,
         id: i64,
     ) -> Result<Option<CloningSample>, sqlx::Error> {
-        let sql = "SELECT transcript, pcm FROM voices WHERE account_id = $1 AND id = $2";
-        on_pool!(self, p => sqlx::query_as(sql).bind(account).bind(id).fetch_optional(p).await)
+        let sql = format!(
+            "SELECT transcript, transcript_status, pcm FROM
+                 (SELECT {COLUMNS}, v.pcm FROM {FROM} WHERE v.account_id = $1 AND v.id = $2) s"
+        );
+        on_pool!(self, p => sqlx::query_as(&sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+
+    /// Links a sample that has no transcript to the transcription request filling it.
+    pub async fn set_transcription(
+        &self,
+        account: &str,
+        id: i64,
+        request: &str,
+    ) -> Result<(), sqlx::Error> {
+        let sql = "UPDATE voices SET transcription_id = $3
+                   WHERE account_id = $1 AND id = $2 AND transcript IS NULL";
+        on_pool!(self, p => sqlx::query(sql).bind(account).bind(id).bind(request).execute(p).await.map(drop))
+    }
+
+    /// The samples of the account's clip, normalised (f32 LE), for a transcription.
+    pub async fn voice_pcm(&self, account: &str, id: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let sql = "SELECT pcm FROM voices WHERE account_id = $1 AND id = $2";
+        on_pool!(self, p => sqlx::query_scalar(sql).bind(account).bind(id).fetch_optional(p).await)
     }
 }

@@ -4,6 +4,7 @@ use super::auth::Account;
 use super::openapi::AudioFile;
 use super::ApiJson;
 use crate::db::requests::{NewRequest, Outcome};
+use crate::db::voices::TranscriptStatus;
 use crate::error::{ApiError, ErrorBody};
 use crate::queue::Queue;
 use crate::state::AppState;
@@ -51,7 +52,7 @@ pub async fn create(
     let id = RequestId::new();
     let waiter = state.queue.waiter(&id);
     let seed = enqueue(&state, &account, &body, id).await?;
-    let guard = CancelOnDrop(Some((state.queue.clone(), id)));
+    let guard = CancelOnDrop::new(state.queue.clone(), id);
     let outcome = state.queue.wait(&waiter).await?;
     guard.disarm();
     respond(id, seed, outcome)
@@ -117,10 +118,16 @@ pub(crate) async fn enqueue(
 
 /// Cancels the request if the handler is dropped before it ends: hyper drops the handler's
 /// future when the client disconnects.
-struct CancelOnDrop(Option<(Arc<Queue>, RequestId)>);
+pub(crate) struct CancelOnDrop(Option<(Arc<Queue>, RequestId)>);
 
 impl CancelOnDrop {
-    fn disarm(mut self) {
+    /// Armed for the request `id`.
+    pub(crate) fn new(queue: Arc<Queue>, id: RequestId) -> Self {
+        Self(Some((queue, id)))
+    }
+
+    /// The request ended: nothing to cancel.
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
@@ -180,7 +187,16 @@ async fn cloning_prompt(
             return Err(ApiError::new(ErrorKind::InvalidVoiceSample, msg));
         };
         let Some(transcript) = sample.transcript.filter(|t| !t.trim().is_empty()) else {
-            let msg = format!("`speakers.{tag}`: voice sample {id} has no transcript; Dia needs it to clone the voice");
+            let msg = match sample.transcript_status {
+                TranscriptStatus::Pending => format!(
+                    "`speakers.{tag}`: voice sample {id} is being transcribed; Dia needs its \
+                     transcript to clone the voice: try again in a few seconds"
+                ),
+                _ => format!(
+                    "`speakers.{tag}`: voice sample {id} has no transcript; Dia needs it to clone \
+                     the voice: add one with PATCH /v1/voices/{id}"
+                ),
+            };
             return Err(ApiError::new(ErrorKind::MissingTranscript, msg));
         };
         if sample.pcm.is_empty() || sample.pcm.len() % 4 != 0 {

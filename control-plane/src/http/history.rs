@@ -49,9 +49,11 @@ pub struct HistoryItem {
     pub status: String,
     /// The error, when failed.
     pub error: Option<crate::error::ErrorDetail>,
+    /// The feature it used: `voice-cloning` (a generation) or `transcription`.
+    pub feature: String,
     /// Model.
     pub model: String,
-    /// The script.
+    /// The script; for a transcription, what the clip is.
     pub input: String,
     /// Every parameter used, defaults filled in, with the seed: enough to regenerate.
     #[schema(value_type = Object)]
@@ -80,8 +82,12 @@ pub struct HistoryItem {
     pub inference_seconds: Option<f64>,
     /// Length of the audio.
     pub audio_seconds: Option<f64>,
-    /// Where the WAV is, when succeeded.
+    /// Where the WAV is, when a generation succeeded.
     pub audio_url: Option<String>,
+    /// What a succeeded transcription heard.
+    pub transcript: Option<String>,
+    /// The language of the transcript.
+    pub language: Option<String>,
     /// Every try on a node, in order (only in the single-item view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptRow>>,
@@ -103,10 +109,12 @@ impl From<HistoryRow> for HistoryItem {
             message: r.error_message.unwrap_or_default(),
         });
         Self {
-            audio_url: (r.status == "succeeded").then(|| format!("/v1/history/{}/audio", r.id)),
+            audio_url: (r.status == "succeeded" && r.feature == proto::FEATURE_VOICE_CLONING)
+                .then(|| format!("/v1/history/{}/audio", r.id)),
             id: r.id,
             status: r.status,
             error,
+            feature: r.feature,
             model: r.model,
             input: r.input,
             params: serde_json::from_str(&r.params).unwrap_or_default(),
@@ -122,6 +130,8 @@ impl From<HistoryRow> for HistoryItem {
             queue_seconds: r.queue_seconds,
             inference_seconds: r.inference_seconds,
             audio_seconds: r.audio_seconds,
+            transcript: r.transcript,
+            language: r.language,
             attempts: None,
         }
     }

@@ -8,6 +8,7 @@ pub mod history;
 pub mod models;
 pub mod openapi;
 pub mod reference;
+pub mod transcriptions;
 pub mod voices;
 
 use crate::error::ApiError;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(generations::router())
         .merge(voices::router(state.config.max_voice_bytes))
+        .merge(transcriptions::router(state.config.max_voice_bytes))
         .merge(history::router())
         .merge(models::router())
         .merge(admin::router())

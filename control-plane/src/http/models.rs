@@ -26,6 +26,9 @@ pub struct Model {
     pub max_input_chars: u32,
     /// Most frames its nodes generate (the smallest among them).
     pub max_new_tokens: u32,
+    /// Language codes a transcription model takes (those all its nodes take).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
     /// Healthy nodes serving it.
     pub nodes: u32,
 }
@@ -49,6 +52,7 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
                     features: Vec::new(),
                     max_input_chars: u32::MAX,
                     max_new_tokens: u32::MAX,
+                    languages: m.languages.clone(),
                     nodes: 0,
                 };
                 (rank, model)
@@ -57,6 +61,7 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
             model.nodes += 1;
             model.max_input_chars = model.max_input_chars.min(m.max_input_chars);
             model.max_new_tokens = model.max_new_tokens.min(m.max_new_tokens);
+            model.languages.retain(|l| m.languages.contains(l));
             for f in m.features {
                 if !model.features.contains(&f) {
                     model.features.push(f);

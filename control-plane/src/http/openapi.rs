@@ -12,9 +12,10 @@ use utoipa::{Modify, OpenApi, ToSchema};
 /// The public API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Dia text-to-dialogue provider", description = "Voice generations with voice cloning, the voice library and request history. Every error answers `{\"error\": {\"type\", \"message\"}}`."),
+    info(title = "Dia text-to-dialogue provider", description = "Voice generations with voice cloning, transcriptions, the voice library and request history. Every error answers `{\"error\": {\"type\", \"message\"}}`."),
     paths(
         super::generations::create,
+        super::transcriptions::create,
         super::models::list,
         super::voices::list, super::voices::upload, super::voices::fetch, super::voices::audio,
         super::voices::update, super::voices::remove,
@@ -24,6 +25,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     components(schemas(ErrorBody)),
     tags(
         (name = "generations", description = "Dialogue synthesis with optional voice cloning"),
+        (name = "transcriptions", description = "Speech to text (OpenAI-compatible)"),
         (name = "models", description = "What the online pool offers"),
         (name = "voices", description = "The account's voice library"),
         (name = "history", description = "Every accepted request and its audio"),

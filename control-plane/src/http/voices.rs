@@ -2,8 +2,9 @@
 
 use super::auth::Account;
 use super::openapi::AudioFile;
+use super::transcriptions::transcribe_sample;
 use super::{ApiJson, ApiMultipart, ApiPath};
-use crate::audio::{decode_to_mono_44k, AudioError};
+use crate::audio::{decode_to_mono_44k, AudioError, DecodedAudio};
 use crate::db::voices::{NewVoice, VoicePatch, VoiceRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -14,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use proto::frames::f32_le_bytes;
+use proto::frames::{f32_from_le_bytes, f32_le_bytes};
 use proto::ErrorKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -37,7 +38,8 @@ pub struct VoiceList {
     pub data: Vec<VoiceRow>,
 }
 
-/// Changes to a sample; absent fields stay, `transcript: null` clears it.
+/// Changes to a sample; absent fields stay, `transcript: null` clears it (and asks for a
+/// transcription, as an upload without one does).
 #[derive(Deserialize, ToSchema)]
 pub struct VoiceUpdate {
     /// New name.
@@ -63,7 +65,8 @@ struct VoiceUpload {
     file: String,
     /// Display name.
     speaker_name: String,
-    /// What the clip says.
+    /// What the clip says. Omitted, it is transcribed when a `transcription` node is online
+    /// (`transcript_status` pending, then filled or failed), else `unavailable`.
     transcript: Option<String>,
     /// True to make it the account's default (`true`/`false` in any case, or `1`/`0`).
     is_default: Option<bool>,
@@ -129,27 +132,7 @@ pub async fn upload(
     if let Some(t) = &transcript {
         check_transcript(t)?;
     }
-    if file.len() > state.config.max_voice_bytes {
-        let msg = format!(
-            "`file` has {} bytes; the limit is {}",
-            file.len(),
-            state.config.max_voice_bytes
-        );
-        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
-    }
-    let max_seconds = state.config.max_voice_seconds;
-    let bytes = file.clone();
-    let decoded = tokio::task::spawn_blocking(move || decode_to_mono_44k(&bytes, max_seconds))
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::InternalError, e.to_string()))?
-        .map_err(|e| match e {
-            AudioError::TooLong { .. } => {
-                ApiError::new(ErrorKind::AudioTooLong, format!("`file`: {e}"))
-            }
-            AudioError::Decode(_) | AudioError::Empty => {
-                ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}"))
-            }
-        })?;
+    let decoded = decode_upload(&state, file.clone(), state.config.max_voice_seconds).await?;
     let seconds = decoded.samples.len() as f32 / crate::audio::SAMPLE_RATE as f32;
     if seconds < state.config.min_voice_seconds {
         let msg = format!(
@@ -171,8 +154,39 @@ pub async fn upload(
         source_sample_rate: i64::from(decoded.source_sample_rate),
         source_channels: i64::from(decoded.source_channels),
     };
-    let row = state.db.insert_voice(&account, &voice).await?;
+    let mut row = state.db.insert_voice(&account, &voice).await?;
+    if row.transcript.is_none() {
+        transcribe_sample(&state, &account, row.id, &decoded.samples).await?;
+        row = state.db.get_voice(&account, row.id).await?.unwrap_or(row);
+    }
     Ok((StatusCode::CREATED, Json(row)))
+}
+
+/// Decodes an uploaded `file` off the async threads: mono, 44.1 kHz, at most `max_seconds`.
+pub(crate) async fn decode_upload(
+    state: &AppState,
+    file: axum::body::Bytes,
+    max_seconds: f32,
+) -> Result<DecodedAudio, ApiError> {
+    if file.len() > state.config.max_voice_bytes {
+        let msg = format!(
+            "`file` has {} bytes; the limit is {}",
+            file.len(),
+            state.config.max_voice_bytes
+        );
+        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
+    }
+    tokio::task::spawn_blocking(move || decode_to_mono_44k(&file, max_seconds))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::InternalError, e.to_string()))?
+        .map_err(|e| match e {
+            AudioError::TooLong { .. } => {
+                ApiError::new(ErrorKind::AudioTooLong, format!("`file`: {e}"))
+            }
+            AudioError::Decode(_) | AudioError::Empty => {
+                ApiError::new(ErrorKind::AudioDecodeFailed, format!("`file`: {e}"))
+            }
+        })
 }
 
 /// A boolean form field, as clients write it: `true`/`false` in any case (Python's generated
@@ -188,7 +202,7 @@ fn form_bool(text: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+pub(crate) fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ErrorKind::RequestTooLarge
     } else {
@@ -261,7 +275,15 @@ pub async fn update(
         transcript: transcript.map(|t| t.map(|t| t.trim().to_owned())),
         is_default: body.is_default,
     };
-    let row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
+    let cleared = matches!(patch.transcript, Some(None));
+    let mut row = state.db.update_voice(&account, id, patch).await?.ok_or_else(|| not_found(id))?;
+    // Clearing a transcript asks for a new one, as an upload without one does.
+    if cleared {
+        if let Some(pcm) = state.db.voice_pcm(&account, id).await? {
+            transcribe_sample(&state, &account, id, &f32_from_le_bytes(&pcm)).await?;
+            row = state.db.get_voice(&account, id).await?.unwrap_or(row);
+        }
+    }
     Ok(Json(row))
 }
 

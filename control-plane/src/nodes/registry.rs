@@ -21,11 +21,32 @@ struct Entry {
 
 struct Running {
     attempt: u32,
+    kind: JobKind,
     /// 16-bit LE PCM received so far, in chunk order.
     audio: Vec<u8>,
     next_chunk: u32,
     /// Most audio bytes the job may produce.
     max_audio_bytes: usize,
+}
+
+/// What a job is expected to bring back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JobKind {
+    /// Audio chunks, then `finished`.
+    Speech,
+    /// `finished` with a transcript, no audio.
+    Transcription {
+        /// Length of the clip sent, for the history and metrics.
+        clip_seconds: f64,
+    },
+}
+
+/// A job taken off its node: what it is, and the audio it sent.
+pub struct Taken {
+    /// What the job was.
+    pub kind: JobKind,
+    /// 16-bit LE PCM received, in chunk order.
+    pub audio: Vec<u8>,
 }
 
 /// Why an audio chunk was not taken.
@@ -116,18 +137,19 @@ impl Registry {
         free.into_iter().map(|(_, c)| c).collect()
     }
 
-    /// Books a job that may produce up to `max_audio_bytes` on a node; returns the socket to
-    /// send it on, or `None` if the node is gone.
+    /// Books a job of `kind` that may produce up to `max_audio_bytes` on a node; returns the
+    /// socket to send it on, or `None` if the node is gone.
     pub fn assign(
         &self,
         id: &NodeId,
         request: RequestId,
         attempt: u32,
+        kind: JobKind,
         max_audio_bytes: usize,
     ) -> Option<NodeTx> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let entry = nodes.get_mut(id)?;
-        let job = Running { attempt, audio: Vec::new(), next_chunk: 0, max_audio_bytes };
+        let job = Running { attempt, kind, audio: Vec::new(), next_chunk: 0, max_audio_bytes };
         entry.jobs.insert(request, job);
         Some(entry.tx.clone())
     }
@@ -153,14 +175,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Ends a job on a node; returns its audio when the attempt matches.
-    pub fn take(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<Vec<u8>> {
+    /// Ends a job on a node; returns what it was and its audio when the attempt matches.
+    pub fn take(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<Taken> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let jobs = &mut nodes.get_mut(id)?.jobs;
         if jobs.get(&request)?.attempt != attempt {
             return None;
         }
-        jobs.remove(&request).map(|r| r.audio)
+        jobs.remove(&request).map(|r| Taken { kind: r.kind, audio: r.audio })
     }
 
     /// Whether `attempt` of `request` runs on this node.

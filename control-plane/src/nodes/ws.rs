@@ -152,7 +152,7 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) {
                     }
                 }
             }
-            Ok(_) => tracing::warn!(node = %node, "a node sent a voice-prompt frame"),
+            Ok(_) => tracing::warn!(node = %node, "a node sent a frame of an input stream"),
             Err(e) => tracing::warn!(node = %node, error = %e, "bad binary frame from node"),
         },
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
@@ -184,8 +184,8 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
             }
         }
         NodeToControl::Finished(done) => {
-            if let Some(audio) = state.registry.take(node, done.request_id, done.attempt) {
-                state.queue.finished(node, &done, audio).await;
+            if let Some(taken) = state.registry.take(node, done.request_id, done.attempt) {
+                state.queue.finished(node, &done, taken).await;
             }
         }
         NodeToControl::Failed { request_id, attempt, error, retryable } => {

@@ -24,6 +24,25 @@ pub fn cloning_model(id: &str) -> ModelInfo {
     }
 }
 
+/// A model with the transcription feature, taking English and German.
+pub fn stt_model(id: &str) -> ModelInfo {
+    ModelInfo {
+        id: id.into(),
+        features: vec![proto::FEATURE_TRANSCRIPTION.into()],
+        max_input_chars: 0,
+        max_new_tokens: 0,
+        languages: vec!["en".into(), "de".into()],
+    }
+}
+
+/// What [`ScriptedNode::serve`] says it heard in a clip.
+pub fn heard(job: &Job) -> String {
+    match &job.task {
+        proto::Task::Transcription(t) => format!("Heard {} samples.", t.clip.samples),
+        other => panic!("not a transcription: {other:?}"),
+    }
+}
+
 pub struct ScriptedNode {
     pub id: String,
     ws: Ws,
@@ -112,6 +131,18 @@ impl ScriptedNode {
         self.send(&done).await;
     }
 
+    /// Finishes a transcription job with `text`.
+    pub async fn transcript(&mut self, job: &Job, text: &str, language: &str) {
+        let done = NodeToControl::Finished(Finished {
+            request_id: job.request_id,
+            attempt: job.attempt,
+            samples: 0,
+            inference_seconds: 0.01,
+            transcript: Some(proto::Transcript { text: text.into(), language: language.into() }),
+        });
+        self.send(&done).await;
+    }
+
     /// Sends one audio chunk of `job`.
     pub async fn audio(&mut self, job: &Job, chunk: u32, samples: &[i16]) {
         let header = FrameHeader {
@@ -173,8 +204,8 @@ impl ScriptedNode {
         self.ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
     }
 
-    /// Answers every job with `samples` of tone until the socket closes, heartbeating as a real
-    /// node does; each job is reported.
+    /// Answers every job until the socket closes, heartbeating as a real node does: speech with
+    /// `samples` of tone, transcriptions with [`heard`]; each job is reported.
     pub fn serve(mut self, samples: usize) -> tokio::sync::mpsc::UnboundedReceiver<Received> {
         let audio = tone(samples);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -197,7 +228,12 @@ impl ScriptedNode {
                         },
                         None => None,
                     };
-                    self.complete(&job, &audio).await;
+                    match &job.task {
+                        proto::Task::Speech(_) => self.complete(&job, &audio).await,
+                        proto::Task::Transcription(_) => {
+                            self.transcript(&job, &heard(&job), "en").await
+                        }
+                    }
                     let _ = tx.send(Received { job, prompt });
                 }
             }
