@@ -208,15 +208,10 @@ async fn malformed_queries_forms_paths_and_methods_get_the_json_envelope_too(bac
     assert!(msg.contains("limit"), "{msg}");
     expect_error(get("/v1/history?cursor=1&cursor=2").await.unwrap(), 400, "invalid_parameter")
         .await;
-    expect_error(get("/v1/nodes/connect?token=x&token=y").await.unwrap(), 400, "invalid_parameter")
-        .await;
-    // A join token but no WebSocket handshake.
-    expect_error(
-        get(&format!("/v1/nodes/connect?token={}", common::JOIN_TOKEN)).await.unwrap(),
-        400,
-        "invalid_parameter",
-    )
-    .await;
+    // An API key is no node credential; a join token without a WebSocket handshake is no node.
+    expect_error(get("/v1/nodes/connect").await.unwrap(), 401, "invalid_api_key").await;
+    let join = http.get(server.url("/v1/nodes/connect")).bearer_auth(common::JOIN_TOKEN).send();
+    expect_error(join.await.unwrap(), 400, "invalid_parameter").await;
 
     let upload = |content_type: &'static str, body: &'static str| {
         http.post(server.url("/v1/voices"))

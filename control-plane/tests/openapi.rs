@@ -74,7 +74,7 @@ async fn every_operation_is_named_and_every_error_uses_the_envelope(backend: Bac
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), count, "operation ids repeat");
-    assert_eq!(count, 15);
+    assert_eq!(count, 18);
     let admin = &doc["paths"]["/v1/admin/accounts"]["post"]["responses"]["401"];
     assert_eq!(admin["description"], "invalid_admin_token");
     let detail = &doc["components"]["schemas"]["ErrorDetail"];
@@ -149,7 +149,7 @@ async fn the_reference_page_renders_every_operation_in_a_browser(backend: Backen
             rendered += 1;
         }
     }
-    assert_eq!(rendered, 15);
+    assert_eq!(rendered, 18);
     assert!(dom.contains("Dia text-to-dialogue provider"));
 }
 

@@ -52,7 +52,7 @@ impl Process {
     }
 
     fn ws_url(&self) -> String {
-        format!("ws://{}/v1/nodes/connect?token={JOIN_TOKEN}", self.addr)
+        format!("ws://{}/v1/nodes/connect", self.addr)
     }
 }
 

@@ -13,6 +13,7 @@ use proto::{
     PcmEncoding, Stream, PROTOCOL_VERSION,
 };
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const JOIN_TOKEN: &str = "bench";
@@ -37,11 +38,7 @@ async fn main() {
     let state = control_plane::AppState::start(config).await.unwrap();
     tokio::spawn(control_plane::serve(listener, state));
     for i in 0..nodes {
-        echo_node(
-            &format!("ws://{addr}/v1/nodes/connect?token={JOIN_TOKEN}"),
-            &format!("bench-{i}"),
-        )
-        .await;
+        echo_node(&format!("ws://{addr}/v1/nodes/connect"), &format!("bench-{i}")).await;
     }
 
     let client = reqwest::Client::new();
@@ -116,7 +113,10 @@ async fn main() {
 
 /// A node with plenty of slots that answers every job with 0.1 s of silence at once.
 async fn echo_node(url: &str, id: &str) {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {JOIN_TOKEN}").parse().unwrap());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(request, None, true).await.unwrap();
     let hello = NodeToControl::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId(id.into()),

@@ -1,7 +1,24 @@
 //! The pool as every replica sees it: one row per connected node, refreshed on heartbeats.
 
+use super::accounts::key_hash;
 use super::{now_ms, on_pool, Db};
 use proto::ModelInfo;
+
+/// How a node credential starts: `dnc_<id>_<secret>`.
+pub const CREDENTIAL_PREFIX: &str = "dnc_";
+
+/// A node credential as the admin API lists it (never its secret).
+#[derive(Debug, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeCredentialRow {
+    /// Credential id (the part of the token before the secret).
+    pub id: String,
+    /// The only node id it may join as.
+    pub node_id: String,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms, once revoked.
+    pub revoked_at: Option<i64>,
+}
 
 /// A node as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -89,5 +106,57 @@ impl Db {
                    WHERE last_seen > $1 AND healthy AND NOT draining
                    ORDER BY CAST(active AS DOUBLE PRECISION) / capacity, id";
         on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
+    }
+
+    /// Whether a node id is held by a live session (seen within `fresh_ms`) on another replica.
+    pub async fn held_elsewhere(
+        &self,
+        id: &str,
+        replica: &str,
+        fresh_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT id FROM nodes WHERE id = $1 AND replica_id <> $2 AND last_seen > $3";
+        let row: Option<(String,)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(id).bind(replica).bind(now_ms() - fresh_ms).fetch_optional(p).await)?;
+        Ok(row.is_some())
+    }
+
+    /// Creates a credential for `node_id`; returns it with its token (shown once).
+    pub async fn create_node_credential(
+        &self,
+        node_id: &str,
+    ) -> Result<(NodeCredentialRow, String), sqlx::Error> {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let id = hex(&rand::random::<[u8; 6]>());
+        let token = format!("{CREDENTIAL_PREFIX}{id}_{}", hex(&rand::random::<[u8; 24]>()));
+        let sql = "INSERT INTO node_credentials (id, node_id, secret_hash, created_at)
+                   VALUES ($1, $2, $3, $4)";
+        let created_at = now_ms();
+        on_pool!(self, p => sqlx::query(sql).bind(&id).bind(node_id).bind(key_hash(&token))
+            .bind(created_at).execute(p).await.map(drop))?;
+        let row =
+            NodeCredentialRow { id, node_id: node_id.to_owned(), created_at, revoked_at: None };
+        Ok((row, token))
+    }
+
+    /// The node id and token digest of a credential that is not revoked.
+    pub async fn node_credential(&self, id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+        let sql = "SELECT node_id, secret_hash FROM node_credentials WHERE id = $1 AND revoked_at IS NULL";
+        on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_optional(p).await)
+    }
+
+    /// Every node credential, newest first.
+    pub async fn node_credentials(&self) -> Result<Vec<NodeCredentialRow>, sqlx::Error> {
+        let sql = "SELECT id, node_id, created_at, revoked_at FROM node_credentials
+                   ORDER BY created_at DESC, id";
+        on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await)
+    }
+
+    /// Revokes a credential; false when there is no such credential or it was revoked already.
+    pub async fn revoke_node_credential(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let sql =
+            "UPDATE node_credentials SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(id).bind(now_ms()).execute(p).await?.rows_affected());
+        Ok(n == 1)
     }
 }

@@ -1,12 +1,13 @@
-//! Admin endpoints (their own token): accounts and API keys.
+//! Admin endpoints (their own token): accounts, API keys, and node credentials.
 
 use super::auth::Admin;
 use super::{ApiJson, ApiPath};
+use crate::db::nodes::NodeCredentialRow;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use proto::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/accounts", post(create_account))
         .route("/v1/admin/accounts/{id}/keys", post(create_key))
+        .route("/v1/admin/nodes/{node_id}/credentials", post(create_node_credential))
+        .route("/v1/admin/node-credentials", get(list_node_credentials))
+        .route("/v1/admin/node-credentials/{id}", delete(revoke_node_credential))
 }
 
 /// A new account.
@@ -71,4 +75,74 @@ pub async fn create_key(
         return Err(ApiError::new(ErrorKind::NotFound, format!("no account `{account_id}`")));
     }
     Ok((StatusCode::CREATED, Json(CreatedKey { account_id, api_key })))
+}
+
+/// A created node credential; the token is never shown again.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedNodeCredential {
+    /// What is stored.
+    #[serde(flatten)]
+    pub credential: NodeCredentialRow,
+    /// The token the node sends as `Authorization: Bearer` (`NODE_JOIN_TOKEN` of `dia-node`).
+    pub token: String,
+}
+
+/// Every node credential.
+#[derive(Serialize, ToSchema)]
+pub struct NodeCredentialList {
+    /// Newest first.
+    pub data: Vec<NodeCredentialRow>,
+}
+
+/// The longest node id; ids are pod or host names.
+const MAX_NODE_ID_CHARS: usize = 128;
+
+/// Creates a credential with which a node, and only a node with this id, joins the pool.
+#[utoipa::path(post, path = "/v1/admin/nodes/{node_id}/credentials", tag = "admin", operation_id = "create_node_credential",
+    params(("node_id" = String, Path, description = "The node id the credential is bound to (letters, digits, `.`, `_`, `-`)")),
+    responses((status = 201, body = CreatedNodeCredential), (status = 400, description = "invalid_parameter", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn create_node_credential(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(node_id): ApiPath<String>,
+) -> Result<(StatusCode, Json<CreatedNodeCredential>), ApiError> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if node_id.is_empty() || node_id.len() > MAX_NODE_ID_CHARS || !node_id.chars().all(valid) {
+        let msg = format!(
+            "a node id is 1 to {MAX_NODE_ID_CHARS} letters, digits, `.`, `_` or `-`; got \"{node_id}\""
+        );
+        return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
+    }
+    let (credential, token) = state.db.create_node_credential(&node_id).await?;
+    Ok((StatusCode::CREATED, Json(CreatedNodeCredential { credential, token })))
+}
+
+/// Lists the node credentials (never their tokens).
+#[utoipa::path(get, path = "/v1/admin/node-credentials", tag = "admin", operation_id = "list_node_credentials",
+    responses((status = 200, body = NodeCredentialList)),
+    security(("admin_token" = [])))]
+pub async fn list_node_credentials(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<NodeCredentialList>, ApiError> {
+    Ok(Json(NodeCredentialList { data: state.db.node_credentials().await? }))
+}
+
+/// Revokes a node credential: it stops joining at once, and a node connected with it is dropped
+/// within a heartbeat interval (its jobs fail over).
+#[utoipa::path(delete, path = "/v1/admin/node-credentials/{id}", tag = "admin", operation_id = "revoke_node_credential",
+    params(("id" = String, Path, description = "The credential id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "not_found", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn revoke_node_credential(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.db.revoke_node_credential(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(ErrorKind::NotFound, format!("no live node credential `{id}`")))
+    }
 }

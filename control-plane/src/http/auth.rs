@@ -1,5 +1,8 @@
-//! `Authorization: Bearer` extractors: API keys of accounts, and the admin token.
+//! `Authorization: Bearer` extractors: API keys of accounts, the admin token, and what a node
+//! joins with.
 
+use crate::db::accounts::key_hash;
+use crate::db::nodes::CREDENTIAL_PREFIX;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -70,6 +73,54 @@ impl FromRequestParts<AppState> for Admin {
                 ErrorKind::InvalidAdminToken,
                 "the admin token is missing or wrong",
             )),
+        }
+    }
+}
+
+/// What a node's bearer token lets it join as.
+pub enum NodeAuth {
+    /// A token of `NODE_JOIN_TOKENS` (local use): any node id.
+    JoinToken,
+    /// A node credential: only its node id, and only while it is not revoked.
+    Credential {
+        /// Credential id.
+        id: String,
+        /// The node id it is bound to.
+        node_id: String,
+    },
+}
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let refused = || {
+            ApiError::new(
+                ErrorKind::InvalidApiKey,
+                "a node joins with `Authorization: Bearer <node credential or join token>`; \
+                 this one is unknown or revoked",
+            )
+        };
+        let token = bearer(parts).ok_or_else(refused)?;
+        if let Some((id, _)) = token.strip_prefix(CREDENTIAL_PREFIX).and_then(|t| t.split_once('_'))
+        {
+            let (node_id, hash) = state.db.node_credential(id).await?.ok_or_else(refused)?;
+            return if same_secret(&key_hash(token), &hash) {
+                Ok(Self::Credential { id: id.to_owned(), node_id })
+            } else {
+                Err(refused())
+            };
+        }
+        // Every token is compared, so the time taken says nothing about which one was close.
+        let known =
+            state.config.join_tokens.iter().fold(false, |found, t| found | same_secret(token, t));
+        if known {
+            Ok(Self::JoinToken)
+        } else {
+            Err(refused())
         }
     }
 }

@@ -21,6 +21,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::voices::update, super::voices::remove,
         super::history::list, super::history::fetch, super::history::audio, super::history::cancel,
         super::admin::create_account, super::admin::create_key,
+        super::admin::create_node_credential, super::admin::list_node_credentials,
+        super::admin::revoke_node_credential,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -29,7 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "models", description = "What the online pool offers"),
         (name = "voices", description = "The account's voice library"),
         (name = "history", description = "Every accepted request and its audio"),
-        (name = "admin", description = "Accounts and API keys (admin token)"),
+        (name = "admin", description = "Accounts, API keys and node credentials (admin token)"),
     ),
     modifiers(&BearerAuth, &CommonErrors)
 )]

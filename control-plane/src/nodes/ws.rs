@@ -1,4 +1,5 @@
-//! `GET /v1/nodes/connect`: the WebSocket a node dials, with a join token.
+//! `GET /v1/nodes/connect`: the WebSocket a node dials, with a node credential or a join token in
+//! its `Authorization` header (never in the URL, which proxies log).
 //!
 //! The session reads the hello, registers the node, then runs a writer (jobs, cancels) and a
 //! reader (heartbeats, audio, results) side by side; when either ends, or the node is silent for
@@ -6,8 +7,7 @@
 
 use crate::db::nodes::NodeState;
 use crate::error::ApiError;
-use crate::http::auth::same_secret;
-use crate::http::ApiQuery;
+use crate::http::auth::NodeAuth;
 use crate::nodes::registry::AudioRefused;
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -21,7 +21,6 @@ use proto::{
     BinaryFrame, ControlToNode, ErrorKind, Health, NodeId, NodeToControl, Stream, Welcome,
     WireError, PROTOCOL_VERSION,
 };
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// Biggest message a node may send: audio comes in chunks of a second (88 KiB), so this only
@@ -37,31 +36,19 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/nodes/connect", get(connect))
 }
 
-#[derive(Deserialize)]
-struct JoinQuery {
-    token: Option<String>,
-}
-
 async fn connect(
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<JoinQuery>,
+    auth: NodeAuth,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|e| ApiError::new(ErrorKind::InvalidParameter, e.body_text()))?;
-    let token = query.token.unwrap_or_default();
-    // Every token is compared, so the time taken says nothing about which one was close.
-    let known =
-        state.config.join_tokens.iter().fold(false, |found, t| found | same_secret(&token, t));
-    if token.is_empty() || !known {
-        return Err(ApiError::new(ErrorKind::InvalidApiKey, "unknown node join token"));
-    }
     Ok(ws
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| session(state, socket)))
+        .on_upgrade(move |socket| session(state, socket, auth)))
 }
 
-async fn session(state: AppState, socket: WebSocket) {
+async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     let (mut sink, mut stream) = socket.split();
     let hello = match tokio::time::timeout(state.config.heartbeat_timeout(), stream.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<NodeToControl>(&text),
@@ -77,6 +64,23 @@ async fn session(state: AppState, socket: WebSocket) {
     }
     if hello.capacity == 0 || hello.models.is_empty() {
         return reject(&mut sink, "a node needs a capacity of at least 1 and a model").await;
+    }
+    let credential = match auth {
+        NodeAuth::Credential { id, node_id } if node_id == hello.node_id.0 => Some(id),
+        NodeAuth::Credential { node_id, .. } => {
+            let msg = format!("this credential is for node `{node_id}`, not `{}`", hello.node_id);
+            return reject(&mut sink, &msg).await;
+        }
+        NodeAuth::JoinToken => None,
+    };
+    let fresh = state.config.heartbeat_timeout().as_millis() as i64;
+    match state.db.held_elsewhere(&hello.node_id.0, &state.replica_id, fresh).await {
+        Ok(false) => {}
+        Ok(true) => {
+            let msg = format!("node `{}` is connected to another replica", hello.node_id);
+            return reject(&mut sink, &msg).await;
+        }
+        Err(e) => return reject(&mut sink, &format!("the store cannot be read: {e}")).await,
     }
     if hello.capacity > state.config.max_node_capacity {
         tracing::warn!(node = %hello.node_id, claimed = hello.capacity, "capacity capped");
@@ -118,9 +122,21 @@ async fn session(state: AppState, socket: WebSocket) {
             }
         }
     };
+    // A revoked credential ends its session, on whichever replica holds it, within a heartbeat.
+    let revoked = async {
+        let Some(id) = &credential else { return std::future::pending().await };
+        let mut check = tokio::time::interval(state.config.heartbeat_interval());
+        loop {
+            check.tick().await;
+            if let Ok(None) = state.db.node_credential(id).await {
+                break tracing::warn!(node = %node, credential = id, "credential revoked: node dropped");
+            }
+        }
+    };
     tokio::select! {
         () = writer => {},
         () = reader => {},
+        () = revoked => {},
     }
     finish(&state, &node, session).await;
 }

@@ -133,7 +133,7 @@ impl Server {
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/v1/nodes/connect?token={JOIN_TOKEN}", self.addr)
+        format!("ws://{}/v1/nodes/connect", self.addr)
     }
 
     /// Creates an account through the admin endpoint; returns its API key.

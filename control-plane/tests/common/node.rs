@@ -8,7 +8,7 @@ use proto::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub const MODEL: &str = "dia-test";
@@ -22,6 +22,14 @@ pub fn cloning_model(id: &str) -> ModelInfo {
         max_new_tokens: 4096,
         languages: vec![],
     }
+}
+
+/// Opens the node WebSocket with `token` in the `Authorization` header, as `dia-node` does.
+pub async fn dial(ws_url: &str, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url.into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    Ok(tokio_tungstenite::connect_async_with_config(request, None, true).await?.0)
 }
 
 /// A model with the transcription feature, taking English and German.
@@ -68,8 +76,26 @@ impl ScriptedNode {
         capacity: u32,
         models: Vec<ModelInfo>,
     ) -> Self {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(ws_url, None, true).await.unwrap();
+        let ws = dial(ws_url, super::JOIN_TOKEN).await.unwrap();
+        Self::hello(ws, id, capacity, models).await.unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    /// Joins with `token` as `id`, with one voice-cloning model; the refusal when refused.
+    pub async fn connect_as(ws_url: &str, token: &str, id: &str) -> Result<Self, String> {
+        let ws = dial(ws_url, token).await.map_err(|e| e.to_string())?;
+        Self::hello(ws, id, 1, vec![cloning_model(MODEL)]).await.map_err(|e| match e {
+            Some(ControlToNode::Rejected { error }) => error.message,
+            other => format!("{other:?}"),
+        })
+    }
+
+    /// Says hello; the answer when it is not a welcome.
+    async fn hello(
+        mut ws: Ws,
+        id: &str,
+        capacity: u32,
+        models: Vec<ModelInfo>,
+    ) -> Result<Self, Option<ControlToNode>> {
         let hello = NodeToControl::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             node_id: NodeId(id.into()),
@@ -82,9 +108,9 @@ impl ScriptedNode {
         match node.next_control().await {
             Some(ControlToNode::Welcome(w)) => {
                 node.heartbeat_interval = std::time::Duration::from_millis(w.heartbeat_interval_ms);
-                node
+                Ok(node)
             }
-            other => panic!("expected a welcome, got {other:?}"),
+            other => Err(other),
         }
     }
 
