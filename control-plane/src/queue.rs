@@ -339,7 +339,7 @@ impl Queue {
         for model in &node.models {
             for feature in &model.features {
                 if let Some(job) =
-                    self.db.claim(&model.id, feature, &node.id.0, &self.replica_id).await?
+                    self.db.claim(model, feature, &node.id.0, &self.replica_id).await?
                 {
                     return Ok(Some(job));
                 }

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::node::ScriptedNode;
+use common::node::{cloning_model, ScriptedNode, MODEL};
 use common::{expect_error, Backend, Server, TestDb};
-use proto::{ControlToNode, ErrorKind, WireError};
+use proto::{ControlToNode, ErrorKind, ModelInfo, WireError};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -103,7 +103,48 @@ async fn an_oversized_message_ends_the_session_and_its_job_fails_over(backend: B
     assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("huge", "node_lost"));
 }
 
+async fn a_small_text_window_bounds_only_its_own_node(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let narrow = ModelInfo { max_input_chars: 16, max_new_tokens: 512, ..cloning_model(MODEL) };
+    // The narrow node has more free slots, so it is first in line for whatever fits it.
+    let mut small = ScriptedNode::connect_with(&server.ws_url(), "small", 8, vec![narrow]).await;
+    let script = "[S1] This script is longer than sixteen bytes.";
+    let msg = expect_error(
+        server.generate(&key, json!({"input": script})).await,
+        413,
+        "request_too_large",
+    )
+    .await;
+    assert!(msg.contains("reads at most 16"), "{msg}");
+
+    let mut wide = ScriptedNode::connect(&server.ws_url(), "wide", 1).await;
+    let (_, models) = server.get_json(&key, "/v1/models").await;
+    assert_eq!(
+        (
+            models["data"][0]["max_input_chars"].as_u64(),
+            models["data"][0]["max_new_tokens"].as_u64()
+        ),
+        (Some(1024), Some(4096))
+    );
+    let long = server.spawn_generate(&key, json!({"input": script, "max_new_tokens": 256}));
+    let job = wide.next_job().await.job;
+    wide.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(long.await.unwrap().status(), 200);
+    // Frames route the same way; what fits both goes to the least loaded, the small node.
+    let frames = server.spawn_generate(&key, json!({"input": "[S1] Hi.", "max_new_tokens": 1024}));
+    let job = wide.next_job().await.job;
+    wide.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(frames.await.unwrap().status(), 200);
+    let short = server.spawn_generate(&key, json!({"input": "[S1] Hi.", "max_new_tokens": 256}));
+    let job = small.next_job().await.job;
+    small.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(short.await.unwrap().status(), 200);
+}
+
 on_both_backends!(
+    a_small_text_window_bounds_only_its_own_node,
     a_claimed_capacity_is_capped_by_the_configured_maximum,
     a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message,
     audio_past_what_the_request_allows_fails_the_attempt_over,

@@ -5,7 +5,7 @@
 //! names the attempt it ends, so a late message from an abandoned attempt changes nothing.
 
 use super::{now_ms, on_pool, Db};
-use proto::WireError;
+use proto::{ModelInfo, WireError};
 
 /// A request as accepted.
 pub struct NewRequest<'a> {
@@ -30,6 +30,10 @@ pub struct NewRequest<'a> {
     pub collection: Option<&'a str>,
     /// JSON of the [`proto::Task`] sent to nodes.
     pub task: &'a str,
+    /// The text window it needs of a node, in the model's text tokens (0: reads no text).
+    pub text_tokens: i64,
+    /// The frames it may generate (0: none).
+    pub frames: i64,
     /// The audio the task's `submit` is followed by (f32 LE): the voice prompt when cloning, the
     /// clip of a transcription.
     pub prompt_audio: Option<&'a [u8]>,
@@ -212,8 +216,8 @@ impl Db {
         const QUEUE_LOCK: i64 = 7_150_700;
         let sql =
             "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
-                       visibility, collection, task, prompt_audio, created_at)
-                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12
+                       visibility, collection, task, prompt_audio, created_at, text_tokens, frames)
+                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $14, $15
                    WHERE (SELECT COUNT(*) FROM requests WHERE status = 'queued') < $13";
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -223,7 +227,7 @@ impl Db {
             let inserted = sqlx::query(sql)
                 .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
                 .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
-                .bind(now_ms()).bind(max_queued)
+                .bind(now_ms()).bind(max_queued).bind(r.text_tokens).bind(r.frames)
                 .execute(&mut *tx).await?.rows_affected() == 1;
             tx.commit().await?;
             Ok(inserted)
@@ -236,12 +240,13 @@ impl Db {
         on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await)
     }
 
-    /// Claims the oldest queued request for `model` and `feature` for a node of this replica, and
-    /// opens its attempt. On PostgreSQL `SKIP LOCKED` lets replicas claim side by side; SQLite
-    /// serialises writers, so the plain sub-select is already atomic.
+    /// Claims the oldest queued request for `model` and `feature` that fits the node's text window
+    /// and frames, for a node of this replica, and opens its attempt. On PostgreSQL `SKIP LOCKED`
+    /// lets replicas claim side by side; SQLite serialises writers, so the plain sub-select is
+    /// already atomic.
     pub async fn claim(
         &self,
-        model: &str,
+        model: &ModelInfo,
         feature: &str,
         node: &str,
         replica: &str,
@@ -253,6 +258,7 @@ impl Db {
                  started_at = COALESCE(started_at, $3),
                  queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
              WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
+                              AND text_tokens <= $6 AND frames <= $7
                           ORDER BY seq LIMIT 1 {lock})
              RETURNING id, attempts, model, task, prompt_audio, queue_seconds"
         );
@@ -263,7 +269,8 @@ impl Db {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let claimed: Option<Claimed> = sqlx::query_as(&sql)
-                .bind(node).bind(replica).bind(now).bind(model).bind(feature)
+                .bind(node).bind(replica).bind(now).bind(&model.id).bind(feature)
+                .bind(i64::from(model.max_input_chars)).bind(i64::from(model.max_new_tokens))
                 .fetch_optional(&mut *tx).await?;
             if let Some(c) = &claimed {
                 sqlx::query(attempt_sql).bind(&c.id).bind(c.attempts).bind(node).bind(replica).bind(now)

@@ -79,6 +79,13 @@ pub(crate) async fn enqueue(
         );
         return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
     }
+    if req.max_new_tokens > model.max_new_tokens {
+        let msg = format!(
+            "`max_new_tokens` is {}; the online nodes of `{}` generate at most {}",
+            req.max_new_tokens, model.id, model.max_new_tokens
+        );
+        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
+    }
 
     let task = Task::Speech(SpeechTask {
         text,
@@ -106,6 +113,8 @@ pub(crate) async fn enqueue(
         visibility: visibility.as_str().unwrap_or("private"),
         collection: req.collection.as_deref(),
         task: &task,
+        text_tokens: tokens as i64,
+        frames: i64::from(req.max_new_tokens),
         prompt_audio: prompt.as_deref(),
     };
     if !state.db.insert_request(&new, state.config.max_queued).await? {

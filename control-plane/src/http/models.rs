@@ -22,9 +22,10 @@ pub struct Model {
     pub id: String,
     /// Features, e.g. `voice-cloning`.
     pub features: Vec<String>,
-    /// Longest script its nodes accept (the smallest among them).
+    /// Longest text (script with cloning transcripts, in its text tokens) one of its nodes
+    /// reads: requests are routed to nodes whose window fits them.
     pub max_input_chars: u32,
-    /// Most frames its nodes generate (the smallest among them).
+    /// Most frames one of its nodes generates, routed the same way.
     pub max_new_tokens: u32,
     /// Language codes a transcription model takes (those all its nodes take).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -50,8 +51,8 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
                 let model = Model {
                     id: m.id.clone(),
                     features: Vec::new(),
-                    max_input_chars: u32::MAX,
-                    max_new_tokens: u32::MAX,
+                    max_input_chars: 0,
+                    max_new_tokens: 0,
                     languages: m.languages.clone(),
                     nodes: 0,
                 };
@@ -59,8 +60,8 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
             });
             let model = &mut entry.1;
             model.nodes += 1;
-            model.max_input_chars = model.max_input_chars.min(m.max_input_chars);
-            model.max_new_tokens = model.max_new_tokens.min(m.max_new_tokens);
+            model.max_input_chars = model.max_input_chars.max(m.max_input_chars);
+            model.max_new_tokens = model.max_new_tokens.max(m.max_new_tokens);
             model.languages.retain(|l| m.languages.contains(l));
             for f in m.features {
                 if !model.features.contains(&f) {

@@ -199,6 +199,8 @@ impl Transcription<'_> {
             visibility: "private",
             collection: None,
             task: &task,
+            text_tokens: 0,
+            frames: 0,
             prompt_audio: Some(pcm),
         };
         let queued = state.db.insert_request(&new, state.config.max_queued).await?;
