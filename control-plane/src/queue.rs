@@ -8,7 +8,9 @@
 
 use crate::audio::wav_i16_bytes;
 use crate::config::Config;
-use crate::db::requests::{AttemptFailure, Claimed, JobResult, Outcome};
+use crate::db::requests::{
+    AttemptFailure, AttemptOutcome, Claimed, JobResult, Outcome, RequestStatus,
+};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::nodes::registry::{Candidate, JobKind, Registry, Taken};
@@ -120,9 +122,9 @@ impl Queue {
                 () = tokio::time::sleep(self.config.poll_interval().min(until_deadline)) => {}
             }
             let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
-            match outcome.status.as_str() {
-                "succeeded" | "failed" => return Ok(outcome),
-                "queued" if Instant::now() >= deadline => {
+            match outcome.status {
+                RequestStatus::Succeeded | RequestStatus::Failed => return Ok(outcome),
+                RequestStatus::Queued if Instant::now() >= deadline => {
                     self.db.fail_unfinished(&waiter.id, &self.overdue(), false).await?;
                 }
                 _ => {}
@@ -251,7 +253,8 @@ impl Queue {
     /// node may do better.
     async fn reject_result(&self, done: &Finished, message: String) {
         let error = WireError::new(ErrorKind::UpstreamError, message);
-        self.attempt_failed(done.request_id, done.attempt, "failed", &error, true).await;
+        self.attempt_failed(done.request_id, done.attempt, AttemptOutcome::Failed, &error, true)
+            .await;
     }
 
     /// Ends an attempt without audio: retried while the error is retryable and attempts remain,
@@ -260,7 +263,7 @@ impl Queue {
         &self,
         id: RequestId,
         attempt: u32,
-        outcome: &str,
+        outcome: AttemptOutcome,
         error: &WireError,
         retryable: bool,
     ) {
@@ -383,7 +386,7 @@ impl Queue {
         if !sent {
             self.registry.take(node, request_id, attempt);
             let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
-            self.attempt_failed(request_id, attempt, "node_lost", &lost, true).await;
+            self.attempt_failed(request_id, attempt, AttemptOutcome::NodeLost, &lost, true).await;
         }
     }
 
@@ -400,7 +403,7 @@ impl Queue {
                 ErrorKind::UpstreamError,
                 "the node or replica running it went away",
             );
-            self.attempt_failed(id, attempt, "node_lost", &lost, true).await;
+            self.attempt_failed(id, attempt, AttemptOutcome::NodeLost, &lost, true).await;
         }
         let limit = self.config.job_timeout_secs;
         let started_before = crate::db::now_ms() - (limit * 1000) as i64;
@@ -411,7 +414,7 @@ impl Queue {
             self.stop_attempt(&node, id, attempt).await;
             let msg = format!("node {node} did not finish within {limit} s");
             let late = WireError::new(ErrorKind::UpstreamError, msg);
-            self.attempt_failed(id, attempt, "timed_out", &late, true).await;
+            self.attempt_failed(id, attempt, AttemptOutcome::TimedOut, &late, true).await;
         }
         Ok(())
     }

@@ -373,7 +373,7 @@ async fn a_transcription_fails_over_when_its_node_leaves(backend: Backend) {
     })
     .await;
     let attempts = server.state.db.attempts(&got.job.request_id.to_string()).await.unwrap();
-    assert_eq!(attempts[0].outcome, "node_lost");
+    assert_eq!(attempts[0].outcome, control_plane::db::requests::AttemptOutcome::NodeLost);
 }
 
 on_both_backends!(

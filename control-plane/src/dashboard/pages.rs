@@ -223,7 +223,7 @@ pub async fn queue(
     let pick = |v: Option<String>| v.filter(|v| !v.is_empty());
     let (status, collection, visibility) = (pick(q.status), pick(q.collection), pick(q.visibility));
     let filter = HistoryFilter {
-        status: status.as_deref(),
+        status: status.as_deref().and_then(|s| s.parse().ok()),
         collection: collection.as_deref(),
         visibility: visibility.as_deref(),
     };
@@ -236,7 +236,7 @@ pub async fn queue(
         .map(|row| {
             let item = HistoryItem::from(row);
             let params = serde_json::to_string_pretty(&item.params).unwrap_or_default();
-            let active = matches!(item.status.as_str(), "queued" | "running");
+            let active = item.status.is_active();
             QueueRow { item, params, active }
         })
         .collect();

@@ -4,8 +4,47 @@
 //! or `failed`; a retryable failure puts it back to `queued`. Every transition out of `running`
 //! names the attempt it ends, so a late message from an abandoned attempt changes nothing.
 
-use super::{now_ms, on_pool, Db};
+use super::{now_ms, on_pool, text_enum, Db};
 use proto::{ModelInfo, WireError};
+
+text_enum! {
+    /// Where a request stands.
+    pub enum RequestStatus {
+        /// Waiting for a node (also after a retryable failure).
+        Queued = "queued",
+        /// An attempt runs on a node.
+        Running = "running",
+        /// Done; its result is stored.
+        Succeeded = "succeeded",
+        /// Failed for good; the error is stored.
+        Failed = "failed",
+    }
+}
+
+impl RequestStatus {
+    /// Queued or running: not ended yet.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+text_enum! {
+    /// How one attempt of a request on a node went.
+    pub enum AttemptOutcome {
+        /// Still running.
+        Running = "running",
+        /// Its result was recorded.
+        Succeeded = "succeeded",
+        /// The node reported a failure, or sent something its job cannot have produced.
+        Failed = "failed",
+        /// The node or its replica went away.
+        NodeLost = "node_lost",
+        /// The node did not finish within the job timeout.
+        TimedOut = "timed_out",
+        /// The client or the owner cancelled the request.
+        Cancelled = "cancelled",
+    }
+}
 
 /// A request as accepted.
 pub struct NewRequest<'a> {
@@ -79,8 +118,9 @@ pub struct Claimed {
 /// Where a request stands, as its waiting handler reads it.
 #[derive(sqlx::FromRow)]
 pub struct Outcome {
-    /// queued, running, succeeded, failed.
-    pub status: String,
+    /// Where it stands.
+    #[sqlx(try_from = "String")]
+    pub status: RequestStatus,
     /// Error type when failed.
     pub error_type: Option<String>,
     /// Error message when failed.
@@ -108,8 +148,9 @@ pub struct HistoryRow {
     pub seq: i64,
     /// Request id.
     pub id: String,
-    /// queued, running, succeeded, failed.
-    pub status: String,
+    /// Where it stands.
+    #[sqlx(try_from = "String")]
+    pub status: RequestStatus,
     /// Error type when failed.
     pub error_type: Option<String>,
     /// Error message when failed.
@@ -166,8 +207,9 @@ pub struct AttemptRow {
     pub started_at: i64,
     /// Epoch ms.
     pub finished_at: Option<i64>,
-    /// running, succeeded, failed, node_lost, cancelled.
-    pub outcome: String,
+    /// How it went.
+    #[sqlx(try_from = "String")]
+    pub outcome: AttemptOutcome,
     /// Error type.
     pub error_type: Option<String>,
     /// Error message.
@@ -177,8 +219,8 @@ pub struct AttemptRow {
 /// Which of an account's requests a history page lists; `None` fields do not filter.
 #[derive(Default)]
 pub struct HistoryFilter<'a> {
-    /// queued, running, succeeded or failed.
-    pub status: Option<&'a str>,
+    /// Only requests in this status.
+    pub status: Option<RequestStatus>,
     /// Sharing collection.
     pub collection: Option<&'a str>,
     /// private, unlisted or public.
@@ -187,8 +229,8 @@ pub struct HistoryFilter<'a> {
 
 /// How an attempt ended without audio.
 pub struct AttemptFailure<'a> {
-    /// `failed` (the node said so) or `node_lost`.
-    pub outcome: &'a str,
+    /// How the attempt ended.
+    pub outcome: AttemptOutcome,
     /// What went wrong in this attempt.
     pub error: &'a WireError,
     /// Back to the queue (`None`) or the request's final error.
@@ -329,15 +371,17 @@ impl Db {
                            WHERE request_id = $1 AND attempt = $2";
         let now = now_ms();
         let (status, error_type, message, finished) = match f.final_error {
-            Some(e) => ("failed", Some(e.kind.as_str()), Some(e.message.as_str()), Some(now)),
-            None => ("queued", None, None, None),
+            Some(e) => {
+                (RequestStatus::Failed, Some(e.kind.as_str()), Some(e.message.as_str()), Some(now))
+            }
+            None => (RequestStatus::Queued, None, None, None),
         };
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let done = sqlx::query(sql).bind(id).bind(attempt).bind(status).bind(error_type).bind(message)
+            let done = sqlx::query(sql).bind(id).bind(attempt).bind(status.as_str()).bind(error_type).bind(message)
                 .bind(finished).execute(&mut *tx).await?.rows_affected() == 1;
             if done {
-                sqlx::query(attempt_sql).bind(id).bind(attempt).bind(f.outcome).bind(f.error.kind.as_str())
+                sqlx::query(attempt_sql).bind(id).bind(attempt).bind(f.outcome.as_str()).bind(f.error.kind.as_str())
                     .bind(&f.error.message).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -366,7 +410,9 @@ impl Db {
             let done = sqlx::query(&sql).bind(id).bind(error.kind.as_str()).bind(&error.message).bind(now)
                 .execute(&mut *tx).await?.rows_affected() == 1;
             if done {
-                sqlx::query(attempt_sql).bind(id).bind(error.kind.as_str()).bind(now).execute(&mut *tx).await?;
+                // Only a cancellation ends a running attempt here; a deadline finds none.
+                let outcome = AttemptOutcome::Cancelled.as_str();
+                sqlx::query(attempt_sql).bind(id).bind(outcome).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(done)
@@ -447,7 +493,7 @@ impl Db {
              ORDER BY seq DESC LIMIT $4"
         );
         on_pool!(self, p => sqlx::query_as(&sql)
-            .bind(account).bind(filter.status).bind(before.unwrap_or(i64::MAX)).bind(limit)
+            .bind(account).bind(filter.status.map(RequestStatus::as_str)).bind(before.unwrap_or(i64::MAX)).bind(limit)
             .bind(filter.collection).bind(filter.visibility)
             .fetch_all(p).await)
     }

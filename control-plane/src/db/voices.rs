@@ -1,6 +1,6 @@
 //! The voice library: samples per account, at most one default each.
 
-use super::{now_ms, on_pool, Db};
+use super::{now_ms, on_pool, text_enum, Db};
 
 /// A sample's metadata, as stored and as the API shows it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -34,43 +34,17 @@ pub struct VoiceRow {
     pub updated_at: i64,
 }
 
-/// Where a sample's transcript stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TranscriptStatus {
-    /// A transcription is queued or running.
-    Pending,
-    /// There is a transcript, typed or transcribed.
-    Filled,
-    /// The transcription failed (`transcript_error` says why); type one.
-    Failed,
-    /// None, and no transcription node was online when it was uploaded; type one.
-    Unavailable,
-}
-
-impl TranscriptStatus {
-    /// The name the API gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Filled => "filled",
-            Self::Failed => "failed",
-            Self::Unavailable => "unavailable",
-        }
-    }
-}
-
-impl TryFrom<String> for TranscriptStatus {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "pending" => Ok(Self::Pending),
-            "filled" => Ok(Self::Filled),
-            "failed" => Ok(Self::Failed),
-            "unavailable" => Ok(Self::Unavailable),
-            _ => Err(format!("unknown transcript status `{s}`")),
-        }
+text_enum! {
+    /// Where a sample's transcript stands.
+    pub enum TranscriptStatus {
+        /// A transcription is queued or running.
+        Pending = "pending",
+        /// There is a transcript, typed or transcribed.
+        Filled = "filled",
+        /// The transcription failed (`transcript_error` says why); type one.
+        Failed = "failed",
+        /// None, and no transcription node was online when it was uploaded; type one.
+        Unavailable = "unavailable",
     }
 }
 

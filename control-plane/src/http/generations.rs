@@ -3,7 +3,7 @@
 use super::auth::Account;
 use super::openapi::AudioFile;
 use super::ApiJson;
-use crate::db::requests::{NewRequest, Outcome};
+use crate::db::requests::{NewRequest, Outcome, RequestStatus};
 use crate::db::voices::TranscriptStatus;
 use crate::error::{ApiError, ErrorBody};
 use crate::queue::Queue;
@@ -150,7 +150,7 @@ impl Drop for CancelOnDrop {
 }
 
 fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiError> {
-    let Some(audio) = outcome.audio.filter(|_| outcome.status == "succeeded") else {
+    let Some(audio) = outcome.audio.filter(|_| outcome.status == RequestStatus::Succeeded) else {
         let kind = outcome
             .error_type
             .as_deref()

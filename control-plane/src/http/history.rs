@@ -3,7 +3,7 @@
 use super::auth::Account;
 use super::openapi::AudioFile;
 use super::{ApiPath, ApiQuery};
-use crate::db::requests::{AttemptRow, HistoryFilter, HistoryRow};
+use crate::db::requests::{AttemptRow, HistoryFilter, HistoryRow, RequestStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::State;
@@ -45,8 +45,8 @@ pub struct HistoryQuery {
 pub struct HistoryItem {
     /// Request id (also the `x-request-id` of the generation).
     pub id: String,
-    /// queued, running, succeeded or failed.
-    pub status: String,
+    /// Where it stands.
+    pub status: RequestStatus,
     /// The error, when failed.
     pub error: Option<crate::error::ErrorDetail>,
     /// The feature it used: `voice-cloning` (a generation) or `transcription`.
@@ -109,7 +109,8 @@ impl From<HistoryRow> for HistoryItem {
             message: r.error_message.unwrap_or_default(),
         });
         Self {
-            audio_url: (r.status == "succeeded" && r.feature == proto::FEATURE_VOICE_CLONING)
+            audio_url: (r.status == RequestStatus::Succeeded
+                && r.feature == proto::FEATURE_VOICE_CLONING)
                 .then(|| format!("/v1/history/{}/audio", r.id)),
             id: r.id,
             status: r.status,
@@ -158,13 +159,17 @@ pub async fn list(
     Account(account): Account,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    if let Some(s) =
-        q.status.as_deref().filter(|s| !["queued", "running", "succeeded", "failed"].contains(s))
-    {
-        let msg =
-            format!("`status` must be one of queued, running, succeeded, failed; got \"{s}\"");
-        return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
-    }
+    let status = match q.status.as_deref().map(str::parse::<RequestStatus>) {
+        Some(Err(_)) => {
+            let msg = format!(
+                "`status` must be one of queued, running, succeeded, failed; got \"{}\"",
+                q.status.unwrap_or_default()
+            );
+            return Err(ApiError::new(ErrorKind::InvalidParameter, msg));
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
     if let Some(v) =
         q.visibility.as_deref().filter(|v| !["private", "unlisted", "public"].contains(v))
     {
@@ -180,7 +185,7 @@ pub async fn list(
     }
     // One row more than asked tells whether another page follows.
     let filter = HistoryFilter {
-        status: q.status.as_deref(),
+        status,
         collection: q.collection.as_deref(),
         visibility: q.visibility.as_deref(),
     };
@@ -231,7 +236,7 @@ pub async fn cancel(
     ApiPath(HistoryId { id }): ApiPath<HistoryId>,
 ) -> Result<Json<HistoryItem>, ApiError> {
     let row = state.db.history_item(&account, &id).await?.ok_or_else(|| not_found(&id))?;
-    if matches!(row.status.as_str(), "queued" | "running") {
+    if row.status.is_active() {
         let request_id = id.parse().map_err(|_| not_found(&id))?;
         state.queue.cancel_because(request_id, "cancelled by its owner").await?;
     }

@@ -6,7 +6,7 @@ use super::auth::Account;
 use super::models::{choose, Model};
 use super::voices::{decode_upload, multipart_error};
 use super::ApiMultipart;
-use crate::db::requests::NewRequest;
+use crate::db::requests::{NewRequest, RequestStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, State};
@@ -143,7 +143,8 @@ pub async fn create(
     let guard = super::generations::CancelOnDrop::new(state.queue.clone(), id);
     let outcome = state.queue.wait(&waiter).await?;
     guard.disarm();
-    let Some(text) = outcome.transcript.filter(|_| outcome.status == "succeeded") else {
+    let Some(text) = outcome.transcript.filter(|_| outcome.status == RequestStatus::Succeeded)
+    else {
         let kind = outcome
             .error_type
             .as_deref()

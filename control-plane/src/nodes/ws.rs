@@ -6,6 +6,7 @@
 //! the heartbeat timeout, the node is removed and its unfinished jobs fail over.
 
 use crate::db::nodes::NodeState;
+use crate::db::requests::AttemptOutcome;
 use crate::error::ApiError;
 use crate::http::auth::NodeAuth;
 use crate::nodes::registry::AudioRefused;
@@ -164,7 +165,10 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) {
                              speed_factor allow"
                         );
                         let error = WireError::new(ErrorKind::UpstreamError, msg);
-                        state.queue.attempt_failed(request, attempt, "failed", &error, true).await;
+                        state
+                            .queue
+                            .attempt_failed(request, attempt, AttemptOutcome::Failed, &error, true)
+                            .await;
                     }
                 }
             }
@@ -210,7 +214,10 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
                 // words stay in the history, within bounds.
                 let message: String = error.message.chars().take(MAX_NODE_MESSAGE_CHARS).collect();
                 let error = WireError::new(ErrorKind::UpstreamError, message);
-                state.queue.attempt_failed(request_id, attempt, "failed", &error, retryable).await;
+                state
+                    .queue
+                    .attempt_failed(request_id, attempt, AttemptOutcome::Failed, &error, retryable)
+                    .await;
             }
         }
     }
@@ -240,7 +247,7 @@ async fn finish(state: &AppState, node: &NodeId, session: u64) {
     tracing::info!(node = %node, unfinished = jobs.len(), "node left");
     let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} disconnected"));
     for (request, attempt) in jobs {
-        state.queue.attempt_failed(request, attempt, "node_lost", &lost, true).await;
+        state.queue.attempt_failed(request, attempt, AttemptOutcome::NodeLost, &lost, true).await;
     }
     state.queue.wake();
 }
