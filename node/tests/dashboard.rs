@@ -53,13 +53,6 @@ async fn launch(pool: &Pool, test: &str, store: &str) -> Browser {
     browser
 }
 
-async fn sign_in(b: &mut Browser, pool: &Pool, key: &str) {
-    b.goto(&pool.url("/sign-in")).await;
-    b.fill("#api_key", key).await;
-    b.click("#sign-in button").await;
-    b.wait_for("location.pathname === '/voices' && document.readyState === 'complete'").await;
-}
-
 /// Every page at desktop and phone width; at 360 px nothing may be wider than the screen.
 async fn screenshot_all(b: &mut Browser, pool: &Pool, name: &str, path: &str) {
     b.goto(&pool.url(path)).await;
@@ -134,7 +127,7 @@ async fn voice_library(store: Store, name: &str) {
     assert_eq!(b.path().await, "/sign-in");
     b.screenshot("sign-in-refused").await;
 
-    sign_in(&mut b, &pool, KEY).await;
+    b.sign_in(&pool.base, KEY).await;
     let cookies = b.call("Network.getCookies", json!({"urls": [pool.base]})).await;
     let cookie = &cookies["cookies"][0];
     assert_eq!(
@@ -297,7 +290,7 @@ async fn playground_and_queue(store: Store, name: &str) {
     let pool = pool(store).await;
     let voice = upload_via_api(&pool, KEY, "Default Dan", true).await;
     let mut b = launch(&pool, "playground", name).await;
-    sign_in(&mut b, &pool, KEY).await;
+    b.sign_in(&pool.base, KEY).await;
     b.goto(&pool.url("/playground")).await;
     assert_eq!(b.eval("document.querySelector('#voice-S1').value").await, voice.to_string());
     assert_eq!(b.eval("document.querySelector('#voice-S2').value").await, "");

@@ -144,6 +144,15 @@ impl Browser {
         self.wait_for("document.readyState === 'complete'").await;
     }
 
+    /// Signs in to the dashboard at `base` with an API key; waits for the voice library.
+    pub async fn sign_in(&mut self, base: &str, key: &str) {
+        self.goto(&format!("{base}/sign-in")).await;
+        self.fill("#api_key", key).await;
+        self.click("#sign-in button").await;
+        self.wait_for("location.pathname === '/voices' && document.readyState === 'complete'")
+            .await;
+    }
+
     /// The page's path.
     pub async fn path(&mut self) -> String {
         self.eval("location.pathname").await.as_str().unwrap().to_owned()

@@ -7,6 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::browser::Browser;
 use common::pool::{Pool, Store};
 use common::{dia_node, fixtures};
 use serde_json::{json, Value};
@@ -185,6 +186,27 @@ async fn without_a_whisper_node_samples_are_unavailable_and_do_not_clone(store: 
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["type"], "missing_transcript", "{body}");
+}
+
+/// The voice library page: a clip uploaded there without a transcript gets the text heard in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_transcript_filled_in() {
+    let pool = pool(Store::Sqlite, true).await;
+    let dir = fixtures("whisper-base", "WHISPER_FIXTURE_DIR");
+    let shots = pool.dir.path().join("shots");
+    let mut b = Browser::launch(shots, &dir.join("en_gb_140.wav")).await;
+    b.sign_in(&pool.base, KEY).await;
+    b.set_file("#upload-file", &dir.join("en_us_stereo44k.wav")).await;
+    b.fill("#upload-name", "Espeak").await;
+    b.click("#upload button[type=submit]").await;
+    let card = "document.querySelector('#voice-list .voice')";
+    b.wait_for(&format!("{card} && {card}.dataset.transcriptStatus === 'filled'")).await;
+    let text = b.eval(&format!("{card}.querySelector('.transcript').textContent")).await;
+    let (_, spoken) = clip("en_us_stereo44k");
+    let text = text.as_str().unwrap();
+    assert!(wer(&spoken, text) <= 0.15, "{text:?} for {spoken:?}");
+    let editable = b.eval(&format!("{card}.querySelector('textarea[name=transcript]').value")).await;
+    assert_eq!(editable, text);
 }
 
 macro_rules! on_both_stores {
