@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod queue;
 pub mod state;
 pub mod validation;
+pub mod voice_prompt;
 
 pub use config::Config;
 pub use state::AppState;

@@ -15,11 +15,13 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::nodes::registry::{Candidate, JobKind, Registry, Taken};
 use crate::nodes::ws::text;
+use crate::validation::Speakers;
+use crate::voice_prompt::{self, PromptError};
 use axum::extract::ws::Message;
 use proto::transcription::MAX_TRANSCRIPT_BYTES;
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, RequestId, Task,
-    WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
+    RequestId, SpeechTask, Stream, Task, WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -291,6 +293,63 @@ impl Queue {
             }
         }
         self.wake();
+    }
+
+    /// Sends an attempt's voice prompt to its node, which asked for it (once per attempt). The
+    /// prompt is assembled from the library again; a sample deleted or changed since the request
+    /// was accepted fails it (`invalid_voice_sample`).
+    pub async fn send_voice_prompt(&self, node: &NodeId, request: RequestId, attempt: u32) {
+        let Some(tx) = self.registry.claim_prompt(node, request, attempt) else {
+            return tracing::warn!(node = %node, request = %request, "voice prompt asked for no current job, or twice");
+        };
+        match self.voice_prompt(request).await {
+            Ok(pcm) => {
+                let header = FrameHeader {
+                    request_id: request,
+                    attempt,
+                    stream: Stream::VoicePrompt,
+                    chunk: 0,
+                    encoding: PcmEncoding::F32Le,
+                };
+                let frame = BinaryFrame { header, payload: pcm }.encode();
+                if tx.try_send(Message::Binary(frame.into())).is_err() {
+                    self.stop_attempt(node, request, attempt).await;
+                    let lost =
+                        WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
+                    self.attempt_failed(request, attempt, AttemptOutcome::NodeLost, &lost, true)
+                        .await;
+                }
+            }
+            Err((error, retryable)) => {
+                self.stop_attempt(node, request, attempt).await;
+                self.attempt_failed(request, attempt, AttemptOutcome::Failed, &error, retryable)
+                    .await;
+            }
+        }
+    }
+
+    /// The voice prompt of a request as accepted, or the error that ends its attempt.
+    async fn voice_prompt(&self, request: RequestId) -> Result<Vec<u8>, (WireError, bool)> {
+        let upstream = |msg: String| (WireError::new(ErrorKind::UpstreamError, msg), true);
+        let row =
+            self.db.voice_refs(&request.to_string()).await.map_err(|e| upstream(e.to_string()))?;
+        let (account, refs, task) = row.ok_or_else(|| upstream("the request is gone".into()))?;
+        let announced = match serde_json::from_str::<Task>(&task) {
+            Ok(Task::Speech(SpeechTask { voice_prompt: Some(p), .. })) => p.sha256,
+            _ => return Err(upstream("a voice prompt was asked for a job without one".into())),
+        };
+        let speakers =
+            refs.and_then(|r| serde_json::from_str::<Speakers>(&r).ok()).unwrap_or_default();
+        let sample_error =
+            |msg: String| (WireError::new(ErrorKind::InvalidVoiceSample, msg), false);
+        match voice_prompt::assemble(&self.db, &account, speakers).await {
+            Ok(Some(pcm)) if voice_prompt::sha256_hex(&pcm) == announced => Ok(pcm),
+            Ok(_) => Err(sample_error("the voice samples changed before the request ran".into())),
+            Err(PromptError::Deleted(id)) => {
+                Err(sample_error(PromptError::Deleted(id).to_string()))
+            }
+            Err(PromptError::Db(e)) => Err(upstream(e.to_string())),
+        }
     }
 
     /// The dispatcher: claims work for free nodes whenever woken, and at the poll interval; every

@@ -44,7 +44,7 @@ pub struct SpeechRequest {
 }
 
 /// Voice-sample ids by speaker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct Speakers {
     /// Sample cloned for the first speaker.
     #[serde(rename = "S1")]

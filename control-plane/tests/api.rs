@@ -55,9 +55,55 @@ async fn the_spec_curl_example_returns_a_valid_wav(backend: Backend) {
     assert_eq!(task.text, "[S1] I am the host. [S2] I am the guest. [S1] Hello! Welcome to the show. [S2] Thanks for having me.");
     let prompt = received.prompt.expect("a voice prompt frame");
     let gap = (proto::speech::VOICE_GAP_SECONDS * 44_100.0) as u64;
-    assert_eq!(task.voice_prompt.unwrap().samples, 44_100 + gap + 66_150);
+    let announced = task.voice_prompt.as_ref().unwrap();
+    assert_eq!(announced.samples, 44_100 + gap + 66_150);
     assert_eq!(prompt.payload.len() as u64, (44_100 + gap + 66_150) * 4);
     assert_eq!(prompt.header.request_id, received.job.request_id);
+    assert_eq!(announced.sha256, control_plane::voice_prompt::sha256_hex(&prompt.payload));
+}
+
+async fn voice_prompts_travel_by_reference_and_only_when_a_node_asks(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let s1 = server.voice(&key, 1.0, Some("I am the host.")).await;
+    let mut node = ScriptedNode::connect(&server.ws_url(), "cached", 4).await;
+    let body = json!({"input": "[S1] Hi.", "speakers": {"S1": s1}});
+
+    // Asked for: one frame, whose hash is the one announced; asking twice gets nothing more.
+    let first = server.spawn_generate(&key, body.clone());
+    let got = node.next_job().await;
+    let hash = speech(&got.job).voice_prompt.as_ref().unwrap().sha256.clone();
+    assert_eq!(control_plane::voice_prompt::sha256_hex(&got.prompt.unwrap().payload), hash);
+    node.need_voice_prompt(&got.job).await;
+    node.complete(&got.job, &tone(10)).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+    // The same sample again, to a node holding its codes: same hash, no frame; and no request row
+    // holds a copy of the sample's audio.
+    let second = server.spawn_generate(&key, body.clone());
+    let job = node.next_submit().await;
+    assert_eq!(speech(&job).voice_prompt.as_ref().unwrap().sha256, hash);
+    node.complete(&job, &tone(10)).await;
+    assert_eq!(second.await.unwrap().status(), 200);
+    let sql = "SELECT COUNT(*) FROM requests WHERE prompt_audio IS NOT NULL";
+    let copies: i64 = match &server.state.db {
+        control_plane::db::Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        control_plane::db::Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+    };
+    assert_eq!(copies, 0);
+
+    // A sample deleted before a node asks for it fails the request as the client's doing.
+    let third = server.spawn_generate(&key, body);
+    let job = node.next_submit().await;
+    let res = server.http.delete(server.url(&format!("/v1/voices/{s1}"))).bearer_auth(&key).send();
+    assert_eq!(res.await.unwrap().status(), 204);
+    node.need_voice_prompt(&job).await;
+    let msg = expect_error(third.await.unwrap(), 400, "invalid_voice_sample").await;
+    assert!(msg.contains("deleted"), "{msg}");
+    assert_eq!(
+        node.next_control().await,
+        Some(ControlToNode::Cancel { request_id: job.request_id })
+    );
 }
 
 async fn parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned(backend: Backend) {
@@ -715,6 +761,7 @@ async fn the_owner_cancels_a_running_request_and_its_node_is_told(backend: Backe
 }
 
 on_both_backends!(
+    voice_prompts_travel_by_reference_and_only_when_a_node_asks,
     the_owner_cancels_a_running_request_and_its_node_is_told,
     the_spec_curl_example_returns_a_valid_wav,
     parameters_reach_the_node_with_defaults_filled_in_and_the_seed_returned,

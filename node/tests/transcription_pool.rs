@@ -205,7 +205,8 @@ async fn the_dashboard_shows_the_transcript_filled_in() {
     let (_, spoken) = clip("en_us_stereo44k");
     let text = text.as_str().unwrap();
     assert!(wer(&spoken, text) <= 0.15, "{text:?} for {spoken:?}");
-    let editable = b.eval(&format!("{card}.querySelector('textarea[name=transcript]').value")).await;
+    let editable =
+        b.eval(&format!("{card}.querySelector('textarea[name=transcript]').value")).await;
     assert_eq!(editable, text);
 }
 

@@ -17,7 +17,8 @@ pub enum ControlToNode {
         /// Why.
         error: WireError,
     },
-    /// Run a job. If its task has audio (a voice prompt, a clip), one binary frame with it follows.
+    /// Run a job. A transcription's clip follows in one binary frame; a speech job's voice
+    /// prompt is sent when the node asks for it ([`NodeToControl::NeedVoicePrompt`]).
     Submit(Job),
     /// Stop a job (its client went away); no answer is expected.
     Cancel {
@@ -73,7 +74,7 @@ impl Task {
     /// The audio that follows the `submit` in a binary frame, and its stream.
     pub fn attached_audio(&self) -> Option<(crate::frames::Stream, crate::Clip)> {
         match self {
-            Self::Speech(s) => s.voice_prompt.map(|c| (crate::frames::Stream::VoicePrompt, c)),
+            Self::Speech(_) => None,
             Self::Transcription(t) => Some((crate::frames::Stream::Clip, t.clip)),
         }
     }
@@ -100,6 +101,14 @@ pub enum NodeToControl {
         attempt: u32,
         /// Seconds of audio generated so far.
         generated_seconds: f32,
+    },
+    /// The node holds no codes for the job's voice prompt: send its PCM (one binary frame with
+    /// stream `voice_prompt`).
+    NeedVoicePrompt {
+        /// The job.
+        request_id: RequestId,
+        /// The attempt.
+        attempt: u32,
     },
     /// The job is done; all its audio chunks were sent before this message.
     Finished(Finished),

@@ -1,5 +1,6 @@
 //! What a node needs to generate speech: the final script, sampling parameters, seed and prompt.
 
+use crate::frames::PcmEncoding;
 use serde::{Deserialize, Serialize};
 
 /// Sampling parameters of one generation, shared by API validation (bounds and defaults) and the
@@ -36,13 +37,23 @@ pub struct SpeechTask {
     pub max_new_tokens: u32,
     /// Always concrete: the API fills in a random one when the client gave none.
     pub seed: u64,
-    /// The audio prompt for cloning, when the request references voice samples. Its PCM follows
-    /// the `submit` message as one binary frame with stream `voice_prompt`.
+    /// The audio prompt for cloning, when the request references voice samples; its PCM is sent
+    /// when the node asks for it.
     pub voice_prompt: Option<VoicePrompt>,
 }
 
-/// The voice-prompt PCM that follows a speech `submit` in a binary frame (stream `voice_prompt`).
-pub type VoicePrompt = crate::transcription::Clip;
+/// The voice prompt of a speech job, by content: a node that holds codes for `sha256` uses them;
+/// otherwise it answers `need_voice_prompt` and gets the PCM in one binary frame (stream
+/// `voice_prompt`), so a sample used again does not travel again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoicePrompt {
+    /// Number of mono samples at [`crate::SAMPLE_RATE`].
+    pub samples: u64,
+    /// How the samples are encoded in the frame payload.
+    pub encoding: PcmEncoding,
+    /// SHA-256 (lower-case hex) of the frame payload.
+    pub sha256: String,
+}
 
 /// Silence between the S1 and S2 clips of a two-voice prompt, so the model hears the turn change.
 pub const VOICE_GAP_SECONDS: f32 = 0.3;

@@ -20,11 +20,13 @@ fn a_submit_carries_the_whole_speech_task() {
         panic!("not a submit")
     };
     assert_eq!(job.task.feature(), proto::FEATURE_VOICE_CLONING);
-    assert_eq!(job.task.attached_audio().map(|(s, _)| s), Some(proto::Stream::VoicePrompt));
+    // The voice prompt is sent when the node asks for it, not after the submit.
+    assert_eq!(job.task.attached_audio(), None);
     let Task::Speech(task) = job.task else { panic!("not speech") };
     assert_eq!(task.seed, 42);
     assert_eq!(task.sampling, proto::Sampling::default());
-    assert_eq!(task.voice_prompt.unwrap().samples, 132_300);
+    let prompt = task.voice_prompt.unwrap();
+    assert_eq!((prompt.samples, prompt.sha256.len()), (132_300, 64));
 }
 
 #[test]
@@ -97,4 +99,11 @@ fn control_messages_without_payload_are_just_a_type() {
         serde_json::to_value(ControlToNode::Drain).unwrap(),
         serde_json::json!({"type": "drain"})
     );
+}
+
+#[test]
+fn a_node_asks_for_a_voice_prompt_by_job() {
+    let json = r#"{"type": "need_voice_prompt", "request_id": "6f1c2a3e-9d2b-4c1e-8f00-0a1b2c3d4e5f", "attempt": 2}"#;
+    let msg: NodeToControl = serde_json::from_str(json).unwrap();
+    assert!(matches!(msg, NodeToControl::NeedVoicePrompt { attempt: 2, .. }), "{msg:?}");
 }

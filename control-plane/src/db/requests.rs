@@ -73,8 +73,9 @@ pub struct NewRequest<'a> {
     pub text_tokens: i64,
     /// The frames it may generate (0: none).
     pub frames: i64,
-    /// The audio the task's `submit` is followed by (f32 LE): the voice prompt when cloning, the
-    /// clip of a transcription.
+    /// JSON of the cloned samples' ids ([`crate::validation::Speakers`]), when cloning.
+    pub voice_refs: Option<&'a str>,
+    /// The audio that follows the task's `submit`: the clip of a transcription.
     pub prompt_audio: Option<&'a [u8]>,
 }
 
@@ -109,7 +110,7 @@ pub struct Claimed {
     pub model: String,
     /// JSON of the [`proto::Task`].
     pub task: String,
-    /// Voice prompt PCM.
+    /// The audio that follows the submit (a transcription's clip).
     pub prompt_audio: Option<Vec<u8>>,
     /// Seconds it waited before its first attempt.
     pub queue_seconds: f64,
@@ -258,8 +259,9 @@ impl Db {
         const QUEUE_LOCK: i64 = 7_150_700;
         let sql =
             "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
-                       visibility, collection, task, prompt_audio, created_at, text_tokens, frames)
-                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $14, $15
+                       visibility, collection, task, prompt_audio, created_at, text_tokens, frames,
+                       voice_refs)
+                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $16
                    WHERE (SELECT COUNT(*) FROM requests WHERE status = 'queued') < $13";
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -270,6 +272,7 @@ impl Db {
                 .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
                 .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
                 .bind(now_ms()).bind(max_queued).bind(r.text_tokens).bind(r.frames)
+                .bind(r.voice_refs)
                 .execute(&mut *tx).await?.rows_affected() == 1;
             tx.commit().await?;
             Ok(inserted)
@@ -526,5 +529,14 @@ impl Db {
         let sql =
             "SELECT audio FROM requests WHERE account_id = $1 AND id = $2 AND audio IS NOT NULL";
         on_pool!(self, p => sqlx::query_scalar(sql).bind(account).bind(id).fetch_optional(p).await)
+    }
+
+    /// Owner, cloned samples (JSON of [`crate::validation::Speakers`]) and task of a request.
+    pub async fn voice_refs(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<String>, String)>, sqlx::Error> {
+        let sql = "SELECT account_id, voice_refs, task FROM requests WHERE id = $1";
+        on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_optional(p).await)
     }
 }

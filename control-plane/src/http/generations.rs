@@ -9,17 +9,18 @@ use crate::error::{ApiError, ErrorBody};
 use crate::queue::Queue;
 use crate::state::AppState;
 use crate::validation::{transcript_words, SpeechRequest, ValidSpeechRequest};
+use crate::voice_prompt;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use proto::frames::{f32_from_le_bytes, f32_le_bytes};
-use proto::speech::{cloning_text, VOICE_GAP_SECONDS};
+use proto::frames::f32_from_le_bytes;
+use proto::speech::cloning_text;
 use proto::{
     ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, WireError,
-    FEATURE_VOICE_CLONING, SAMPLE_RATE,
+    FEATURE_VOICE_CLONING,
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -93,10 +94,14 @@ pub(crate) async fn enqueue(
         speed_factor: req.speed_factor,
         max_new_tokens: req.max_new_tokens,
         seed: req.seed,
-        voice_prompt: prompt
-            .as_ref()
-            .map(|pcm| VoicePrompt { samples: pcm.len() as u64 / 4, encoding: PcmEncoding::F32Le }),
+        voice_prompt: prompt.as_ref().map(|pcm| VoicePrompt {
+            samples: pcm.len() as u64 / 4,
+            encoding: PcmEncoding::F32Le,
+            sha256: voice_prompt::sha256_hex(pcm),
+        }),
     });
+    let voice_refs =
+        prompt.is_some().then(|| serde_json::to_string(&req.speakers).expect("serialises"));
     let (id_text, params) = (id.to_string(), serde_json::to_string(&req).expect("serialises"));
     let (visibility, task) = (
         serde_json::to_value(req.visibility).expect("serialises"),
@@ -115,7 +120,8 @@ pub(crate) async fn enqueue(
         task: &task,
         text_tokens: tokens as i64,
         frames: i64::from(req.max_new_tokens),
-        prompt_audio: prompt.as_deref(),
+        voice_refs: voice_refs.as_deref(),
+        prompt_audio: None,
     };
     if !state.db.insert_request(&new, state.config.max_queued).await? {
         let queued = state.db.count_queued().await?;
@@ -220,14 +226,6 @@ async fn cloning_prompt(
         clips[i] = Some(f32_from_le_bytes(&sample.pcm));
     }
     let text = cloning_text(transcripts[0].as_deref(), transcripts[1].as_deref(), &req.script);
-    let prompt = match clips {
-        [None, None] => None,
-        [Some(one), None] | [None, Some(one)] => Some(one),
-        [Some(mut s1), Some(s2)] => {
-            s1.extend(std::iter::repeat_n(0.0, (VOICE_GAP_SECONDS * SAMPLE_RATE as f32) as usize));
-            s1.extend(s2);
-            Some(s1)
-        }
-    };
-    Ok((text, prompt.map(|pcm| f32_le_bytes(&pcm))))
+    let [s1, s2] = clips;
+    Ok((text, voice_prompt::join(s1, s2)))
 }

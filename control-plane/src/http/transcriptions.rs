@@ -202,6 +202,7 @@ impl Transcription<'_> {
             task: &task,
             text_tokens: 0,
             frames: 0,
+            voice_refs: None,
             prompt_audio: Some(pcm),
         };
         let queued = state.db.insert_request(&new, state.config.max_queued).await?;

@@ -27,6 +27,8 @@ struct Running {
     next_chunk: u32,
     /// Most audio bytes the job may produce.
     max_audio_bytes: usize,
+    /// The voice prompt was sent: a node asks once per attempt.
+    prompt_sent: bool,
 }
 
 /// What a job is expected to bring back.
@@ -149,7 +151,14 @@ impl Registry {
     ) -> Option<NodeTx> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let entry = nodes.get_mut(id)?;
-        let job = Running { attempt, kind, audio: Vec::new(), next_chunk: 0, max_audio_bytes };
+        let job = Running {
+            attempt,
+            kind,
+            audio: Vec::new(),
+            next_chunk: 0,
+            max_audio_bytes,
+            prompt_sent: false,
+        };
         entry.jobs.insert(request, job);
         Some(entry.tx.clone())
     }
@@ -183,6 +192,17 @@ impl Registry {
             return None;
         }
         jobs.remove(&request).map(|r| Taken { kind: r.kind, audio: r.audio })
+    }
+
+    /// The socket to send `attempt`'s voice prompt on, the first time its node asks; `None` when
+    /// the attempt does not run there or asked before.
+    pub fn claim_prompt(&self, id: &NodeId, request: RequestId, attempt: u32) -> Option<NodeTx> {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let entry = nodes.get_mut(id)?;
+        let job =
+            entry.jobs.get_mut(&request).filter(|j| j.attempt == attempt && !j.prompt_sent)?;
+        job.prompt_sent = true;
+        Some(entry.tx.clone())
     }
 
     /// Whether `attempt` of `request` runs on this node.

@@ -203,6 +203,9 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
                 }
             }
         }
+        NodeToControl::NeedVoicePrompt { request_id, attempt } => {
+            state.queue.send_voice_prompt(node, request_id, attempt).await;
+        }
         NodeToControl::Finished(done) => {
             if let Some(taken) = state.registry.take(node, done.request_id, done.attempt) {
                 state.queue.finished(node, &done, taken).await;

@@ -125,20 +125,41 @@ impl ScriptedNode {
         }
     }
 
-    /// Waits for the next job and its voice prompt frame.
+    /// Waits for the next job and its audio: a transcription's clip, or a speech job's voice
+    /// prompt, asked for as a node without cached codes does.
     pub async fn next_job(&mut self) -> Received {
-        let job = match self.next_control().await {
+        let job = self.next_submit().await;
+        let prompt = self.job_audio(&job).await.unwrap_or_else(|e| panic!("{e}"));
+        Received { job, prompt }
+    }
+
+    /// Waits for the next submit, without asking for its voice prompt (a node holding its codes).
+    pub async fn next_submit(&mut self) -> Job {
+        match self.next_control().await {
             Some(ControlToNode::Submit(job)) => job,
             other => panic!("expected a submit, got {other:?}"),
-        };
-        let prompt = match job.task.attached_audio() {
-            None => None,
-            Some(_) => match self.ws.next().await {
-                Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
-                other => panic!("expected the voice prompt frame, got {other:?}"),
-            },
-        };
-        Received { job, prompt }
+        }
+    }
+
+    /// Asks for `job`'s voice prompt.
+    pub async fn need_voice_prompt(&mut self, job: &Job) {
+        let need =
+            NodeToControl::NeedVoicePrompt { request_id: job.request_id, attempt: job.attempt };
+        self.send(&need).await;
+    }
+
+    /// The binary frame `job` comes with: its clip, or its voice prompt once asked for.
+    async fn job_audio(&mut self, job: &Job) -> Result<Option<BinaryFrame>, String> {
+        let cloning = matches!(&job.task, proto::Task::Speech(s) if s.voice_prompt.is_some());
+        if cloning {
+            self.need_voice_prompt(job).await;
+        } else if job.task.attached_audio().is_none() {
+            return Ok(None);
+        }
+        match self.ws.next().await {
+            Some(Ok(Message::Binary(b))) => Ok(Some(BinaryFrame::decode(&b).unwrap())),
+            other => Err(format!("expected the job's audio frame, got {other:?}")),
+        }
     }
 
     /// Sends `samples` of audio in two chunks, then `finished`.
@@ -247,13 +268,7 @@ impl ScriptedNode {
                 };
                 let Some(msg) = msg else { break };
                 if let ControlToNode::Submit(job) = msg {
-                    let prompt = match job.task.attached_audio() {
-                        Some(_) => match self.ws.next().await {
-                            Some(Ok(Message::Binary(b))) => Some(BinaryFrame::decode(&b).unwrap()),
-                            _ => break,
-                        },
-                        None => None,
-                    };
+                    let Ok(prompt) = self.job_audio(&job).await else { break };
                     match &job.task {
                         proto::Task::Speech(_) => self.complete(&job, &audio).await,
                         proto::Task::Transcription(_) => {
