@@ -122,35 +122,45 @@ impl Worker {
             }
             if cancelled {
                 self.metrics.transcription_ended(Outcome::Cancelled);
-                continue;
+            } else {
+                self.report(&job, result, inference_seconds);
             }
-            match result {
-                Ok(Ok(t)) if t.text.len() > MAX_TRANSCRIPT_BYTES => {
-                    let message = format!(
-                        "the transcript is {} bytes, more than the {MAX_TRANSCRIPT_BYTES} a job may return",
-                        t.text.len()
-                    );
-                    self.fail(&job, message, false);
-                }
-                Ok(Ok(t)) => {
-                    self.metrics.transcription_ended(Outcome::Succeeded);
-                    let seconds = job.clip.len() as f64 / f64::from(SAMPLE_RATE);
-                    self.metrics.transcribed_seconds.inc_by(seconds);
-                    let _ = self.events.send(Event::Transcribed {
-                        request_id: job.request_id,
-                        attempt: job.attempt,
-                        transcript: Transcript { text: t.text, language: t.language },
-                        inference_seconds,
-                    });
-                }
-                // Bad input (an unknown language, a clip too short) fails everywhere; anything
-                // else may work on another node.
-                Ok(Err(e)) => {
-                    let retryable = !matches!(e, ModelError::Input(_));
-                    self.fail(&job, e.to_string(), retryable);
-                }
-                Err(_) => self.fail(&job, "the model panicked transcribing the clip".into(), true),
+        }
+    }
+
+    /// Sends the outcome of a clip that ran to its end.
+    fn report(
+        &self,
+        job: &Transcription,
+        result: std::thread::Result<models::Result<models::whisper::Transcript>>,
+        inference_seconds: f32,
+    ) {
+        match result {
+            Ok(Ok(t)) if t.text.len() > MAX_TRANSCRIPT_BYTES => {
+                let message = format!(
+                    "the transcript is {} bytes, more than the {MAX_TRANSCRIPT_BYTES} a job may return",
+                    t.text.len()
+                );
+                self.fail(job, message, false);
             }
+            Ok(Ok(t)) => {
+                self.metrics.transcription_ended(Outcome::Succeeded);
+                let seconds = job.clip.len() as f64 / f64::from(SAMPLE_RATE);
+                self.metrics.transcribed_seconds.inc_by(seconds);
+                let _ = self.events.send(Event::Transcribed {
+                    request_id: job.request_id,
+                    attempt: job.attempt,
+                    transcript: Transcript { text: t.text, language: t.language },
+                    inference_seconds,
+                });
+            }
+            // Bad input (an unknown language, a clip too short) fails everywhere; anything else
+            // may work on another node.
+            Ok(Err(e)) => {
+                let retryable = !matches!(e, ModelError::Input(_));
+                self.fail(job, e.to_string(), retryable);
+            }
+            Err(_) => self.fail(job, "the model panicked transcribing the clip".into(), true),
         }
     }
 

@@ -205,6 +205,34 @@ async fn jobs_the_node_does_not_serve_or_whose_clip_frame_is_wrong_fail_alone() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_clips_are_dropped_running_or_queued_and_never_answered() {
+    let mut session = Session::join(&mut transcription_only()).await;
+    let model = session.hello.models[0].id.clone();
+    let clip = whisper::clip(STEREO);
+    let [running, queued, last] = [(); 3].map(|()| transcription(&model, &clip, None));
+    for job in [&running, &queued] {
+        session.submit(job, &clip).await;
+    }
+    for job in [&running, &queued] {
+        session.send(&ControlToNode::Cancel { request_id: job.request_id }).await;
+    }
+    session.submit(&last, &clip).await;
+    // One clip at a time in arrival order: an answer to the others would come first, and fail
+    // as one for an unknown job.
+    let (ended, _) = outcomes(&mut session, &[&last]).await;
+    assert_eq!(transcript_of(&ended, &last).0, whisper::transcript(STEREO));
+    let metrics = reqwest::get(&session.metrics).await.unwrap().text().await.unwrap();
+    for series in [
+        "dia_node_transcriptions_total{outcome=\"cancelled\"} 2",
+        "dia_node_transcriptions_total{outcome=\"succeeded\"} 1",
+        "dia_node_transcriptions_active 0",
+        "dia_node_transcriptions_queued 0",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_dia_and_whisper_advertises_both_and_runs_both_kinds_of_job() {
     let mut node = Command::new(env!("CARGO_BIN_EXE_dia-node"));
     node.args(["serve", "--weights", "tiny-random", "--dac", "tiny-random", "--device", "cpu"])
