@@ -1,22 +1,22 @@
-//! The WebSocket session with the control plane: hello, heartbeats, jobs in, audio out; dialled
-//! again with backoff whenever it drops.
+//! The WebSocket session with the control plane: hello, heartbeats, jobs in (with the audio
+//! frame that follows a submit), audio and transcripts out; dialled again with backoff whenever it
+//! drops.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use proto::frames::{f32_from_le_bytes, i16_le_bytes};
+use proto::frames::{f32_from_le_bytes, i16_from_le_bytes, i16_le_bytes};
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
-    ModelInfo, NodeId, NodeToControl, PcmEncoding, RequestId, Stream, Task, WireError,
-    FEATURE_VOICE_CLONING, PROTOCOL_VERSION,
+    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameError, FrameHeader, Health, Hello,
+    Job, Load, NodeId, NodeToControl, PcmEncoding, RequestId, Stream, WireError, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::engine::{Engine, Event, Submission};
+use crate::workers::{Event, Refused, Workers};
 
 /// Samples per audio frame on the wire (one second).
 const CHUNK_SAMPLES: usize = 44_100;
@@ -28,25 +28,22 @@ pub struct Identity {
     pub url: String,
     pub join_token: String,
     pub node_id: String,
-    pub model_id: String,
     pub capacity: u32,
     pub gpu: Option<String>,
-    /// Largest `max_new_tokens` it takes.
-    pub max_new_tokens: u32,
 }
 
 /// Keeps a session up, reconnecting with exponential backoff. Returns once `drain` turns true
-/// and the jobs in hand are delivered, or fails if the engine thread is gone (a node that cannot
-/// generate must not rejoin the pool).
+/// and the jobs in hand are delivered, or fails if the worker threads are gone (a node that
+/// cannot work must not rejoin the pool).
 pub async fn run(
     identity: Identity,
-    engine: Engine,
+    workers: Workers,
     mut events: UnboundedReceiver<Event>,
     mut drain: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&identity, &engine, &mut events, &mut drain).await {
+        match session(&identity, &workers, &mut events, &mut drain).await {
             Ok(SessionEnd::Drained) => {
                 tracing::info!("drained: every job delivered, leaving the pool");
                 return Ok(());
@@ -55,7 +52,7 @@ pub async fn run(
                 tracing::info!("control plane closed the session");
                 backoff = Duration::from_millis(250);
             }
-            Err(e) if events.is_closed() => bail!("the engine stopped ({e})"),
+            Err(e) if events.is_closed() => bail!("the workers stopped ({e})"),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "session with the control plane ended")
             }
@@ -88,7 +85,7 @@ fn text(msg: &NodeToControl) -> Message {
 
 async fn session(
     identity: &Identity,
-    engine: &Engine,
+    workers: &Workers,
     events: &mut UnboundedReceiver<Event>,
     drain: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<SessionEnd> {
@@ -99,13 +96,7 @@ async fn session(
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId(identity.node_id.clone()),
-        models: vec![ModelInfo {
-            id: identity.model_id.clone(),
-            features: vec![FEATURE_VOICE_CLONING.into()],
-            max_input_chars: engine.max_text as u32,
-            max_new_tokens: identity.max_new_tokens,
-            languages: vec![],
-        }],
+        models: workers.models(),
         capacity: identity.capacity,
         gpu: identity.gpu.clone(),
     };
@@ -121,27 +112,78 @@ async fn session(
     // gives those to other nodes.
     let mut jobs: HashSet<RequestId> = HashSet::new();
     let result =
-        serve(&mut ws, engine, events, drain, &mut jobs, welcome.heartbeat_interval_ms).await;
+        serve(&mut ws, workers, events, drain, &mut jobs, welcome.heartbeat_interval_ms).await;
     for id in jobs {
-        engine.cancel(id);
+        workers.cancel(id);
     }
     result
 }
 
+/// A submit whose audio is still to come, in the next binary frame.
+struct Awaiting {
+    job: Job,
+    stream: Stream,
+    clip: Clip,
+}
+
+/// Why the frame after a submit cannot be its audio.
+#[derive(Debug, thiserror::Error)]
+enum BadFrame {
+    #[error("its audio frame did not follow its submit")]
+    Missing,
+    #[error("its audio frame is unreadable: {0}")]
+    Unreadable(#[from] FrameError),
+    #[error("the frame after its submit is {found:?}, not its {stream:?} in {encoding:?}")]
+    Header { stream: Stream, encoding: PcmEncoding, found: FrameHeader },
+    #[error(
+        "its {stream:?} frame holds {found} samples, not the {announced} its submit announced"
+    )]
+    Samples { stream: Stream, announced: u64, found: u64 },
+}
+
+impl Awaiting {
+    /// The job's failure for a frame that does not fit it; the same frame would fail on any
+    /// node.
+    fn fail(&self, why: BadFrame) -> Message {
+        failed(self.job.request_id, self.job.attempt, why.to_string(), false)
+    }
+
+    /// The frame's PCM as f32, if it is the audio the submit announced.
+    fn audio(&self, bytes: &[u8]) -> Result<Vec<f32>, BadFrame> {
+        let frame = BinaryFrame::decode(bytes)?;
+        let (h, Clip { samples, encoding }) = (frame.header, self.clip);
+        if (h.request_id, h.attempt, h.stream, h.encoding)
+            != (self.job.request_id, self.job.attempt, self.stream, encoding)
+        {
+            return Err(BadFrame::Header { stream: self.stream, encoding, found: h });
+        }
+        let found = (frame.payload.len() / encoding.sample_bytes()) as u64;
+        if found != samples {
+            return Err(BadFrame::Samples { stream: self.stream, announced: samples, found });
+        }
+        Ok(match encoding {
+            PcmEncoding::F32Le => f32_from_le_bytes(&frame.payload),
+            PcmEncoding::I16Le => i16_from_le_bytes(&frame.payload)
+                .into_iter()
+                .map(|s| f32::from(s) / 32768.0)
+                .collect(),
+        })
+    }
+}
+
 async fn serve(
     ws: &mut Ws,
-    engine: &Engine,
+    workers: &Workers,
     events: &mut UnboundedReceiver<Event>,
     drain: &mut watch::Receiver<bool>,
     jobs: &mut HashSet<RequestId>,
     heartbeat_ms: u64,
 ) -> anyhow::Result<SessionEnd> {
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
-    // A submit with a voice prompt waits here for its binary frame.
-    let mut awaiting_prompt: Option<Job> = None;
+    let mut awaiting: Option<Awaiting> = None;
     let mut draining = *drain.borrow();
     loop {
-        if draining && jobs.is_empty() && awaiting_prompt.is_none() {
+        if draining && jobs.is_empty() && awaiting.is_none() {
             ws.close(None).await?;
             // A drain the control plane asked for (its replica is going away) ends only this
             // session: the node dials again and takes work from whichever replica answers.
@@ -152,92 +194,104 @@ async fn serve(
                 let Some(msg) = msg else { return Ok(SessionEnd::Closed) };
                 match msg? {
                     Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t)? {
-                        // Sent before the unhealthy heartbeat arrived: let another node take it.
-                        ControlToNode::Submit(job) if draining => {
-                            let error = WireError::new(ErrorKind::UpstreamError, "the node is draining");
-                            let (request_id, attempt) = (job.request_id, job.attempt);
-                            let failed = NodeToControl::Failed { request_id, attempt, error, retryable: true };
-                            ws.send(text(&failed)).await?;
-                        }
                         ControlToNode::Submit(job) => {
-                            jobs.insert(job.request_id);
-                            if job.task.attached_audio().is_some() {
-                                awaiting_prompt = Some(job);
-                            } else {
-                                submit(engine, job, None);
+                            if let Some(stale) = awaiting.take() {
+                                ws.send(stale.fail(BadFrame::Missing)).await?;
+                            }
+                            match job.task.attached_audio() {
+                                Some((stream, clip)) => awaiting = Some(Awaiting { job, stream, clip }),
+                                None => start(ws, workers, jobs, draining, job, None).await?,
                             }
                         }
                         ControlToNode::Cancel { request_id } => {
+                            awaiting = awaiting.filter(|a| a.job.request_id != request_id);
                             jobs.remove(&request_id);
-                            engine.cancel(request_id);
+                            workers.cancel(request_id);
                         }
                         ControlToNode::Drain if !draining => {
                             draining = true;
-                            start_draining(ws, engine, jobs.len(), "the control plane asked").await?;
+                            start_draining(ws, workers, jobs.len(), "the control plane asked").await?;
                         }
                         ControlToNode::Drain => {}
                         other => tracing::warn!(?other, "unexpected message"),
                     },
-                    Message::Binary(bytes) => {
-                        let frame = BinaryFrame::decode(&bytes)?;
-                        match awaiting_prompt.take() {
-                            Some(job) if job.request_id == frame.header.request_id
-                                && frame.header.stream == Stream::VoicePrompt =>
-                            {
-                                submit(engine, job, Some(f32_from_le_bytes(&frame.payload)));
-                            }
-                            other => bail!("unexpected binary frame (waiting for {other:?})"),
-                        }
-                    }
+                    // A frame that does not fit its submit fails that job alone.
+                    Message::Binary(bytes) => match awaiting.take() {
+                        Some(a) => match a.audio(&bytes) {
+                            Ok(pcm) => start(ws, workers, jobs, draining, a.job, Some(pcm)).await?,
+                            Err(e) => ws.send(a.fail(e)).await?,
+                        },
+                        None => tracing::warn!(bytes = bytes.len(), "a binary frame no submit announced; dropped"),
+                    },
                     Message::Close(_) => return Ok(SessionEnd::Closed),
                     _ => {}
                 }
             }
             _ = drain.changed(), if !draining => {
                 draining = true;
-                start_draining(ws, engine, jobs.len(), "shutting down").await?;
+                start_draining(ws, workers, jobs.len(), "shutting down").await?;
             }
             event = events.recv() => {
-                let Some(event) = event else { bail!("the engine stopped") };
+                let Some(event) = event else { bail!("the workers stopped") };
                 send_event(ws, jobs, event).await?;
             }
-            _ = heartbeat.tick() => send_heartbeat(ws, engine, draining).await?,
+            _ = heartbeat.tick() => send_heartbeat(ws, workers, draining).await?,
         }
     }
+}
+
+/// Hands a job to its worker, or hands it back at once, retryable, where another node may take
+/// it: this one drains, or does not serve that model and task.
+async fn start(
+    ws: &mut Ws,
+    workers: &Workers,
+    jobs: &mut HashSet<RequestId>,
+    draining: bool,
+    job: Job,
+    audio: Option<Vec<f32>>,
+) -> anyhow::Result<()> {
+    let (request_id, attempt) = (job.request_id, job.attempt);
+    let taken = if draining { Err(Refused::Draining) } else { workers.submit(job, audio) };
+    match taken {
+        Ok(()) => {
+            jobs.insert(request_id);
+        }
+        Err(e) => ws.send(failed(request_id, attempt, e.to_string(), true)).await?,
+    }
+    Ok(())
+}
+
+fn failed(request_id: RequestId, attempt: u32, message: String, retryable: bool) -> Message {
+    tracing::warn!(request = %request_id, %message, retryable, "job failed");
+    let error = WireError::new(ErrorKind::UpstreamError, message);
+    text(&NodeToControl::Failed { request_id, attempt, error, retryable })
 }
 
 /// Draining: the jobs in hand are finished, none are taken; the unhealthy heartbeat stops the
 /// control plane routing here.
 async fn start_draining(
     ws: &mut Ws,
-    engine: &Engine,
+    workers: &Workers,
     jobs: usize,
     why: &str,
 ) -> anyhow::Result<()> {
     tracing::info!(jobs, why, "draining: finishing the jobs in hand, taking no new ones");
-    send_heartbeat(ws, engine, true).await
+    send_heartbeat(ws, workers, true).await
 }
 
 /// Liveness and load; a draining node reports itself unhealthy so that no work is routed to it.
-async fn send_heartbeat(ws: &mut Ws, engine: &Engine, draining: bool) -> anyhow::Result<()> {
-    let (active, queued) = engine.load();
+async fn send_heartbeat(ws: &mut Ws, workers: &Workers, draining: bool) -> anyhow::Result<()> {
+    let metrics = workers.metrics();
+    let (active, queued) = metrics.load();
     let load = Load { active, queued, gpu_memory_used_bytes: None };
-    engine.metrics().healthy.set(i64::from(!draining));
+    metrics.healthy.set(i64::from(!draining));
     let health =
         if draining { Health::Unhealthy { reason: "draining".into() } } else { Health::Healthy };
     ws.send(text(&NodeToControl::Heartbeat { health, load })).await?;
     Ok(())
 }
 
-fn submit(engine: &Engine, job: Job, prompt: Option<Vec<f32>>) {
-    let Task::Speech(task) = job.task else {
-        tracing::error!(request = %job.request_id, "a job of a kind this node does not serve");
-        return;
-    };
-    engine.submit(Submission { request_id: job.request_id, attempt: job.attempt, task, prompt });
-}
-
-/// Forwards one engine event, if its job still belongs to this session.
+/// Forwards one worker event, if its job still belongs to this session.
 async fn send_event(
     ws: &mut Ws,
     jobs: &mut HashSet<RequestId>,
@@ -250,7 +304,9 @@ async fn send_event(
             ws.send(text(&NodeToControl::Progress { request_id, attempt, generated_seconds }))
                 .await?;
         }
-        Event::Done { request_id, attempt, pcm, inference_seconds } if jobs.remove(&request_id) => {
+        Event::Generated { request_id, attempt, pcm, inference_seconds }
+            if jobs.remove(&request_id) =>
+        {
             for (chunk, samples) in pcm.chunks(CHUNK_SAMPLES).enumerate() {
                 let header = FrameHeader {
                     request_id,
@@ -267,9 +323,15 @@ async fn send_event(
                 Finished { request_id, attempt, samples, inference_seconds, transcript: None };
             ws.send(text(&NodeToControl::Finished(done))).await?;
         }
+        Event::Transcribed { request_id, attempt, transcript, inference_seconds }
+            if jobs.remove(&request_id) =>
+        {
+            let transcript = Some(transcript);
+            let done = Finished { request_id, attempt, samples: 0, inference_seconds, transcript };
+            ws.send(text(&NodeToControl::Finished(done))).await?;
+        }
         Event::Failed { request_id, attempt, message, retryable } if jobs.remove(&request_id) => {
-            let error = WireError::new(ErrorKind::UpstreamError, message);
-            ws.send(text(&NodeToControl::Failed { request_id, attempt, error, retryable })).await?;
+            ws.send(failed(request_id, attempt, message, retryable)).await?;
         }
         // A job of an earlier session, or cancelled meanwhile.
         _ => {}
@@ -284,4 +346,50 @@ async fn next_control(ws: &mut Ws) -> anyhow::Result<Option<ControlToNode>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::frames::f32_le_bytes;
+    use proto::{Task, TranscriptionTask};
+
+    fn awaiting(samples: u64, encoding: PcmEncoding) -> Awaiting {
+        let clip = Clip { samples, encoding };
+        let task = Task::Transcription(TranscriptionTask { clip, language: None });
+        let job = Job { request_id: RequestId::new(), attempt: 2, model: "m".into(), task };
+        Awaiting { job, stream: Stream::Clip, clip }
+    }
+
+    fn frame(a: &Awaiting, stream: Stream, encoding: PcmEncoding, payload: Vec<u8>) -> Vec<u8> {
+        let (request_id, attempt) = (a.job.request_id, a.job.attempt);
+        let header = FrameHeader { request_id, attempt, stream, chunk: 0, encoding };
+        BinaryFrame { header, payload }.encode()
+    }
+
+    #[test]
+    fn the_announced_frame_is_read_in_its_encoding() {
+        let a = awaiting(2, PcmEncoding::F32Le);
+        let bytes = frame(&a, Stream::Clip, PcmEncoding::F32Le, f32_le_bytes(&[0.5, -0.25]));
+        assert_eq!(a.audio(&bytes).unwrap(), [0.5, -0.25]);
+        let a = awaiting(2, PcmEncoding::I16Le);
+        let bytes = frame(&a, Stream::Clip, PcmEncoding::I16Le, i16_le_bytes(&[16384, -32768]));
+        assert_eq!(a.audio(&bytes).unwrap(), [0.5, -1.0]);
+    }
+
+    #[test]
+    fn a_frame_that_is_not_the_announced_audio_is_refused() {
+        let a = awaiting(2, PcmEncoding::F32Le);
+        let pcm = f32_le_bytes(&[0.0, 0.0]);
+        let short = frame(&a, Stream::Clip, PcmEncoding::F32Le, f32_le_bytes(&[0.0]));
+        assert!(matches!(a.audio(&short), Err(BadFrame::Samples { announced: 2, found: 1, .. })));
+        let prompt = frame(&a, Stream::VoicePrompt, PcmEncoding::F32Le, pcm.clone());
+        assert!(matches!(a.audio(&prompt), Err(BadFrame::Header { .. })));
+        let i16 = frame(&a, Stream::Clip, PcmEncoding::I16Le, pcm.clone());
+        assert!(matches!(a.audio(&i16), Err(BadFrame::Header { .. })));
+        let other = awaiting(2, PcmEncoding::F32Le);
+        let foreign = frame(&other, Stream::Clip, PcmEncoding::F32Le, pcm);
+        assert!(matches!(a.audio(&foreign), Err(BadFrame::Header { .. })));
+        assert!(matches!(a.audio(&[1, 0]), Err(BadFrame::Unreadable(_))));
+    }
 }

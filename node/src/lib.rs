@@ -1,5 +1,5 @@
-//! The GPU worker: `serve` joins the control plane's pool and generates the jobs it routes here,
-//! batched; `synth` runs one generation from the command line.
+//! The GPU worker: `serve` joins the control plane's pool and runs the jobs it routes here
+//! (generations, batched, and transcriptions); `synth` runs one generation from the command line.
 
 mod client;
 mod device;
@@ -7,7 +7,9 @@ mod engine;
 mod metrics;
 pub mod serve;
 pub mod synth;
+mod transcriber;
 mod weights;
+mod workers;
 
 use clap::{Parser, Subcommand};
 

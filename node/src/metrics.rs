@@ -1,11 +1,12 @@
-//! The node's Prometheus metrics, updated by the engine thread and served on `/metrics`.
+//! The node's Prometheus metrics, updated by the worker threads and served on `/metrics`.
 
 use prometheus::{
     Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-/// How a job ended: the values of `dia_node_jobs_total`'s `outcome` label.
+/// How a job ended: the values of the `outcome` label of `dia_node_jobs_total` and
+/// `dia_node_transcriptions_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
     Succeeded,
@@ -42,6 +43,14 @@ pub struct NodeMetrics {
     pub audio_seconds: Counter,
     /// `dia_node_healthy`: 1 while the node takes work, 0 while it drains or is unhealthy.
     pub healthy: IntGauge,
+    /// `dia_node_transcriptions_active`: 1 while a clip is being transcribed.
+    pub transcriptions_active: IntGauge,
+    /// `dia_node_transcriptions_queued`: clips waiting for the transcriber.
+    pub transcriptions_queued: IntGauge,
+    /// `dia_node_transcriptions_total{outcome}`, one series per [`Outcome`].
+    transcriptions: IntCounterVec,
+    /// `dia_node_transcribed_audio_seconds_total`: seconds of audio transcribed.
+    pub transcribed_seconds: Counter,
 }
 
 impl NodeMetrics {
@@ -64,8 +73,25 @@ impl NodeMetrics {
         let audio_seconds =
             Counter::new("dia_node_audio_seconds_total", "Seconds of audio delivered")
                 .expect("valid metric");
+        let transcriptions_active =
+            IntGauge::new("dia_node_transcriptions_active", "Clips being transcribed")
+                .expect("valid metric");
+        let transcriptions_queued =
+            IntGauge::new("dia_node_transcriptions_queued", "Clips waiting for the transcriber")
+                .expect("valid metric");
+        let transcriptions = IntCounterVec::new(
+            Opts::new("dia_node_transcriptions_total", "Transcription jobs by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let transcribed_seconds = Counter::new(
+            "dia_node_transcribed_audio_seconds_total",
+            "Seconds of audio transcribed",
+        )
+        .expect("valid metric");
         for outcome in Outcome::ALL {
             jobs.with_label_values(&[outcome.label()]);
+            transcriptions.with_label_values(&[outcome.label()]);
         }
         let healthy = IntGauge::new("dia_node_healthy", "1 while the node takes work, else 0")
             .expect("valid metric");
@@ -88,14 +114,44 @@ impl NodeMetrics {
             Box::new(audio_seconds.clone()),
             Box::new(healthy.clone()),
             Box::new(start_time),
+            Box::new(transcriptions_active.clone()),
+            Box::new(transcriptions_queued.clone()),
+            Box::new(transcriptions.clone()),
+            Box::new(transcribed_seconds.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { registry, frames, step_seconds, active, queued, jobs, audio_seconds, healthy }
+        Self {
+            registry,
+            frames,
+            step_seconds,
+            active,
+            queued,
+            jobs,
+            audio_seconds,
+            healthy,
+            transcriptions_active,
+            transcriptions_queued,
+            transcriptions,
+            transcribed_seconds,
+        }
     }
 
+    /// Counts a generation job's end.
     pub fn job_ended(&self, outcome: Outcome) {
         self.jobs.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// Counts a transcription job's end.
+    pub fn transcription_ended(&self, outcome: Outcome) {
+        self.transcriptions.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// (active, queued) jobs of both workers, as the heartbeat reports them.
+    pub fn load(&self) -> (u32, u32) {
+        let active = self.active.get() + self.transcriptions_active.get();
+        let queued = self.queued.get() + self.transcriptions_queued.get();
+        (active as u32, queued as u32)
     }
 
     /// The text exposition format.
@@ -121,5 +177,33 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<No
     );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_series_exists_from_the_start_and_no_other_label_does() {
+        let text = NodeMetrics::new().render();
+        for counter in ["dia_node_jobs_total", "dia_node_transcriptions_total"] {
+            let series: Vec<&str> = text.lines().filter(|l| l.starts_with(counter)).collect();
+            let expected: Vec<String> = ["cancelled", "failed", "succeeded"]
+                .iter()
+                .map(|o| format!("{counter}{{outcome=\"{o}\"}} 0"))
+                .collect();
+            assert_eq!(series, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_load_adds_the_transcriber_to_the_engine() {
+        let metrics = NodeMetrics::new();
+        metrics.active.set(3);
+        metrics.queued.set(2);
+        metrics.transcriptions_active.set(1);
+        metrics.transcriptions_queued.set(4);
+        assert_eq!(metrics.load(), (4, 6));
     }
 }

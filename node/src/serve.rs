@@ -1,12 +1,17 @@
 //! `dia-node serve`: load the models once and join the control plane's pool.
 
+use std::sync::Arc;
+
+use anyhow::bail;
 use clap::Args;
 
 use crate::client::{self, Identity};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::{Engine, EngineLimits, ModelSpec};
 use crate::metrics::NodeMetrics;
-use crate::weights::CheckpointArgs;
+use crate::transcriber::Transcriber;
+use crate::weights::{self, CheckpointArgs, NONE};
+use crate::workers::Workers;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -22,6 +27,11 @@ pub struct ServeArgs {
     pub node_id: Option<String>,
     #[command(flatten)]
     pub checkpoints: CheckpointArgs,
+    /// Whisper checkpoint for the `transcription` feature: a folder (CTranslate2 or transformers
+    /// layout) or a hub repo id (`owner/name[@revision]`); without it the node does not
+    /// transcribe.
+    #[arg(long, env = "WHISPER_WEIGHTS")]
+    pub whisper: Option<String>,
     /// Where the hub cannot be reached, serve the tiny random model instead (said in one line).
     #[arg(long, env = "TINY_RANDOM_IF_OFFLINE")]
     pub tiny_random_if_offline: bool,
@@ -31,7 +41,7 @@ pub struct ServeArgs {
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
     #[arg(long, env = "DTYPE")]
     pub dtype: Option<String>,
-    /// Requests decoded together (the capacity advertised).
+    /// Requests decoded together (the capacity advertised, transcriptions included).
     #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
     pub max_batch: u32,
     /// Where `/metrics` (Prometheus) is served.
@@ -47,31 +57,49 @@ pub struct ServeArgs {
 /// Loads the models and serves jobs until SIGTERM or Ctrl-C, then drains: the jobs in hand are
 /// finished and delivered, none are taken, and the process exits.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let serves_dia = args.checkpoints.weights != NONE;
+    if !serves_dia && args.whisper.is_none() {
+        bail!("nothing to serve: `--weights {NONE}` and no `--whisper`; name Dia, Whisper or both");
+    }
     let device = parse_device(&args.device)?;
-    let checkpoints = if args.tiny_random_if_offline {
-        args.checkpoints.resolve_or_tiny_random()?
-    } else {
-        args.checkpoints.resolve()?
-    };
-    let spec = ModelSpec {
-        weights: checkpoints.dia.clone(),
-        dac: checkpoints.dac.clone(),
-        device,
-        kind: parse_dtype(args.dtype.as_deref(), device)?,
-    };
-    let limits =
-        EngineLimits { max_batch: args.max_batch as usize, max_positions: args.max_positions };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = std::sync::Arc::new(NodeMetrics::new());
-    let engine = Engine::start(spec, limits, events_tx, metrics.clone())?;
+    let metrics = Arc::new(NodeMetrics::new());
+    let dia = if serves_dia {
+        let checkpoints = if args.tiny_random_if_offline {
+            args.checkpoints.resolve_or_tiny_random()?
+        } else {
+            args.checkpoints.resolve()?
+        };
+        let spec = ModelSpec {
+            weights: checkpoints.dia.clone(),
+            dac: checkpoints.dac.clone(),
+            device,
+            kind: parse_dtype(args.dtype.as_deref(), device)?,
+        };
+        let limits =
+            EngineLimits { max_batch: args.max_batch as usize, max_positions: args.max_positions };
+        let engine = Engine::start(spec, limits, events_tx.clone(), metrics.clone())?;
+        Some((checkpoints.model_id, engine))
+    } else {
+        None
+    };
+    let whisper = match &args.whisper {
+        Some(spec) => {
+            let (dir, model_id) = weights::whisper(spec)?;
+            let transcriber = Transcriber::start(dir, device, events_tx.clone(), metrics.clone())?;
+            Some((model_id, transcriber))
+        }
+        None => None,
+    };
+    // Only the workers send: the channel closes when they have all stopped.
+    drop(events_tx);
+    let workers = Workers::new(dia, whisper, metrics.clone());
     let identity = Identity {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        model_id: checkpoints.model_id,
         capacity: args.max_batch,
         gpu: device.is_cuda().then(|| format!("{device:?}")),
-        max_new_tokens: 4096,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -83,7 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_signal().await;
             let _ = drain_tx.send(true);
         });
-        client::run(identity, engine, events, drain).await
+        client::run(identity, workers, events, drain).await
     })
 }
 

@@ -1,19 +1,24 @@
-//! The checkpoints a node runs (`--weights`, `--dac`) and the model id it advertises for them.
+//! The checkpoints a node runs (`--weights`, `--dac`, `--whisper`) and the model ids it
+//! advertises for them.
 
 use std::path::{Path, PathBuf};
 
+use anyhow::bail;
 use clap::Args;
 use models::{hub, tiny, ModelError};
 use tempfile::TempDir;
 
 /// The `--weights` / `--dac` value of the tiny random model `dia-node` makes itself.
 pub const TINY_RANDOM: &str = "tiny-random";
+/// The `--weights` value of a node without Dia (`serve` only).
+pub const NONE: &str = "none";
 
 /// Which checkpoints to run.
 #[derive(Debug, Args)]
 pub struct CheckpointArgs {
-    /// Dia checkpoint: a folder, a hub repo id (`owner/name[@revision]`), or `tiny-random` (a tiny
-    /// model with random weights, made at start: noise, not speech).
+    /// Dia checkpoint: a folder, a hub repo id (`owner/name[@revision]`), `tiny-random` (a tiny
+    /// model with random weights, made at start: noise, not speech), or, for `serve`, `none` (no
+    /// Dia: a node that only transcribes, with `--whisper`; `--dac` is then ignored).
     #[arg(long, env = "DIA_WEIGHTS", default_value = hub::DIA_REPO)]
     pub weights: String,
     /// DAC checkpoint: a folder, a hub repo id, or `tiny-random`.
@@ -33,6 +38,9 @@ pub struct Checkpoints {
 impl CheckpointArgs {
     /// Finds or downloads the checkpoints, or writes the tiny random ones.
     pub fn resolve(&self) -> anyhow::Result<Checkpoints> {
+        if self.weights == NONE {
+            bail!("`--weights {NONE}` names no Dia checkpoint to generate with");
+        }
         let tiny = |spec: &str| spec == TINY_RANDOM;
         let scratch =
             (tiny(&self.weights) || tiny(&self.dac)).then(tempfile::tempdir).transpose()?;
@@ -83,6 +91,13 @@ impl CheckpointArgs {
             id
         }
     }
+}
+
+/// Whisper's folder for `--whisper` (a folder, or a hub repo id, downloaded), and the id the node
+/// advertises for it: as for Dia, the repo and revision or the folder's name.
+pub fn whisper(spec: &str) -> anyhow::Result<(PathBuf, String)> {
+    let id = hub::Source::parse(spec, hub::WHISPER_REPO, hub::WHISPER_REVISION).model_id();
+    Ok((hub::whisper_weights(spec)?, id))
 }
 
 /// Seed of the tiny random weights: every node makes the same model.

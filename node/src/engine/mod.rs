@@ -15,6 +15,7 @@ use std::sync::Arc;
 use proto::{RequestId, SpeechTask};
 
 use crate::metrics::NodeMetrics;
+use crate::workers::Event;
 use tch::{Device, Kind};
 
 /// What to load and where.
@@ -45,14 +46,6 @@ pub struct Submission {
     pub prompt: Option<Vec<f32>>,
 }
 
-/// What the engine reports.
-#[derive(Debug)]
-pub enum Event {
-    Progress { request_id: RequestId, attempt: u32, generated_seconds: f32 },
-    Done { request_id: RequestId, attempt: u32, pcm: Vec<i16>, inference_seconds: f32 },
-    Failed { request_id: RequestId, attempt: u32, message: String, retryable: bool },
-}
-
 enum Command {
     Submit(Submission),
     Cancel(RequestId),
@@ -62,7 +55,6 @@ enum Command {
 #[derive(Clone)]
 pub struct Engine {
     commands: std::sync::mpsc::Sender<Command>,
-    metrics: Arc<NodeMetrics>,
     /// Longest text the model reads, in its text tokens.
     pub max_text: usize,
 }
@@ -78,30 +70,20 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let worker_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("dia-engine".into())
-            .spawn(move || worker::run(spec, limits, inbox, events, worker_metrics, ready_tx))?;
+            .spawn(move || worker::run(spec, limits, inbox, events, metrics, ready_tx))?;
         let max_text = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
-        Ok(Self { commands, metrics, max_text })
+        Ok(Self { commands, max_text })
     }
 
-    /// Queues a job.
-    pub fn submit(&self, job: Submission) {
-        let _ = self.commands.send(Command::Submit(job));
+    /// Queues a job; false if the engine thread has stopped.
+    pub fn submit(&self, job: Submission) -> bool {
+        self.commands.send(Command::Submit(job)).is_ok()
     }
 
     /// Drops a job, queued or running; its result is never reported.
     pub fn cancel(&self, request_id: RequestId) {
         let _ = self.commands.send(Command::Cancel(request_id));
-    }
-
-    /// (active, queued) jobs, as the metrics show them.
-    pub fn load(&self) -> (u32, u32) {
-        (self.metrics.active.get() as u32, self.metrics.queued.get() as u32)
-    }
-
-    pub fn metrics(&self) -> &NodeMetrics {
-        &self.metrics
     }
 }

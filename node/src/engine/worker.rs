@@ -14,8 +14,9 @@ use models::ModelError;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::prompt_cache::PromptCache;
-use super::{Command, EngineLimits, Event, ModelSpec, Submission};
+use super::{Command, EngineLimits, ModelSpec, Submission};
 use crate::metrics::{NodeMetrics, Outcome};
+use crate::workers::Event;
 
 /// Frames between progress reports (one second of audio).
 const PROGRESS_EVERY: i64 = 86;
@@ -190,7 +191,7 @@ impl Worker {
                     let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
                     self.metrics.job_ended(Outcome::Succeeded);
                     self.metrics.audio_seconds.inc_by(pcm.len() as f64 / f64::from(SAMPLE_RATE));
-                    let _ = self.events.send(Event::Done {
+                    let _ = self.events.send(Event::Generated {
                         request_id: run.job.request_id,
                         attempt: run.job.attempt,
                         pcm: to_i16(&pcm),

@@ -2,6 +2,8 @@
 
 pub mod browser;
 pub mod pool;
+pub mod scripted;
+pub mod whisper;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,10 +14,11 @@ pub fn fixtures(name: &str, var: &str) -> PathBuf {
     })
 }
 
-/// `dia-node <command>` with the fixture weights.
+/// `dia-node <command>` with the fixture weights, and no Whisper whatever the environment says.
 pub fn dia_node(command: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dia-node"));
-    cmd.arg(command)
+    cmd.env_remove("WHISPER_WEIGHTS")
+        .arg(command)
         .arg("--weights")
         .arg(fixtures("dia-tiny", "DIA_FIXTURE_DIR"))
         .arg("--dac")
