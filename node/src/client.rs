@@ -1,19 +1,21 @@
 //! The WebSocket session with the control plane: hello, heartbeats, jobs in (with the audio
-//! frame that follows a submit), audio and transcripts out; dialled again with backoff whenever it
-//! drops.
+//! frame that follows a transcription's submit, and voice prompts asked for when the engine holds
+//! no codes for them), audio and transcripts out; dialled again with backoff whenever it drops.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use proto::frames::{f32_from_le_bytes, i16_from_le_bytes, i16_le_bytes};
 use proto::{
-    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameError, FrameHeader, Health, Hello,
-    Job, Load, NodeId, NodeToControl, PcmEncoding, RequestId, Stream, WireError, PROTOCOL_VERSION,
+    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
+    NodeId, NodeToControl, PcmEncoding, RequestId, Stream, WireError, PROTOCOL_VERSION,
 };
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::workers::{Event, Refused, Workers};
@@ -24,8 +26,9 @@ const CHUNK_SAMPLES: usize = 44_100;
 /// Who this node is to the control plane.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// `ws(s)://host/v1/nodes/connect`, without the token.
+    /// `ws(s)://host/v1/nodes/connect`.
     pub url: String,
+    /// Its node credential or a join token, sent as `Authorization: Bearer`.
     pub join_token: String,
     pub node_id: String,
     pub capacity: u32,
@@ -89,8 +92,10 @@ async fn session(
     events: &mut UnboundedReceiver<Event>,
     drain: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<SessionEnd> {
-    let url = format!("{}?token={}", identity.url, identity.join_token);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+    let mut request = identity.url.as_str().into_client_request()?;
+    let bearer = format!("Bearer {}", identity.join_token).parse().context("the join token")?;
+    request.headers_mut().insert("authorization", bearer);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .with_context(|| format!("connecting to {}", identity.url))?;
     let hello = Hello {
@@ -119,11 +124,13 @@ async fn session(
     result
 }
 
-/// A submit whose audio is still to come, in the next binary frame.
+/// A job whose audio is still to come: a transcription's clip (the frame right after its
+/// submit), or a voice prompt the node asked for (identified by its SHA-256).
 struct Awaiting {
     job: Job,
     stream: Stream,
     clip: Clip,
+    sha256: Option<String>,
 }
 
 /// Why the frame after a submit cannot be its audio.
@@ -131,8 +138,8 @@ struct Awaiting {
 enum BadFrame {
     #[error("its audio frame did not follow its submit")]
     Missing,
-    #[error("its audio frame is unreadable: {0}")]
-    Unreadable(#[from] FrameError),
+    #[error("its voice prompt is not the audio whose SHA-256 its submit announced")]
+    Hash,
     #[error("the frame after its submit is {found:?}, not its {stream:?} in {encoding:?}")]
     Header { stream: Stream, encoding: PcmEncoding, found: FrameHeader },
     #[error(
@@ -149,8 +156,7 @@ impl Awaiting {
     }
 
     /// The frame's PCM as f32, if it is the audio the submit announced.
-    fn audio(&self, bytes: &[u8]) -> Result<Vec<f32>, BadFrame> {
-        let frame = BinaryFrame::decode(bytes)?;
+    fn audio(&self, frame: BinaryFrame) -> Result<Vec<f32>, BadFrame> {
         let (h, Clip { samples, encoding }) = (frame.header, self.clip);
         if (h.request_id, h.attempt, h.stream, h.encoding)
             != (self.job.request_id, self.job.attempt, self.stream, encoding)
@@ -160,6 +166,13 @@ impl Awaiting {
         let found = (frame.payload.len() / encoding.sample_bytes()) as u64;
         if found != samples {
             return Err(BadFrame::Samples { stream: self.stream, announced: samples, found });
+        }
+        if let Some(expected) = &self.sha256 {
+            let digest: String =
+                Sha256::digest(&frame.payload).iter().map(|b| format!("{b:02x}")).collect();
+            if &digest != expected {
+                return Err(BadFrame::Hash);
+            }
         }
         Ok(match encoding {
             PcmEncoding::F32Le => f32_from_le_bytes(&frame.payload),
@@ -180,10 +193,10 @@ async fn serve(
     heartbeat_ms: u64,
 ) -> anyhow::Result<SessionEnd> {
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
-    let mut awaiting: Option<Awaiting> = None;
+    let mut awaiting: HashMap<RequestId, Awaiting> = HashMap::new();
     let mut draining = *drain.borrow();
     loop {
-        if draining && jobs.is_empty() && awaiting.is_none() {
+        if draining && jobs.is_empty() && awaiting.is_empty() {
             ws.close(None).await?;
             // A drain the control plane asked for (its replica is going away) ends only this
             // session: the node dials again and takes work from whichever replica answers.
@@ -195,16 +208,22 @@ async fn serve(
                 match msg? {
                     Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t)? {
                         ControlToNode::Submit(job) => {
-                            if let Some(stale) = awaiting.take() {
+                            // A clip comes right after its submit: one still awaited is missing.
+                            let missing: Vec<RequestId> = awaiting.iter()
+                                .filter(|(_, a)| a.stream == Stream::Clip).map(|(id, _)| *id).collect();
+                            for id in missing {
+                                let stale = awaiting.remove(&id).expect("listed");
                                 ws.send(stale.fail(BadFrame::Missing)).await?;
                             }
                             match job.task.attached_audio() {
-                                Some((stream, clip)) => awaiting = Some(Awaiting { job, stream, clip }),
+                                Some((stream, clip)) => {
+                                    awaiting.insert(job.request_id, Awaiting { job, stream, clip, sha256: None });
+                                }
                                 None => start(ws, workers, jobs, draining, job, None).await?,
                             }
                         }
                         ControlToNode::Cancel { request_id } => {
-                            awaiting = awaiting.filter(|a| a.job.request_id != request_id);
+                            awaiting.remove(&request_id);
                             jobs.remove(&request_id);
                             workers.cancel(request_id);
                         }
@@ -215,14 +234,21 @@ async fn serve(
                         ControlToNode::Drain => {}
                         other => tracing::warn!(?other, "unexpected message"),
                     },
-                    // A frame that does not fit its submit fails that job alone.
-                    Message::Binary(bytes) => match awaiting.take() {
-                        Some(a) => match a.audio(&bytes) {
-                            Ok(pcm) => start(ws, workers, jobs, draining, a.job, Some(pcm)).await?,
-                            Err(e) => ws.send(a.fail(e)).await?,
-                        },
-                        None => tracing::warn!(bytes = bytes.len(), "a binary frame no submit announced; dropped"),
-                    },
+                    // A frame that does not fit its job fails that job alone.
+                    Message::Binary(bytes) => {
+                        let frame = BinaryFrame::decode(&bytes);
+                        match frame.map(|f| (awaiting.remove(&f.header.request_id), f)) {
+                            Ok((Some(a), frame)) => match a.audio(frame) {
+                                Ok(pcm) => start(ws, workers, jobs, draining, a.job, Some(pcm)).await?,
+                                Err(e) => {
+                                    jobs.remove(&a.job.request_id);
+                                    ws.send(a.fail(e)).await?
+                                }
+                            },
+                            Ok((None, _)) => tracing::warn!("an audio frame for no job awaiting one; dropped"),
+                            Err(e) => tracing::warn!(error = %e, "an unreadable binary frame; dropped"),
+                        }
+                    }
                     Message::Close(_) => return Ok(SessionEnd::Closed),
                     _ => {}
                 }
@@ -232,8 +258,19 @@ async fn serve(
                 start_draining(ws, workers, jobs.len(), "shutting down").await?;
             }
             event = events.recv() => {
-                let Some(event) = event else { bail!("the workers stopped") };
-                send_event(ws, jobs, event).await?;
+                match event {
+                    None => bail!("the workers stopped"),
+                    Some(Event::NeedVoicePrompt { request_id, attempt, task }) if jobs.contains(&request_id) => {
+                        let Some(prompt) = task.voice_prompt.clone() else { continue };
+                        let model = workers.speech_model().unwrap_or_default().to_owned();
+                        let job = Job { request_id, attempt, model, task: proto::Task::Speech(task) };
+                        let clip = Clip { samples: prompt.samples, encoding: prompt.encoding };
+                        let stream = Stream::VoicePrompt;
+                        awaiting.insert(request_id, Awaiting { job, stream, clip, sha256: Some(prompt.sha256) });
+                        ws.send(text(&NodeToControl::NeedVoicePrompt { request_id, attempt })).await?;
+                    }
+                    Some(event) => send_event(ws, jobs, event).await?,
+                }
             }
             _ = heartbeat.tick() => send_heartbeat(ws, workers, draining).await?,
         }
@@ -256,7 +293,10 @@ async fn start(
         Ok(()) => {
             jobs.insert(request_id);
         }
-        Err(e) => ws.send(failed(request_id, attempt, e.to_string(), true)).await?,
+        Err(e) => {
+            jobs.remove(&request_id);
+            ws.send(failed(request_id, attempt, e.to_string(), true)).await?
+        }
     }
     Ok(())
 }
@@ -358,23 +398,23 @@ mod tests {
         let clip = Clip { samples, encoding };
         let task = Task::Transcription(TranscriptionTask { clip, language: None });
         let job = Job { request_id: RequestId::new(), attempt: 2, model: "m".into(), task };
-        Awaiting { job, stream: Stream::Clip, clip }
+        Awaiting { job, stream: Stream::Clip, clip, sha256: None }
     }
 
-    fn frame(a: &Awaiting, stream: Stream, encoding: PcmEncoding, payload: Vec<u8>) -> Vec<u8> {
+    fn frame(a: &Awaiting, stream: Stream, encoding: PcmEncoding, payload: Vec<u8>) -> BinaryFrame {
         let (request_id, attempt) = (a.job.request_id, a.job.attempt);
         let header = FrameHeader { request_id, attempt, stream, chunk: 0, encoding };
-        BinaryFrame { header, payload }.encode()
+        BinaryFrame { header, payload }
     }
 
     #[test]
     fn the_announced_frame_is_read_in_its_encoding() {
         let a = awaiting(2, PcmEncoding::F32Le);
         let bytes = frame(&a, Stream::Clip, PcmEncoding::F32Le, f32_le_bytes(&[0.5, -0.25]));
-        assert_eq!(a.audio(&bytes).unwrap(), [0.5, -0.25]);
+        assert_eq!(a.audio(bytes).unwrap(), [0.5, -0.25]);
         let a = awaiting(2, PcmEncoding::I16Le);
         let bytes = frame(&a, Stream::Clip, PcmEncoding::I16Le, i16_le_bytes(&[16384, -32768]));
-        assert_eq!(a.audio(&bytes).unwrap(), [0.5, -1.0]);
+        assert_eq!(a.audio(bytes).unwrap(), [0.5, -1.0]);
     }
 
     #[test]
@@ -382,14 +422,25 @@ mod tests {
         let a = awaiting(2, PcmEncoding::F32Le);
         let pcm = f32_le_bytes(&[0.0, 0.0]);
         let short = frame(&a, Stream::Clip, PcmEncoding::F32Le, f32_le_bytes(&[0.0]));
-        assert!(matches!(a.audio(&short), Err(BadFrame::Samples { announced: 2, found: 1, .. })));
+        assert!(matches!(a.audio(short), Err(BadFrame::Samples { announced: 2, found: 1, .. })));
         let prompt = frame(&a, Stream::VoicePrompt, PcmEncoding::F32Le, pcm.clone());
-        assert!(matches!(a.audio(&prompt), Err(BadFrame::Header { .. })));
+        assert!(matches!(a.audio(prompt), Err(BadFrame::Header { .. })));
         let i16 = frame(&a, Stream::Clip, PcmEncoding::I16Le, pcm.clone());
-        assert!(matches!(a.audio(&i16), Err(BadFrame::Header { .. })));
+        assert!(matches!(a.audio(i16), Err(BadFrame::Header { .. })));
         let other = awaiting(2, PcmEncoding::F32Le);
         let foreign = frame(&other, Stream::Clip, PcmEncoding::F32Le, pcm);
-        assert!(matches!(a.audio(&foreign), Err(BadFrame::Header { .. })));
-        assert!(matches!(a.audio(&[1, 0]), Err(BadFrame::Unreadable(_))));
+        assert!(matches!(a.audio(foreign), Err(BadFrame::Header { .. })));
+    }
+
+    #[test]
+    fn a_voice_prompt_must_be_the_audio_of_its_hash() {
+        let pcm = f32_le_bytes(&[0.5, 0.25]);
+        let digest = Sha256::digest(&pcm).iter().map(|b| format!("{b:02x}")).collect();
+        let mut a = awaiting(2, PcmEncoding::F32Le);
+        (a.stream, a.sha256) = (Stream::VoicePrompt, Some(digest));
+        let right = frame(&a, Stream::VoicePrompt, PcmEncoding::F32Le, pcm);
+        assert_eq!(a.audio(right).unwrap(), [0.5, 0.25]);
+        let wrong = frame(&a, Stream::VoicePrompt, PcmEncoding::F32Le, f32_le_bytes(&[0.5, 0.0]));
+        assert!(matches!(a.audio(wrong), Err(BadFrame::Hash)));
     }
 }

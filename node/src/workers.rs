@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use proto::{
-    Job, ModelInfo, RequestId, Task, Transcript, FEATURE_TRANSCRIPTION, FEATURE_VOICE_CLONING,
+    Job, ModelInfo, RequestId, SpeechTask, Task, Transcript, FEATURE_TRANSCRIPTION,
+    FEATURE_VOICE_CLONING,
 };
 
 use crate::engine::{Engine, Submission};
@@ -29,6 +30,8 @@ pub enum Event {
         transcript: Transcript,
         inference_seconds: f32,
     },
+    /// A generation whose voice prompt the engine holds no codes for: its audio is needed.
+    NeedVoicePrompt { request_id: RequestId, attempt: u32, task: SpeechTask },
     /// A job of either kind failed; `retryable` when another node might succeed.
     Failed { request_id: RequestId, attempt: u32, message: String, retryable: bool },
 }
@@ -79,6 +82,11 @@ impl Workers {
             (info, transcriber)
         });
         Self { dia, whisper, metrics }
+    }
+
+    /// The id of the Dia model this node runs.
+    pub fn speech_model(&self) -> Option<&str> {
+        self.dia.as_ref().map(|(info, _)| info.id.as_str())
     }
 
     /// The models of the hello.

@@ -210,7 +210,7 @@ async fn voice_library(store: Store, name: &str) {
     b.wait_for(
         &missing
             .replace("{}", &mic_id.to_string())
-            .replace(".textContent", ".textContent === 'No transcript: cloning needs one.'"),
+            .replace(".textContent", ".textContent === 'No transcript, and no transcription node was online to fill it in: type what the clip says, cloning needs it.'"),
     )
     .await;
     screenshot_all(&mut b, &pool, "voices", "/voices").await;

@@ -22,7 +22,7 @@ from dia_client.types import File  # noqa: E402
 
 base_url, key, clip_path, doc_path = sys.argv[2:6]
 # The tiny model on a CPU takes a while for the default 3072 frames.
-client = AuthenticatedClient(base_url=base_url, token=key, timeout=httpx.Timeout(300.0))
+client = AuthenticatedClient(base_url=base_url, token=key, timeout=httpx.Timeout(900.0))
 with open(clip_path, "rb") as f:
     clip = f.read()
 

@@ -141,11 +141,9 @@ with open(sys.argv[3], "rb") as f:
     let file = pool.dir.path().join("clip.wav");
     std::fs::write(&file, &wav).unwrap();
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let out = tokio::process::Command::new(python)
-        .args(["-c", script, &pool.url("/v1"), KEY, file.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
+    let mut command = std::process::Command::new(python);
+    command.args(["-c", script, &pool.url("/v1"), KEY, file.to_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), transcript);
 
@@ -196,10 +194,18 @@ async fn the_dashboard_shows_the_transcript_filled_in() {
     let shots = pool.dir.path().join("shots");
     let mut b = Browser::launch(shots, &dir.join("en_gb_140.wav")).await;
     b.sign_in(&pool.base, KEY).await;
-    b.set_file("#upload-file", &dir.join("en_us_stereo44k.wav")).await;
+    // Chromium reads uploads from the temporary folder (as the dashboard tests give them).
+    let file = pool.dir.path().join("espeak.wav");
+    std::fs::copy(dir.join("en_us_stereo44k.wav"), &file).unwrap();
+    b.set_file("#upload-file", &file).await;
     b.fill("#upload-name", "Espeak").await;
     b.click("#upload button[type=submit]").await;
     let card = "document.querySelector('#voice-list .voice')";
+    let error = "document.querySelector('#upload-error')";
+    let uploaded = b
+        .wait_for(&format!("{card} ? 'uploaded' : ({error}.hidden ? '' : {error}.textContent)"))
+        .await;
+    assert_eq!(uploaded, "uploaded");
     b.wait_for(&format!("{card} && {card}.dataset.transcriptStatus === 'filled'")).await;
     let text = b.eval(&format!("{card}.querySelector('.transcript').textContent")).await;
     let (_, spoken) = clip("en_us_stereo44k");

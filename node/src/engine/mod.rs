@@ -42,7 +42,8 @@ pub struct Submission {
     pub request_id: RequestId,
     pub attempt: u32,
     pub task: SpeechTask,
-    /// Mono f32 PCM at 44.1 kHz of the voice prompt.
+    /// Mono f32 PCM at 44.1 kHz of the voice prompt, when the control plane sent it; without
+    /// it the engine uses the codes it holds for the prompt's hash, or asks for it.
     pub prompt: Option<Vec<f32>>,
 }
 

@@ -23,6 +23,14 @@ const PROGRESS_EVERY: i64 = 86;
 /// Voice prompts whose codes are kept.
 const PROMPTS_CACHED: usize = 64;
 
+/// What admitting a job came to.
+enum Admission {
+    /// It generates in this slot.
+    Started(SeqId),
+    /// Its voice prompt's codes are not cached and its audio did not come with it.
+    NeedsPrompt,
+}
+
 struct Running {
     job: Submission,
     started: Instant,
@@ -126,8 +134,12 @@ impl Worker {
         while self.generator.free_slots() > 0 {
             let Some(job) = self.pending.pop_front() else { return };
             match std::panic::catch_unwind(AssertUnwindSafe(|| self.start(&job))) {
-                Ok(Ok(seq)) => {
+                Ok(Ok(Admission::Started(seq))) => {
                     self.running.insert(seq, Running { job, started: Instant::now(), reported: 0 });
+                }
+                Ok(Ok(Admission::NeedsPrompt)) => {
+                    let Submission { request_id, attempt, task, .. } = job;
+                    let _ = self.events.send(Event::NeedVoicePrompt { request_id, attempt, task });
                 }
                 // Bad input fails everywhere; anything else may work on another node.
                 Ok(Err(e)) => {
@@ -139,11 +151,17 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, job: &Submission) -> Result<SeqId, ModelError> {
+    fn start(&mut self, job: &Submission) -> Result<Admission, ModelError> {
         let task = &job.task;
         let dac = &self.dac;
-        let prompt_codes = match job.prompt.as_deref() {
-            Some(pcm) => Some(self.prompts.get_or_encode(pcm, |pcm| dac.encode(pcm))?),
+        let prompt_codes = match &task.voice_prompt {
+            Some(prompt) => {
+                let pcm = job.prompt.as_deref();
+                match self.prompts.codes(&prompt.sha256, pcm, |pcm| dac.encode(pcm))? {
+                    Some(codes) => Some(codes),
+                    None => return Ok(Admission::NeedsPrompt),
+                }
+            }
             None => None,
         };
         let request = GenerationRequest {
@@ -158,7 +176,7 @@ impl Worker {
             seed: task.seed,
             max_new_tokens: i64::from(task.max_new_tokens),
         };
-        Ok(self.generator.admit(&self.model, vec![request])?[0])
+        Ok(Admission::Started(self.generator.admit(&self.model, vec![request])?[0]))
     }
 
     /// One decode step for every running job; a failure or panic inside the model (out of

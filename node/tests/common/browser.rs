@@ -119,16 +119,24 @@ impl Browser {
 
     /// Evaluates `js` in the page (awaiting a promise) and returns its value.
     pub async fn eval(&mut self, js: &str) -> Value {
-        let params = json!({"expression": js, "awaitPromise": true, "returnByValue": true});
-        let result = self.call("Runtime.evaluate", params).await;
-        assert!(result.get("exceptionDetails").is_none(), "{js}: {}", result["exceptionDetails"]);
-        result["result"]["value"].clone()
+        self.try_eval(js).await.unwrap_or_else(|e| panic!("{js}: {e}"))
     }
 
-    /// Polls `js` until it is truthy (30 s at most); returns its value.
+    /// Evaluates `js`; the exception it threw, if it did.
+    async fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
+        let params = json!({"expression": js, "awaitPromise": true, "returnByValue": true});
+        let result = self.call("Runtime.evaluate", params).await;
+        match result.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(result["result"]["value"].clone()),
+        }
+    }
+
+    /// Polls `js` until it is truthy (30 s at most); returns its value. While the page is
+    /// between loads an element may be missing: an exception counts as not yet.
     pub async fn wait_for(&mut self, js: &str) -> Value {
         for _ in 0..300 {
-            let v = self.eval(js).await;
+            let v = self.try_eval(js).await.unwrap_or_default();
             if !(v.is_null() || v == false || v == "" || v == 0) {
                 return v;
             }
