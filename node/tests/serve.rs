@@ -89,6 +89,34 @@ async fn a_generation_through_the_pool_equals_synth_with_the_same_seed() {
     assert_eq!(pooled, samples(&synth), "the pool's audio differs from synth's");
 }
 
+/// The voice prompt travels by reference: the node asks for it the first time and encodes it; the
+/// same sample again is served from the codes it cached, to the same audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_voice_sounds_the_same_from_the_sent_prompt_and_from_cached_codes() {
+    let pool = start(2, 1).await;
+    let prompt = fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("cases/prompt_load_2.wav");
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(std::fs::read(&prompt).unwrap()))
+        .text("speaker_name", "Ann")
+        .text("transcript", "A prompt.");
+    let upload =
+        pool.http.post(format!("{}/v1/voices", pool.base)).bearer_auth(KEY).multipart(form);
+    let voice: Value = upload.send().await.unwrap().json().await.unwrap();
+    let script = "[S1] In her voice.";
+    let body =
+        json!({"input": script, "speakers": {"S1": voice["id"]}, "seed": 7, "max_new_tokens": 256});
+    let first = generate(&pool, body.clone()).await;
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let first = samples(&first.bytes().await.unwrap());
+    let again = generate(&pool, body).await;
+    assert_eq!(samples(&again.bytes().await.unwrap()), first, "the cached codes clone differently");
+
+    // The prompt was used: without it the same script and seed sound otherwise.
+    let plain = json!({"input": script, "seed": 7, "max_new_tokens": 256});
+    let plain = generate(&pool, plain).await;
+    assert_ne!(samples(&plain.bytes().await.unwrap()), first, "the voice prompt changed nothing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_and_a_cloned_voice_are_all_served_by_the_batching_node() {
     let pool = start(2, 1).await;
