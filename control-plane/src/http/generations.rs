@@ -2,11 +2,10 @@
 
 use super::auth::Account;
 use super::openapi::AudioFile;
-use super::ApiJson;
-use crate::db::requests::{NewRequest, Outcome, RequestStatus};
+use super::{waiting, ApiJson};
+use crate::db::requests::{NewRequest, Outcome};
 use crate::db::voices::TranscriptStatus;
 use crate::error::{ApiError, ErrorBody};
-use crate::queue::Queue;
 use crate::state::AppState;
 use crate::validation::{transcript_words, SpeechRequest, ValidSpeechRequest};
 use crate::voice_prompt;
@@ -19,11 +18,9 @@ use axum::Router;
 use proto::frames::f32_from_le_bytes;
 use proto::speech::cloning_text;
 use proto::{
-    ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, WireError,
-    FEATURE_VOICE_CLONING,
+    ErrorKind, PcmEncoding, RequestId, SpeechTask, Task, VoicePrompt, FEATURE_VOICE_CLONING,
 };
 use serde_json::Value;
-use std::sync::Arc;
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -53,10 +50,8 @@ pub async fn create(
     let id = RequestId::new();
     let waiter = state.queue.waiter(&id);
     let seed = enqueue(&state, &account, &body, id).await?;
-    let guard = CancelOnDrop::new(state.queue.clone(), id);
-    let outcome = state.queue.wait(&waiter).await?;
-    guard.disarm();
-    respond(id, seed, outcome)
+    let outcome = waiting::until_done(&state, &waiter, id).await?;
+    Ok(respond(id, seed, outcome))
 }
 
 /// Validates a generation, assembles its cloning prompt and queues it as `id`; returns its seed.
@@ -124,49 +119,15 @@ pub(crate) async fn enqueue(
         prompt_audio: None,
     };
     if !state.db.insert_request(&new, state.config.max_queued).await? {
-        let queued = state.db.count_queued().await?;
-        return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
+        return Err(waiting::queue_full(state).await);
     }
     state.queue.announce_queued().await;
     Ok(req.seed)
 }
 
-/// Cancels the request if the handler is dropped before it ends: hyper drops the handler's
-/// future when the client disconnects.
-pub(crate) struct CancelOnDrop(Option<(Arc<Queue>, RequestId)>);
-
-impl CancelOnDrop {
-    /// Armed for the request `id`.
-    pub(crate) fn new(queue: Arc<Queue>, id: RequestId) -> Self {
-        Self(Some((queue, id)))
-    }
-
-    /// The request ended: nothing to cancel.
-    pub(crate) fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some((queue, id)) = self.0.take() {
-            tokio::spawn(async move { queue.cancel(id).await });
-        }
-    }
-}
-
-fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiError> {
-    let Some(audio) = outcome.audio.filter(|_| outcome.status == RequestStatus::Succeeded) else {
-        let kind = outcome
-            .error_type
-            .as_deref()
-            .and_then(ErrorKind::parse)
-            .unwrap_or(ErrorKind::UpstreamError);
-        return Err(ApiError::Client(WireError::new(
-            kind,
-            outcome.error_message.unwrap_or_default(),
-        )));
-    };
+/// The WAV of a succeeded generation, with its headers.
+fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Response {
+    let audio = outcome.audio.unwrap_or_default();
     let mut response = ([(CONTENT_TYPE, "audio/wav")], audio).into_response();
     let headers = response.headers_mut();
     let secs = |x: Option<f64>| format!("{:.3}", x.unwrap_or(0.0));
@@ -182,7 +143,7 @@ fn respond(id: RequestId, seed: u64, outcome: Outcome) -> Result<Response, ApiEr
             headers.insert(name, v);
         }
     }
-    Ok(response)
+    response
 }
 
 /// The encoder text and voice-prompt PCM for the request: the referenced samples' transcripts,

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod reference;
 pub mod transcriptions;
 pub mod voices;
+mod waiting;
 
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -5,8 +5,8 @@
 use super::auth::Account;
 use super::models::{choose, Model};
 use super::voices::{decode_upload, multipart_error};
-use super::ApiMultipart;
-use crate::db::requests::{NewRequest, RequestStatus};
+use super::{waiting, ApiMultipart};
+use crate::db::requests::NewRequest;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, State};
@@ -16,8 +16,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use proto::frames::i16_le_bytes;
 use proto::{
-    Clip, ErrorKind, PcmEncoding, RequestId, Task, TranscriptionTask, WireError,
-    FEATURE_TRANSCRIPTION,
+    Clip, ErrorKind, PcmEncoding, RequestId, Task, TranscriptionTask, FEATURE_TRANSCRIPTION,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -137,24 +136,10 @@ pub async fn create(
     let transcription =
         Transcription { model: &model, clip, language: language.as_deref(), input: &input };
     if !transcription.enqueue(&state, &account, id, &pcm16(&decoded.samples)).await? {
-        let queued = state.db.count_queued().await?;
-        return Err(ApiError::QueueFull { queued, retry_after_secs: 1 + queued as u64 / 64 });
+        return Err(waiting::queue_full(&state).await);
     }
-    let guard = super::generations::CancelOnDrop::new(state.queue.clone(), id);
-    let outcome = state.queue.wait(&waiter).await?;
-    guard.disarm();
-    let Some(text) = outcome.transcript.filter(|_| outcome.status == RequestStatus::Succeeded)
-    else {
-        let kind = outcome
-            .error_type
-            .as_deref()
-            .and_then(ErrorKind::parse)
-            .unwrap_or(ErrorKind::UpstreamError);
-        return Err(ApiError::Client(WireError::new(
-            kind,
-            outcome.error_message.unwrap_or_default(),
-        )));
-    };
+    let outcome = waiting::until_done(&state, &waiter, id).await?;
+    let text = outcome.transcript.unwrap_or_default();
     let headers =
         [("x-request-id", id.to_string()), ("x-language", outcome.language.unwrap_or_default())];
     Ok(if text_format {
