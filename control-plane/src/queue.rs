@@ -15,8 +15,8 @@ use crate::nodes::registry::{Candidate, Registry};
 use crate::nodes::ws::text;
 use axum::extract::ws::Message;
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
-    RequestId, Stream, Task, WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, RequestId, Task,
+    WireError, SAMPLES_PER_FRAME, SAMPLE_RATE,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
