@@ -10,16 +10,22 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::DecoderConfig;
 
-/// Keys and values of one attention block.
+/// Keys and values of one attention block, stacked in one tensor so that a decode step writes
+/// both with one operator.
 #[derive(Debug)]
 pub struct KvCache {
+    /// `[2, R, heads, T, E]`: keys, then values.
+    pub kv: Tensor,
+    /// Views of `kv`.
     pub k: Tensor,
     pub v: Tensor,
 }
 
 impl KvCache {
     fn zeros(shape: [i64; 4], kind: Kind, device: Device) -> Self {
-        Self { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)) }
+        let [rows, heads, len, dim] = shape;
+        let kv = Tensor::zeros([2, rows, heads, len, dim], (kind, device));
+        Self { k: kv.get(0), v: kv.get(1), kv }
     }
 }
 

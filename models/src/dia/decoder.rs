@@ -10,7 +10,9 @@ use tch::{Kind, Tensor};
 
 use super::cache::{additive_mask, DecoderCache, KvCache, Windows};
 use super::config::DecoderConfig;
-use super::layers::{attention, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding};
+use super::layers::{
+    attention, head_rotations, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding,
+};
 use crate::nn_ext::{Linear, RmsNorm};
 
 /// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
@@ -25,9 +27,9 @@ pub struct DecodeInput<'a> {
 
 /// What every layer of one decode step shares.
 struct StepContext {
-    rotations_nx1xe2: Tensor,
-    /// Where each row's new key goes: its position, `[n, K, 1, E]`.
-    write_index_nxkx1xe: Tensor,
+    head_rotations_nxhxe2: Tensor,
+    /// Where each row's new key and value go: its position, `[2, n, K, 1, E]`.
+    write_index: Tensor,
     /// −∞ for keys past the row's position: `[n, 1, 1, window]`.
     self_mask: Tensor,
 }
@@ -82,19 +84,18 @@ impl DecoderLayer {
     ) -> Tensor {
         let n = xs_nxd.size()[0];
         let AttentionDims { heads, kv_heads, head_dim, .. } = self.self_attention.dims;
+        let (group, e) = (heads / kv_heads, head_dim);
         let h = self.pre_sa_norm.forward(xs_nxd);
-        let qkv = self.self_attention.qkv(&h, &step.rotations_nx1xe2);
-        // This frame's keys and values go to each row's position, then the rows attend.
-        for (cache, first_head) in [(&self_kv.k, heads), (&self_kv.v, heads + kv_heads)] {
-            let new_nxkx1xe = qkv
-                .narrow(1, first_head * head_dim, kv_heads * head_dim)
-                .view([n, kv_heads, 1, head_dim]);
-            let _ = cache.shallow_clone().scatter_(2, &step.write_index_nxkx1xe, &new_nxkx1xe);
-        }
-        // Grouped-query heads folded into the query axis: KV head k's G query heads are its G
-        // query rows `[n, K, G, E]` (head h = k·G + g), so no key or value is repeated and
-        // SDPA's fused kernels take it.
-        let q = qkv.narrow(1, 0, heads * head_dim).view([n, kv_heads, heads / kv_heads, head_dim]);
+        let qkv = self.self_attention.qkv(&h, &step.head_rotations_nxhxe2);
+        // Views of the fused rows `[n, F]` by strides, one operator each where narrow + view
+        // take four. This frame's keys and values `[2, n, K, 1, E]` go to each row's position,
+        // then the rows attend. Grouped-query heads are folded into the query axis: KV head k's
+        // G query heads are its G query rows `[n, K, G, E]` (head h = k·G + g), so no key or
+        // value is repeated and SDPA's fused kernels take it.
+        let f = qkv.size()[1];
+        let new_kv = qkv.as_strided([2, n, kv_heads, 1, e], [kv_heads * e, f, e, e, 1], heads * e);
+        let _ = self_kv.kv.shallow_clone().scatter_(3, &step.write_index, &new_kv);
+        let q = qkv.as_strided([n, kv_heads, group, e], [f, group * e, e, 1], 0);
         let ((k, v), (cross_k, cross_v)) = windows;
         let out_nxkxgxe = attention(&q, k, v, Some(&step.self_mask), false);
         let xs = self.self_attention.project_add(xs_nxd, &out_nxkxgxe.reshape([n, -1]));
@@ -106,8 +107,8 @@ impl DecoderLayer {
             1,
             cross.head_dim,
         ]);
-        let heads = heads_to_rows(&attention(&q, cross_k, cross_v, cross_mask, false));
-        let xs = self.cross_attention.project_add(&xs, &heads);
+        let out_nxhx1xe = attention(&q, cross_k, cross_v, cross_mask, false);
+        let xs = self.cross_attention.project_add(&xs, &out_nxhx1xe.reshape([n, -1]));
         self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
     }
 
@@ -120,8 +121,8 @@ impl DecoderLayer {
         self_kv: &KvCache,
         cross_kv: &KvCache,
     ) -> Tensor {
-        let PrefillInput { n, t, first_row, text_len, ref rotations_rx1xe2 } = *input;
-        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), rotations_rx1xe2);
+        let PrefillInput { n, t, first_row, text_len, ref head_rotations_rxhxe2 } = *input;
+        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
         let (q, k, v) = self.self_attention.split_heads(&qkv, n);
         for (cache, new) in [(&self_kv.k, &k), (&self_kv.v, &v)] {
             cache.narrow(0, first_row, n).narrow(2, 0, t).copy_(new);
@@ -149,7 +150,7 @@ struct PrefillInput {
     t: i64,
     first_row: i64,
     text_len: i64,
-    rotations_rx1xe2: Tensor,
+    head_rotations_rxhxe2: Tensor,
 }
 
 /// Audio token frames → logits `[N, C, V]` in f32.
@@ -163,6 +164,7 @@ pub struct Decoder {
     channel_offsets_c: Tensor,
     channels: i64,
     vocab: i64,
+    heads: i64,
     kv_heads: i64,
     head_dim: i64,
 }
@@ -185,6 +187,7 @@ impl Decoder {
             channel_offsets_c: Tensor::arange(c, (Kind::Int64, vs.device())) * v,
             channels: c,
             vocab: v,
+            heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
         }
@@ -193,6 +196,11 @@ impl Decoder {
     /// Fuses each layer's self-attention projections (after loading).
     pub fn fuse_projections(&mut self) {
         self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
+    }
+
+    /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.
+    fn head_rotations(&self, rotations_rxe2: &Tensor) -> Tensor {
+        head_rotations(rotations_rxe2, self.heads + self.kv_heads, self.kv_heads)
     }
 
     /// RoPE rotations of positions `0..len`, for a cache.
@@ -237,7 +245,8 @@ impl Decoder {
             t,
             first_row,
             text_len,
-            rotations_rx1xe2: cache.rotations_txe2.narrow(0, 0, t).repeat([n, 1]).unsqueeze(1),
+            head_rotations_rxhxe2: self
+                .head_rotations(&cache.rotations_txe2.narrow(0, 0, t).repeat([n, 1])),
         };
         let mut xs = self.embed(&tokens_nxtxc.view([n * t, c]));
         for (i, layer) in self.layers.iter().enumerate() {
@@ -253,10 +262,11 @@ impl Decoder {
         let positions_nx1 = positions_n.view([n, 1]);
         let future_nxs = windows.keys_s.view([1, window]).gt_tensor(&positions_nx1);
         let step = StepContext {
-            rotations_nx1xe2: cache.rotations_txe2.index_select(0, positions_n).unsqueeze(1),
-            write_index_nxkx1xe: positions_n
-                .view([n, 1, 1, 1])
-                .expand([n, self.kv_heads, 1, self.head_dim], false),
+            head_rotations_nxhxe2: self
+                .head_rotations(&cache.rotations_txe2.index_select(0, positions_n)),
+            write_index: positions_n
+                .view([1, n, 1, 1, 1])
+                .expand([2, n, self.kv_heads, 1, self.head_dim], false),
             self_mask: additive_mask(&future_nxs, self.embeddings.kind()).view([n, 1, 1, window]),
         };
         let mut xs = self.embed(tokens_nxc);

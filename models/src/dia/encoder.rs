@@ -4,7 +4,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::EncoderConfig;
-use super::layers::{attention, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding};
+use super::layers::{
+    attention, head_rotations, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding,
+};
 use crate::nn_ext::RmsNorm;
 
 #[derive(Debug)]
@@ -39,10 +41,10 @@ impl EncoderLayer {
         &self,
         xs_rxd: &Tensor,
         n: i64,
-        rotations_rx1xe2: &Tensor,
+        head_rotations_rxhxe2: &Tensor,
         mask_nx1xsxs: &Tensor,
     ) -> Tensor {
-        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), rotations_rx1xe2);
+        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
         let (q, k, v) = self.self_attention.split_heads(&qkv, n);
         let heads = heads_to_rows(&attention(&q, &k, &v, Some(mask_nx1xsxs), false));
         let xs = self.self_attention.project_add(xs_rxd, &heads);
@@ -86,7 +88,12 @@ impl Encoder {
     /// padding (of the conditional text, for both rows of a CFG pair).
     pub fn forward(&self, ids_nxs: &Tensor, mask_nx1xsxs: &Tensor) -> Tensor {
         let (n, s) = ids_nxs.size2().expect("encoder input is [N, S]");
-        let rotations = self.rope.table(s).repeat([n, 1]).unsqueeze(1);
+        let dims = self.layers[0].self_attention.dims;
+        let rotations = head_rotations(
+            &self.rope.table(s).repeat([n, 1]),
+            dims.heads + dims.kv_heads,
+            dims.kv_heads,
+        );
         let mut xs = Tensor::embedding(&self.embedding, &ids_nxs.view([n * s]), -1, false, false);
         for layer in &self.layers {
             xs = layer.forward(&xs, n, &rotations, mask_nx1xsxs);

@@ -33,20 +33,30 @@ impl RotaryEmbedding {
     }
 }
 
-/// Multiplies the query and key heads of fused projections `[R, (H + K + K)·E]` in place by
-/// `rotations_rx1xe2` (one row of [`RotaryEmbedding::table`] per row). The weights put each
-/// head's rotate-half pairs side by side (`interleave_halves` at load), so the rotation is one
-/// complex product, in f32 whatever the dtype as the reference rotates.
-fn rotate_(qkv_rxf: &Tensor, rotated_heads: i64, head_dim: i64, rotations_rx1xe2: &Tensor) {
+/// Per-head rotations `[R, H + 2K, E/2]` of fused projections from rows' rotations `[R, E/2]`
+/// (rows of [`RotaryEmbedding::table`]): the `rotated` query and key heads turn, the `plain`
+/// value heads are multiplied by 1, so that one product rotates the whole projection.
+pub fn head_rotations(rotations_rxe2: &Tensor, rotated: i64, plain: i64) -> Tensor {
+    let (r, e2) = rotations_rxe2.size2().expect("rotations are [R, E/2]");
+    let ones = Tensor::ones([r, plain, e2], (rotations_rxe2.kind(), rotations_rxe2.device()));
+    Tensor::cat(&[rotations_rxe2.unsqueeze(1).expand([r, rotated, e2], false), ones], 1)
+}
+
+/// Fused projections `[R, F]` rotated by `head_rotations_rxhxe2`, as a new contiguous tensor.
+/// The weights put each head's rotate-half pairs side by side (`interleave_halves` at load), so
+/// the rotation is one complex product, in f32 whatever the dtype as the reference rotates.
+fn rotate(qkv_rxf: &Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Tensor {
     let r = qkv_rxf.size()[0];
-    let mut heads = qkv_rxf.narrow(1, 0, rotated_heads * head_dim).view([r, rotated_heads, -1, 2]);
-    let pairs = if heads.kind() == Kind::Float {
-        heads.shallow_clone()
+    let kind = qkv_rxf.kind();
+    let x =
+        if kind == Kind::Float { qkv_rxf.shallow_clone() } else { qkv_rxf.to_kind(Kind::Float) };
+    let pairs = x.view([r, -1, head_dim / 2, 2]).view_as_complex();
+    let rotated = (pairs * head_rotations_rxhxe2).view_as_real().view([r, -1]);
+    if kind == Kind::Float {
+        rotated
     } else {
-        heads.to_kind(Kind::Float)
-    };
-    let rotated = (pairs.view_as_complex() * rotations_rx1xe2).view_as_real();
-    heads.copy_(&rotated);
+        rotated.to_kind(kind)
+    }
 }
 
 /// Gated SiLU MLP with the gate and up projections fused, gate first.
@@ -121,14 +131,11 @@ impl Attention {
         self.qkv = Some(qkv);
     }
 
-    /// Self-attention projections of rows `[R, D]`, RoPE applied to the query and key heads
-    /// with `rotations_rx1xe2`: `[R, (H + 2K)·E]`, laid out q | k | v.
-    pub fn qkv(&self, xs_rxd: &Tensor, rotations_rx1xe2: &Tensor) -> Tensor {
-        let AttentionDims { heads, kv_heads, head_dim, .. } = self.dims;
+    /// Self-attention projections of rows `[R, D]` with RoPE applied ([`head_rotations`]):
+    /// `[R, (H + 2K)·E]`, laid out q | k | v, contiguous.
+    pub fn qkv(&self, xs_rxd: &Tensor, head_rotations_rxhxe2: &Tensor) -> Tensor {
         let fused = self.qkv.as_ref().expect("self-attention projections are fused at load");
-        let qkv = fused.mm(xs_rxd);
-        rotate_(&qkv, heads + kv_heads, head_dim, rotations_rx1xe2);
-        qkv
+        rotate(&fused.mm(xs_rxd), self.dims.head_dim, head_rotations_rxhxe2)
     }
 
     /// Fused projections `[N·T, (H + 2K)·E]` as head-major q `[N, H, T, E]`, k and v
