@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::nn_ext::F32_SUFFIX;
 
 /// Tensors by checkpoint name.
 pub type TensorMap = HashMap<String, Tensor>;
@@ -19,10 +18,11 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     Ok(tensors.into_iter().collect())
 }
 
-/// Copies `tensors` into every variable of `vs`, by name. A variable without a tensor, or with a
+/// Copies `tensors` into every variable of `vs`, by name, in place and converted to the
+/// variable's dtype (the one the tree was built in). A variable without a tensor, or with a
 /// tensor of another shape, is an error naming it; tensors nothing uses are logged and ignored.
-/// Then casts the weights to `kind`, keeping the norm weights in f32, and freezes the store.
-pub fn load_into(vs: &mut VarStore, mut tensors: TensorMap, kind: Kind) -> Result<()> {
+/// Then freezes the store.
+pub fn load_into(vs: &mut VarStore, mut tensors: TensorMap) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let mut variables: Vec<_> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -36,9 +36,6 @@ pub fn load_into(vs: &mut VarStore, mut tensors: TensorMap, kind: Kind) -> Resul
             return Err(ModelError::ShapeMismatch { name, expected, found: src.size() });
         }
         var.f_copy_(&src)?;
-        if kind != Kind::Float && !name.ends_with(F32_SUFFIX) {
-            var.set_data(&var.to_kind(kind));
-        }
     }
     let mut unused: Vec<_> = tensors.into_keys().collect();
     if !unused.is_empty() {

@@ -5,7 +5,6 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::TensorMap;
-use crate::nn_ext::F32_SUFFIX;
 
 /// One tensor per variable of `vs`, on the CPU, in f32; the same `seed` gives the same values.
 pub fn weights(vs: &VarStore, seed: i64) -> TensorMap {
@@ -18,7 +17,7 @@ pub fn weights(vs: &VarStore, seed: i64) -> TensorMap {
         .map(|(name, var)| {
             let size = var.size();
             let options = (Kind::Float, Device::Cpu);
-            let value = if name.ends_with(F32_SUFFIX) || name.ends_with(".alpha") {
+            let value = if name.ends_with("norm.weight") || name.ends_with(".alpha") {
                 Tensor::ones(&size, options)
             } else if name.ends_with(".bias") {
                 Tensor::zeros(&size, options)

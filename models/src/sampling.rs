@@ -34,7 +34,10 @@ pub struct SamplingBatch {
     temperature_bx1x1: Tensor,
     greedy_bx1: Tensor,
     top_p_bx1x1: Tensor,
-    top_k_bx1x1: Tensor,
+    /// Rows whose top-p is below 1 (cumulative sums can pass 1.0 by rounding).
+    nucleus_bx1x1: Tensor,
+    /// `[B, 1, max_top_k]`: true at the candidate ranks past the row's own top-k.
+    past_top_k_bx1xk: Tensor,
     max_top_k: i64,
 }
 
@@ -47,6 +50,9 @@ impl SamplingBatch {
                 .to_device(device)
         };
         let top_k: Vec<i64> = rows.iter().map(|r| r.top_k).collect();
+        let max_top_k = top_k.iter().copied().max().unwrap_or(1);
+        let top_k_bx1x1 = Tensor::from_slice(&top_k).view([-1, 1, 1]).to_device(device);
+        let top_p_bx1x1 = col(&|r| r.top_p);
         Self {
             cfg_scale_bx1x1: col(&|r| r.cfg_scale),
             // Greedy rows divide by 1 so that the sampled branch (discarded for them) stays finite.
@@ -54,9 +60,12 @@ impl SamplingBatch {
             greedy_bx1: col(&|r| f64::from(u8::from(r.temperature <= 0.0)))
                 .view([-1, 1])
                 .to_kind(Kind::Bool),
-            top_p_bx1x1: col(&|r| r.top_p),
-            top_k_bx1x1: Tensor::from_slice(&top_k).view([-1, 1, 1]).to_device(device),
-            max_top_k: top_k.iter().copied().max().unwrap_or(1),
+            nucleus_bx1x1: top_p_bx1x1.lt(1.0),
+            top_p_bx1x1,
+            past_top_k_bx1xk: Tensor::arange(max_top_k, (Kind::Int64, device))
+                .view([1, 1, -1])
+                .ge_tensor(&top_k_bx1x1),
+            max_top_k,
         }
     }
 }
@@ -70,13 +79,16 @@ pub fn special_id_mask(channels: i64, vocab: i64, eos: i64, device: Device) -> T
     Tensor::zeros([channels, vocab], (Kind::Float, device)).masked_fill(&banned, f64::NEG_INFINITY)
 }
 
-/// Keeps the `k` largest entries of each row (per-row `k`), −inf elsewhere.
-fn top_k_filter(logits_bxcxv: &Tensor, keep_from_bxcxv: &Tensor, p: &SamplingBatch) -> Tensor {
+/// −∞ in `logits_bxcxv` outside the row's top-k of `keep_from_bxcxv` (exactly k entries, ties
+/// broken as `topk` breaks them), in place.
+fn top_k_filter_(logits_bxcxv: &mut Tensor, keep_from_bxcxv: &Tensor, p: &SamplingBatch) {
     let (_, idx_bxcxk) = keep_from_bxcxv.topk(p.max_top_k, -1, true, true);
-    let rank_k = Tensor::arange(p.max_top_k, (Kind::Int64, logits_bxcxv.device()));
-    let keep_bxcxk = rank_k.view([1, 1, -1]).lt_tensor(&p.top_k_bx1x1).expand_as(&idx_bxcxk);
-    let keep = logits_bxcxv.zeros_like().to_kind(Kind::Bool).scatter(-1, &idx_bxcxk, &keep_bxcxk);
-    logits_bxcxv.masked_fill(&keep.logical_not(), f64::NEG_INFINITY)
+    let drop = Tensor::ones(logits_bxcxv.size(), (Kind::Bool, logits_bxcxv.device())).scatter_(
+        -1,
+        &idx_bxcxk,
+        &p.past_top_k_bx1xk.expand_as(&idx_bxcxk),
+    );
+    let _ = logits_bxcxv.masked_fill_(&drop, f64::NEG_INFINITY);
 }
 
 /// The filtered logits each draw is made from, and the greedy choice.
@@ -86,7 +98,8 @@ pub struct Filtered {
     pub logits_bxcxv: Tensor,
     /// Argmax of the candidates before temperature: the pick of greedy rows.
     pub greedy_bxc: Tensor,
-    /// False where a raw logit was NaN or infinite, or no candidate was left: no valid draw.
+    /// False where the guided logits are NaN or infinite (a raw logit was, or guidance
+    /// overflowed), or no candidate was left: no valid draw.
     pub valid_bxc: Tensor,
 }
 
@@ -99,54 +112,49 @@ pub fn filter(
     p: &SamplingBatch,
 ) -> Filtered {
     let guided = cond_bxcxv + (cond_bxcxv - uncond_bxcxv) * &p.cfg_scale_bx1x1;
-    let logits = top_k_filter(cond_bxcxv, &guided, p) + special_mask_cxv;
+    let mut logits = cond_bxcxv + special_mask_cxv;
+    top_k_filter_(&mut logits, &guided, p);
     let greedy_bxc = logits.argmax(-1, false);
 
-    let logits = logits / &p.temperature_bx1x1;
+    let mut logits = logits / &p.temperature_bx1x1;
     // EOS rule: EOS survives only as the top candidate, and then alone.
     let vocab = logits.size()[2];
     let ids_v = Tensor::arange(vocab, (Kind::Int64, logits.device()));
     let eos_top_bxcx1 = logits.argmax(-1, true).eq(eos);
-    let ban = ids_v
-        .lt(eos)
-        .logical_and(&eos_top_bxcx1)
-        .logical_or(&ids_v.eq(eos).logical_and(&eos_top_bxcx1.logical_not()));
-    let logits = logits.masked_fill(&ban, f64::NEG_INFINITY);
-    let logits = top_k_filter(&logits, &logits, p);
+    let ban = ids_v.lt(eos).where_self(&eos_top_bxcx1, &ids_v.eq(eos));
+    let _ = logits.masked_fill_(&ban, f64::NEG_INFINITY);
+    let keep_from = logits.shallow_clone();
+    top_k_filter_(&mut logits, &keep_from, p);
 
-    // Top-p: drop the tail past the threshold, always keeping the entry that crosses it.
-    let probs = logits.softmax(-1, Kind::Float);
-    let (sorted, order) = probs.sort(-1, true);
-    let cumulative = sorted.cumsum(-1, Kind::Float);
-    let over = cumulative.gt_tensor(&p.top_p_bx1x1);
-    let shifted = over.roll([1], [-1]).index_fill(
+    // Top-p: drop the tail past the threshold, always keeping the entry that crosses it: the
+    // entry at sorted rank i goes when the ranks before it already sum past top-p.
+    let (sorted, order) = logits.softmax(-1, Kind::Float).sort(-1, true);
+    let mut before_past_bxcxv1 =
+        sorted.cumsum(-1, Kind::Float).narrow(-1, 0, vocab - 1).gt_tensor(&p.top_p_bx1x1);
+    let remove = Tensor::zeros(logits.size(), (Kind::Bool, logits.device())).scatter_(
         -1,
-        &Tensor::from_slice(&[0i64]).to_device(logits.device()),
-        0,
+        &order.narrow(-1, 1, vocab - 1),
+        &before_past_bxcxv1.logical_and_(&p.nucleus_bx1x1),
     );
-    let remove_sorted = shifted.logical_and(&p.top_p_bx1x1.lt(1.0));
-    let remove = remove_sorted.zeros_like().scatter(-1, &order, &remove_sorted);
-    let logits_bxcxv = logits.masked_fill(&remove, f64::NEG_INFINITY);
-    let finite_bxc = cond_bxcxv.isfinite().logical_and(&uncond_bxcxv.isfinite()).all_dim(-1, false);
-    let valid_bxc = finite_bxc.logical_and(&logits_bxcxv.isfinite().any_dim(-1, false));
-    Filtered { logits_bxcxv, greedy_bxc, valid_bxc }
+    let _ = logits.masked_fill_(&remove, f64::NEG_INFINITY);
+    let valid_bxc =
+        guided.isfinite().all_dim(-1, false).logical_and_(&logits.isfinite().any_dim(-1, false));
+    Filtered { logits_bxcxv: logits, greedy_bxc, valid_bxc }
 }
 
 /// Draws one id per row by inverting the CDF at the row's uniform `u ∈ (0, 1]`; greedy rows
 /// take their argmax. Returns `[B, C]` int64, [`INVALID`] where there is no valid draw (it
 /// travels with the ids, so checking costs no extra transfer).
 pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Tensor {
-    let probs = filtered.logits_bxcxv.softmax(-1, Kind::Float);
-    let cdf = probs.cumsum(-1, Kind::Float);
-    let total = cdf.narrow(-1, cdf.size()[2] - 1, 1);
-    let target = uniforms_bxc.unsqueeze(-1) * total;
+    let cdf = filtered.logits_bxcxv.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
     let vocab = cdf.size()[2];
+    let target = uniforms_bxc.unsqueeze(-1) * cdf.narrow(-1, vocab - 1, 1);
     let sampled =
         cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
     filtered
         .greedy_bxc
         .where_self(&p.greedy_bx1, &sampled)
-        .masked_fill(&filtered.valid_bxc.logical_not(), INVALID)
+        .masked_fill_(&filtered.valid_bxc.logical_not(), INVALID)
 }
 
 /// The id [`draw`] returns for a row without a valid draw.

@@ -103,6 +103,26 @@ fn the_fixture_config_parses_with_the_values_it_declares() {
     assert!(DiaConfig::from_json(&mismatched).unwrap_err().contains("delay_pattern"));
 }
 
+/// The benchmark's dispatch-bound model measures per-operator overhead only if it keeps every
+/// layer, head, channel and token id of the real one.
+#[test]
+fn the_dispatch_bound_config_has_the_structure_of_the_real_model() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let real = DiaConfig::from_file(&configs.join("dia-1.6b-0626.json")).unwrap();
+    let small = DiaConfig::from_file(&configs.join("dia-dispatch-bound.json")).unwrap();
+    let structure = |c: &DiaConfig| {
+        let (e, d) = (&c.encoder_config, &c.decoder_config);
+        (
+            (e.num_hidden_layers, e.num_attention_heads, e.num_key_value_heads, e.vocab_size),
+            (d.num_hidden_layers, d.num_attention_heads, d.num_key_value_heads),
+            (d.cross_num_attention_heads, d.num_channels, d.vocab_size),
+            (c.delay_pattern.clone(), c.eos_token_id, c.pad_token_id, c.bos_token_id),
+        )
+    };
+    assert_eq!(structure(&small), structure(&real));
+    assert!(small.decoder_config.hidden_size < real.decoder_config.hidden_size / 10);
+}
+
 #[test]
 fn a_dac_with_a_missing_weight_g_partner_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -139,7 +139,7 @@ impl Dac {
         };
         let tensors = checkpoint::read_weights(weights, &config)?;
         let mut dac = Self::build(config, device);
-        crate::checkpoint::load_into(&mut dac._weights, tensors, Kind::Float)?;
+        crate::checkpoint::load_into(&mut dac._weights, tensors)?;
         Ok(dac)
     }
 

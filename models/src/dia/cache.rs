@@ -1,31 +1,31 @@
-//! Preallocated attention caches for a fixed number of rows (two per request: uncond, cond).
+//! Preallocated attention caches for a fixed number of rows (two per request slot: uncond, cond),
+//! and the RoPE rotations of their positions.
 //!
 //! Self-attention K/V: `[R, K, T_max, E]` per layer, written at each row's own positions.
 //! Cross-attention K/V: `[R, H, S_max, E]` per layer, computed once when a request is admitted,
-//! with a `[R, S_max]` mask of the real text positions. Nothing is concatenated per step.
+//! with a `[R, S_max]` mask of the real text positions. Nothing is concatenated per step, and
+//! nothing moves when a request leaves: its rows wait for the next request of its slot.
 
 use tch::{Device, Kind, Tensor};
 
 use super::config::DecoderConfig;
 
-/// Keys and values of one attention block.
+/// Keys and values of one attention block, stacked in one tensor so that a decode step writes
+/// both with one operator.
 #[derive(Debug)]
 pub struct KvCache {
+    /// `[2, R, heads, T, E]`: keys, then values.
+    pub kv: Tensor,
+    /// Views of `kv`.
     pub k: Tensor,
     pub v: Tensor,
 }
 
 impl KvCache {
     fn zeros(shape: [i64; 4], kind: Kind, device: Device) -> Self {
-        Self { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)) }
-    }
-
-    /// Copies `n` rows starting at `src` over the rows starting at `dst`.
-    fn move_rows(&mut self, src: i64, dst: i64, n: i64) {
-        for t in [&mut self.k, &mut self.v] {
-            let from = t.narrow(0, src, n).copy();
-            t.narrow(0, dst, n).copy_(&from);
-        }
+        let [rows, heads, len, dim] = shape;
+        let kv = Tensor::zeros([2, rows, heads, len, dim], (kind, device));
+        Self { k: kv.get(0), v: kv.get(1), kv }
     }
 }
 
@@ -36,6 +36,8 @@ pub struct DecoderCache {
     pub cross_kv: Vec<KvCache>,
     /// True where the key is a real (non-padding) position of the conditional text.
     pub cross_mask_rxs: Tensor,
+    /// RoPE rotations of positions `0..T_max`, `[T_max, E/2]` complex f32.
+    pub rotations_txe2: Tensor,
 }
 
 impl DecoderCache {
@@ -44,9 +46,10 @@ impl DecoderCache {
         rows: i64,
         max_positions: i64,
         max_text: i64,
+        rotations_txe2: Tensor,
         kind: Kind,
-        device: Device,
     ) -> Self {
+        let device = rotations_txe2.device();
         let layers = cfg.num_hidden_layers as usize;
         let self_shape = [rows, cfg.num_key_value_heads, max_positions, cfg.head_dim];
         let cross_shape = [rows, cfg.cross_num_attention_heads, max_text, cfg.cross_head_dim];
@@ -54,15 +57,55 @@ impl DecoderCache {
             self_kv: (0..layers).map(|_| KvCache::zeros(self_shape, kind, device)).collect(),
             cross_kv: (0..layers).map(|_| KvCache::zeros(cross_shape, kind, device)).collect(),
             cross_mask_rxs: Tensor::zeros([rows, max_text], (Kind::Bool, device)),
+            rotations_txe2,
         }
     }
 
-    /// Moves `n` rows from `src` to `dst` in every cache, to keep the active rows contiguous.
-    pub fn move_rows(&mut self, src: i64, dst: i64, n: i64) {
-        for kv in self.self_kv.iter_mut().chain(self.cross_kv.iter_mut()) {
-            kv.move_rows(src, dst, n);
+    /// The views of rows `0..n` that decode steps read, for self-attention keys `0..window`
+    /// and text positions `0..text`. Text padding is masked only where some row's text is
+    /// shorter than `text`.
+    pub fn windows(&self, n: i64, window: i64, text: i64, padded: bool, kind: Kind) -> Windows {
+        let rows = |t: &Tensor, len: i64| t.narrow(0, 0, n).narrow(2, 0, len);
+        let cross_mask_nx1x1xs = padded.then(|| {
+            let real = self.cross_mask_rxs.narrow(0, 0, n).narrow(1, 0, text);
+            additive_mask(&real.logical_not(), kind).view([n, 1, 1, text])
+        });
+        Windows {
+            key: (n, window, text),
+            self_kv: self
+                .self_kv
+                .iter()
+                .map(|kv| (rows(&kv.k, window), rows(&kv.v, window)))
+                .collect(),
+            cross_kv: self
+                .cross_kv
+                .iter()
+                .map(|kv| (rows(&kv.k, text), rows(&kv.v, text)))
+                .collect(),
+            cross_mask_nx1x1xs,
+            keys_s: Tensor::arange(window, (Kind::Int64, self.rotations_txe2.device())),
         }
-        let from = self.cross_mask_rxs.narrow(0, src, n).copy();
-        self.cross_mask_rxs.narrow(0, dst, n).copy_(&from);
     }
+}
+
+/// −∞ where `blocked` is true, 0 elsewhere, in `kind`: SDPA adds a float mask as it is, where a
+/// boolean one would be converted in every call.
+pub fn additive_mask(blocked: &Tensor, kind: Kind) -> Tensor {
+    Tensor::zeros(blocked.size(), (kind, blocked.device())).masked_fill(blocked, f64::NEG_INFINITY)
+}
+
+/// Views of the caches for the decode steps of one batch shape, built when the rows or the
+/// windows change rather than in every step and layer.
+#[derive(Debug)]
+pub struct Windows {
+    /// `(rows, self-attention window, text window)`.
+    pub key: (i64, i64, i64),
+    /// Per layer: self-attention keys and values `[n, K, window, E]`.
+    pub self_kv: Vec<(Tensor, Tensor)>,
+    /// Per layer: cross-attention keys and values `[n, H, text, E]`.
+    pub cross_kv: Vec<(Tensor, Tensor)>,
+    /// Additive mask of the text padding, when some row needs one.
+    pub cross_mask_nx1x1xs: Option<Tensor>,
+    /// Key positions `0..window`.
+    pub keys_s: Tensor,
 }

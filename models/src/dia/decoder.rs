@@ -1,36 +1,37 @@
 //! The audio decoder: nine summed channel embeddings, causal self-attention with RoPE and a KV
 //! cache, cross-attention over the encoder states (no RoPE in 0626), and a per-channel head.
+//!
+//! Two forwards: `prefill` writes a new request's first frames into its cache rows, `decode`
+//! runs one frame of every row. A decode step makes its masks, rotations and cache-write
+//! indices once and shares them with all layers; the cache views come from [`Windows`].
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::cache::{DecoderCache, KvCache};
+use super::cache::{additive_mask, DecoderCache, KvCache, Windows};
 use super::config::DecoderConfig;
-use super::layers::{Attention, AttentionDims, Mlp, RopeAngles, RotaryEmbedding};
+use super::layers::{
+    attention, head_rotations, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding,
+};
 use crate::nn_ext::{Linear, RmsNorm};
 
-/// What one decoder forward reads: tokens and positions of rows `first_row..first_row + N` of
-/// the cache, which attend their own cache rows up to their position.
+/// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
 #[derive(Debug)]
-pub struct DecoderInput<'a> {
-    pub tokens_nxtxc: &'a Tensor,
-    pub positions_nxt: &'a Tensor,
-    pub first_row: i64,
-    /// Keys to look at: one more than the largest position in `positions_nxt`.
-    pub self_len: i64,
-    /// Text positions to look at: the longest text among these rows.
-    pub cross_len: i64,
+pub struct DecodeInput<'a> {
+    /// `[n, C]` token ids.
+    pub tokens_nxc: &'a Tensor,
+    /// `[n]` positions.
+    pub positions_n: &'a Tensor,
+    pub windows: &'a Windows,
 }
 
-/// Masks and angles shared by every layer of one forward.
-struct StepContext<'a> {
-    rope: RopeAngles,
-    positions_nxt: &'a Tensor,
-    self_mask_nx1xtxs: Tensor,
-    cross_mask_nx1x1xs: Tensor,
-    first_row: i64,
-    self_len: i64,
-    cross_len: i64,
+/// What every layer of one decode step shares.
+struct StepContext {
+    head_rotations_nxhxe2: Tensor,
+    /// Where each row's new key and value go: its position, `[2, n, K, 1, E]`.
+    write_index: Tensor,
+    /// −∞ for keys past the row's position: `[n, 1, 1, window]`.
+    self_mask: Tensor,
 }
 
 #[derive(Debug)]
@@ -72,47 +73,87 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(
+    /// One frame of rows `[n, D]`; `windows` are this layer's self- and cross-attention views.
+    fn decode(
         &self,
-        xs: &Tensor,
-        ctx: &StepContext,
+        xs_nxd: &Tensor,
+        step: &StepContext,
+        self_kv: &KvCache,
+        windows: (&(Tensor, Tensor), &(Tensor, Tensor)),
+        cross_mask: Option<&Tensor>,
+    ) -> Tensor {
+        let n = xs_nxd.size()[0];
+        let AttentionDims { heads, kv_heads, head_dim, .. } = self.self_attention.dims;
+        let (group, e) = (heads / kv_heads, head_dim);
+        let h = self.pre_sa_norm.forward(xs_nxd);
+        let qkv = self.self_attention.qkv(&h, &step.head_rotations_nxhxe2);
+        // Views of the fused rows `[n, F]` by strides, one operator each where narrow + view
+        // take four. This frame's keys and values `[2, n, K, 1, E]` go to each row's position,
+        // then the rows attend. Grouped-query heads are folded into the query axis: KV head k's
+        // G query heads are its G query rows `[n, K, G, E]` (head h = k·G + g), so no key or
+        // value is repeated and SDPA's fused kernels take it.
+        let f = qkv.size()[1];
+        let new_kv = qkv.as_strided([2, n, kv_heads, 1, e], [kv_heads * e, f, e, e, 1], heads * e);
+        let _ = self_kv.kv.shallow_clone().scatter_(3, &step.write_index, &new_kv);
+        let q = qkv.as_strided([n, kv_heads, group, e], [f, group * e, e, 1], 0);
+        let ((k, v), (cross_k, cross_v)) = windows;
+        let out_nxkxgxe = attention(&q, k, v, Some(&step.self_mask), false);
+        let xs = self.self_attention.project_add(xs_nxd, &out_nxkxgxe.reshape([n, -1]));
+
+        let cross = self.cross_attention.dims;
+        let q = self.cross_attention.query(&self.pre_ca_norm.forward(&xs)).view([
+            n,
+            cross.heads,
+            1,
+            cross.head_dim,
+        ]);
+        let out_nxhx1xe = attention(&q, cross_k, cross_v, cross_mask, false);
+        let xs = self.cross_attention.project_add(&xs, &out_nxhx1xe.reshape([n, -1]));
+        self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
+    }
+
+    /// Frames `0..t` of rows `first_row..first_row + n` (`[n·t, D]`), causal as the reference's
+    /// prefill; their keys and values are written to the cache.
+    fn prefill(
+        &self,
+        xs_rxd: &Tensor,
+        input: &PrefillInput,
         self_kv: &KvCache,
         cross_kv: &KvCache,
     ) -> Tensor {
-        let (n, t, _) = xs.size3().expect("decoder stream is [N, T, D]");
-        // Self-attention: write this forward's keys at their positions, then attend the window.
-        let h = self.pre_sa_norm.forward(xs);
-        let (q, k, v) = self.self_attention.self_qkv(&h, &ctx.rope);
-        let k_nxkxtxe = k.transpose(1, 2);
-        let v_nxkxtxe = v.transpose(1, 2);
-        let (kv_heads, head_dim) = (k_nxkxtxe.size()[1], k_nxkxtxe.size()[3]);
-        let index = ctx.positions_nxt.view([n, 1, t, 1]).expand([n, kv_heads, t, head_dim], false);
-        let mut k_rows = self_kv.k.narrow(0, ctx.first_row, n);
-        let mut v_rows = self_kv.v.narrow(0, ctx.first_row, n);
-        let _ = k_rows.scatter_(2, &index, &k_nxkxtxe);
-        let _ = v_rows.scatter_(2, &index, &v_nxkxtxe);
-        let attn = self.self_attention.attend(
-            &q,
-            &k_rows.narrow(2, 0, ctx.self_len),
-            &v_rows.narrow(2, 0, ctx.self_len),
-            &ctx.self_mask_nx1xtxs,
-        );
-        let xs = xs + attn;
-        // Cross-attention over the precomputed encoder keys, no RoPE.
-        let q = self.cross_attention.query(&self.pre_ca_norm.forward(&xs));
-        let rows = |t: &Tensor| t.narrow(0, ctx.first_row, n).narrow(2, 0, ctx.cross_len);
-        let attn = self.cross_attention.attend(
-            &q,
-            &rows(&cross_kv.k),
-            &rows(&cross_kv.v),
-            &ctx.cross_mask_nx1x1xs,
-        );
-        let xs = xs + attn;
-        &xs + self.mlp.forward(&self.pre_mlp_norm.forward(&xs))
+        let PrefillInput { n, t, first_row, text_len, ref head_rotations_rxhxe2 } = *input;
+        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
+        let (q, k, v) = self.self_attention.split_heads(&qkv, n);
+        for (cache, new) in [(&self_kv.k, &k), (&self_kv.v, &v)] {
+            cache.narrow(0, first_row, n).narrow(2, 0, t).copy_(new);
+        }
+        let heads = heads_to_rows(&attention(&q, &k, &v, None, true));
+        let xs = self.self_attention.project_add(xs_rxd, &heads);
+
+        let cross = self.cross_attention.dims;
+        let q = self
+            .cross_attention
+            .query(&self.pre_ca_norm.forward(&xs))
+            .view([n, t, cross.heads, cross.head_dim])
+            .transpose(1, 2);
+        // Both rows of a request hold its text, so the window has no padding to mask.
+        let window = |c: &Tensor| c.narrow(0, first_row, n).narrow(2, 0, text_len);
+        let out = attention(&q, &window(&cross_kv.k), &window(&cross_kv.v), None, false);
+        let xs = self.cross_attention.project_add(&xs, &heads_to_rows(&out));
+        self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
     }
 }
 
-/// Audio token frames → logits `[N, T, C, V]` in f32.
+/// A prefill's rows and windows.
+struct PrefillInput {
+    n: i64,
+    t: i64,
+    first_row: i64,
+    text_len: i64,
+    head_rotations_rxhxe2: Tensor,
+}
+
+/// Audio token frames → logits `[N, C, V]` in f32.
 #[derive(Debug)]
 pub struct Decoder {
     embeddings: Tensor,
@@ -123,6 +164,9 @@ pub struct Decoder {
     channel_offsets_c: Tensor,
     channels: i64,
     vocab: i64,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
 }
 
 impl Decoder {
@@ -143,12 +187,25 @@ impl Decoder {
             channel_offsets_c: Tensor::arange(c, (Kind::Int64, vs.device())) * v,
             channels: c,
             vocab: v,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
         }
     }
 
     /// Fuses each layer's self-attention projections (after loading).
     pub fn fuse_projections(&mut self) {
         self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
+    }
+
+    /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.
+    fn head_rotations(&self, rotations_rxe2: &Tensor) -> Tensor {
+        head_rotations(rotations_rxe2, self.heads + self.kv_heads, self.kv_heads)
+    }
+
+    /// RoPE rotations of positions `0..len`, for a cache.
+    pub fn rotations(&self, len: i64) -> Tensor {
+        self.rope.table(len)
     }
 
     /// Cross-attention keys and values of every layer for encoder states `[N, S, D_e]`,
@@ -163,44 +220,71 @@ impl Decoder {
             .collect()
     }
 
-    /// One forward over `T` frames of `N` cache rows, writing their keys and values into the
-    /// cache; returns the final-norm states `[N, T, D]` (prefill needs nothing more).
-    pub fn forward(&self, input: &DecoderInput, cache: &DecoderCache) -> Tensor {
-        let (n, t, _) = input.tokens_nxtxc.size3().expect("decoder tokens are [N, T, C]");
-        let device = input.tokens_nxtxc.device();
-        let keys_s = Tensor::arange(input.self_len, (Kind::Int64, device));
-        let self_mask =
-            keys_s.view([1, 1, 1, -1]).le_tensor(&input.positions_nxt.view([n, 1, t, 1]));
-        let cross_mask = cache
-            .cross_mask_rxs
-            .narrow(0, input.first_row, n)
-            .narrow(1, 0, input.cross_len)
-            .view([n, 1, 1, input.cross_len]);
-        let ctx = StepContext {
-            rope: self.rope.angles(input.positions_nxt),
-            positions_nxt: input.positions_nxt,
-            self_mask_nx1xtxs: self_mask,
-            cross_mask_nx1x1xs: cross_mask,
-            first_row: input.first_row,
-            self_len: input.self_len,
-            cross_len: input.cross_len,
-        };
-        let ids = input.tokens_nxtxc + &self.channel_offsets_c;
-        let mut xs = Tensor::embedding(&self.embeddings, &ids, -1, false, false).sum_dim_intlist(
-            -2,
+    /// Summed channel embeddings of `[R, C]` token ids: `[R, D]`.
+    fn embed(&self, tokens_rxc: &Tensor) -> Tensor {
+        let ids = tokens_rxc + &self.channel_offsets_c;
+        Tensor::embedding(&self.embeddings, &ids, -1, false, false).sum_dim_intlist(
+            1,
             false,
             self.embeddings.kind(),
-        );
+        )
+    }
+
+    /// Runs frames `0..T` of `[N, T, C]` tokens through rows `first_row..first_row + N`,
+    /// writing their keys and values; their logits are never needed, so none are made.
+    pub fn prefill(
+        &self,
+        tokens_nxtxc: &Tensor,
+        cache: &DecoderCache,
+        first_row: i64,
+        text_len: i64,
+    ) {
+        let (n, t, c) = tokens_nxtxc.size3().expect("decoder tokens are [N, T, C]");
+        let input = PrefillInput {
+            n,
+            t,
+            first_row,
+            text_len,
+            head_rotations_rxhxe2: self
+                .head_rotations(&cache.rotations_txe2.narrow(0, 0, t).repeat([n, 1])),
+        };
+        let mut xs = self.embed(&tokens_nxtxc.view([n * t, c]));
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &ctx, &cache.self_kv[i], &cache.cross_kv[i]);
+            xs = layer.prefill(&xs, &input, &cache.self_kv[i], &cache.cross_kv[i]);
+        }
+    }
+
+    /// One frame of every row of `input`, keys and values written at the rows' positions;
+    /// returns the final-norm states `[n, D]`.
+    pub fn decode(&self, input: &DecodeInput, cache: &DecoderCache) -> Tensor {
+        let DecodeInput { tokens_nxc, positions_n, windows } = *input;
+        let (n, window, _) = windows.key;
+        let positions_nx1 = positions_n.view([n, 1]);
+        let future_nxs = windows.keys_s.view([1, window]).gt_tensor(&positions_nx1);
+        let step = StepContext {
+            head_rotations_nxhxe2: self
+                .head_rotations(&cache.rotations_txe2.index_select(0, positions_n)),
+            write_index: positions_n
+                .view([1, n, 1, 1, 1])
+                .expand([2, n, self.kv_heads, 1, self.head_dim], false),
+            self_mask: additive_mask(&future_nxs, self.embeddings.kind()).view([n, 1, 1, window]),
+        };
+        let mut xs = self.embed(tokens_nxc);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_windows = (&windows.self_kv[i], &windows.cross_kv[i]);
+            let cross_mask = windows.cross_mask_nx1x1xs.as_ref();
+            xs = layer.decode(&xs, &step, &cache.self_kv[i], layer_windows, cross_mask);
         }
         self.norm.forward(&xs)
     }
 
-    /// Logits `[N, T, C, V]` in f32 of final-norm states `[N, T, D]`.
-    pub fn logits(&self, states_nxtxd: &Tensor) -> Tensor {
-        let (n, t, _) = states_nxtxd.size3().expect("decoder states are [N, T, D]");
-        let logits = self.logits_dense.forward(states_nxtxd);
-        logits.view([n, t, self.channels, self.vocab]).to_kind(Kind::Float)
+    /// Logits `[N, C, V]` in f32 of final-norm states `[N, D]`.
+    pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
+        let logits = self.logits_dense.mm(states_nxd).view([-1, self.channels, self.vocab]);
+        if logits.kind() == Kind::Float {
+            logits
+        } else {
+            logits.to_kind(Kind::Float)
+        }
     }
 }

@@ -4,7 +4,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::EncoderConfig;
-use super::layers::{Attention, AttentionDims, Mlp, RopeAngles, RotaryEmbedding};
+use super::layers::{
+    attention, head_rotations, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding,
+};
 use crate::nn_ext::RmsNorm;
 
 #[derive(Debug)]
@@ -34,13 +36,19 @@ impl EncoderLayer {
         }
     }
 
-    fn forward(&self, xs: &Tensor, rope: &RopeAngles, mask_nx1xsxs: &Tensor) -> Tensor {
-        let n = self.pre_sa_norm.forward(xs);
-        let (q, k, v) = self.self_attention.self_qkv(&n, rope);
-        let attn =
-            self.self_attention.attend(&q, &k.transpose(1, 2), &v.transpose(1, 2), mask_nx1xsxs);
-        let xs = xs + attn;
-        &xs + self.mlp.forward(&self.post_sa_norm.forward(&xs))
+    /// Rows `[N·S, D]` of `n` texts.
+    fn forward(
+        &self,
+        xs_rxd: &Tensor,
+        n: i64,
+        head_rotations_rxhxe2: &Tensor,
+        mask_nx1xsxs: &Tensor,
+    ) -> Tensor {
+        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
+        let (q, k, v) = self.self_attention.split_heads(&qkv, n);
+        let heads = heads_to_rows(&attention(&q, &k, &v, Some(mask_nx1xsxs), false));
+        let xs = self.self_attention.project_add(xs_rxd, &heads);
+        self.mlp.add_to(&xs, &self.post_sa_norm.forward(&xs))
     }
 }
 
@@ -80,13 +88,16 @@ impl Encoder {
     /// padding (of the conditional text, for both rows of a CFG pair).
     pub fn forward(&self, ids_nxs: &Tensor, mask_nx1xsxs: &Tensor) -> Tensor {
         let (n, s) = ids_nxs.size2().expect("encoder input is [N, S]");
-        let positions =
-            Tensor::arange(s, (tch::Kind::Int64, ids_nxs.device())).expand([n, s], false);
-        let rope = self.rope.angles(&positions);
-        let mut xs = Tensor::embedding(&self.embedding, ids_nxs, -1, false, false);
+        let dims = self.layers[0].self_attention.dims;
+        let rotations = head_rotations(
+            &self.rope.table(s).repeat([n, 1]),
+            dims.heads + dims.kv_heads,
+            dims.kv_heads,
+        );
+        let mut xs = Tensor::embedding(&self.embedding, &ids_nxs.view([n * s]), -1, false, false);
         for layer in &self.layers {
-            xs = layer.forward(&xs, &rope, mask_nx1xsxs);
+            xs = layer.forward(&xs, n, &rotations, mask_nx1xsxs);
         }
-        self.norm.forward(&xs)
+        self.norm.forward(&xs).view([n, s, -1])
     }
 }

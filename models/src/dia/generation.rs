@@ -1,10 +1,17 @@
 //! Batched generation in which requests join and leave between decode steps.
 //!
-//! A [`Generator`] owns the caches of up to `max_batch` requests; request `i` of the active set
-//! lives in cache rows `2i` (unconditional) and `2i + 1` (conditional), kept contiguous by
-//! moving the last request into a freed slot. Each request has its own position, token rows,
-//! EOS countdown, sampling parameters and random stream, so its result does not depend on what
-//! else runs beside it. Per step one `[B, C]` id tensor comes back to the host.
+//! A [`Generator`] owns the caches of up to `max_batch` requests. A request keeps one slot from
+//! admission to its end, slot `i` being cache rows `2i` (unconditional) and `2i + 1`
+//! (conditional); nothing moves when a request leaves, and a step runs the slots up to the
+//! highest one in use (a free slot below it computes rows nobody reads until the next
+//! admission fills it). Each request has its own position, token rows, EOS countdown, sampling
+//! parameters and random stream, so its result does not depend on what else runs beside it.
+//!
+//! A step writes its inputs (tokens, positions, uniforms) into fixed device buffers and reads
+//! back one `[B, C]` id tensor, its only host transfer. Masks, rotations and cache-write
+//! indices are made on the device once per step; the cache views, the sampling parameters and
+//! the buffers' views only when a request joins or leaves or the attention window grows, which
+//! it does in buckets of [`WINDOW_BUCKET`] positions.
 //!
 //! The loop per request follows the reference (docs/dia-reference.md §6.3): feed row `s`, sample
 //! row `s + 1`, keep teacher-forced values where the row was prefilled, and after channel 0 emits
@@ -14,13 +21,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::cache::DecoderCache;
-use super::decoder::DecoderInput;
+use super::cache::{DecoderCache, Windows};
+use super::decoder::DecodeInput;
 use super::DiaModel;
 use crate::delay::revert_delay;
 use crate::error::{ModelError, Result};
 use crate::prompt::{prefill_rows, text_tokens};
 use crate::sampling::{self, Sampling, SamplingBatch};
+
+/// The self-attention window grows in steps of this many positions: the cache views change once
+/// per bucket instead of every step, and the extra keys are masked.
+pub const WINDOW_BUCKET: i64 = 128;
 
 /// What a generator can hold at once; sizes its caches.
 #[derive(Debug, Clone, Copy)]
@@ -107,11 +118,36 @@ struct Sequence {
 #[derive(Debug)]
 pub struct Generator {
     cache: DecoderCache,
-    seqs: Vec<Sequence>,
-    params: Option<SamplingBatch>,
+    /// Slot `i` holds the request of cache rows `2i` and `2i + 1`.
+    slots: Vec<Option<Sequence>>,
+    inputs: StepInputs,
+    /// What steps share until a request joins or leaves or the window grows; `None` when stale.
+    batch: Option<BatchState>,
     special_mask_cxv: Tensor,
     limits: BatchLimits,
     next_id: SeqId,
+}
+
+/// Device buffers for every slot, which the host overwrites each step: the inputs keep their
+/// addresses and no tensor is made for them on the device.
+#[derive(Debug)]
+struct StepInputs {
+    /// `[2·B_max·C]` token ids fed, both rows of each slot.
+    tokens: Tensor,
+    /// `[2·B_max]` positions.
+    positions: Tensor,
+    /// `[B_max·C]` uniforms of the draws.
+    uniforms: Tensor,
+}
+
+/// The slots' views and parameters for the steps of one batch shape.
+#[derive(Debug)]
+struct BatchState {
+    windows: Windows,
+    params: SamplingBatch,
+    tokens_nxc: Tensor,
+    positions_n: Tensor,
+    uniforms_bxc: Tensor,
 }
 
 impl Generator {
@@ -120,17 +156,24 @@ impl Generator {
         let max_text = limits.max_text.min(cfg.max_text_len() as i64);
         let limits = BatchLimits { max_text, ..limits };
         let dec = &cfg.decoder_config;
+        let device = model.device();
+        let slots = limits.max_batch;
         Self {
             cache: DecoderCache::new(
                 dec,
-                2 * limits.max_batch,
+                2 * slots,
                 limits.max_positions,
                 max_text,
+                model.decoder.rotations(limits.max_positions),
                 model.kind(),
-                model.device(),
             ),
-            seqs: Vec::new(),
-            params: None,
+            slots: (0..slots).map(|_| None).collect(),
+            inputs: StepInputs {
+                tokens: Tensor::zeros([2 * slots * dec.num_channels], (Kind::Int64, device)),
+                positions: Tensor::zeros([2 * slots], (Kind::Int64, device)),
+                uniforms: Tensor::ones([slots * dec.num_channels], (Kind::Float, device)),
+            },
+            batch: None,
             special_mask_cxv: sampling::special_id_mask(
                 dec.num_channels,
                 dec.vocab_size,
@@ -142,19 +185,24 @@ impl Generator {
         }
     }
 
+    /// The active requests, in slot order.
+    fn seqs(&self) -> impl Iterator<Item = &Sequence> + '_ {
+        self.slots.iter().flatten()
+    }
+
     /// Requests being decoded.
     pub fn active(&self) -> usize {
-        self.seqs.len()
+        self.seqs().count()
     }
 
     /// Requests that can still be admitted.
     pub fn free_slots(&self) -> usize {
-        self.limits.max_batch as usize - self.seqs.len()
+        self.slots.len() - self.active()
     }
 
     /// Audio frames generated so far by each active request.
     pub fn progress(&self) -> impl Iterator<Item = (SeqId, i64)> + '_ {
-        self.seqs.iter().map(|s| (s.id, (s.step + 1 - s.prefill_steps).max(0)))
+        self.seqs().map(|s| (s.id, (s.step + 1 - s.prefill_steps).max(0)))
     }
 
     /// Cache positions a request of `prompt_frames` and `max_new_tokens` needs.
@@ -188,12 +236,15 @@ impl Generator {
         let texts: Vec<Vec<i64>> =
             requests.iter().map(|r| text_tokens(&r.text, self.limits.max_text as usize)).collect();
         let encoded = model.encode(&texts)?;
-        let first_row = 2 * self.seqs.len() as i64;
-        self.write_cross_cache(model, first_row, &encoded);
+        let cross_kv = model.decoder.cross_key_values(&encoded.states_nxsxd);
 
         let longest_prompt = prompts.iter().map(|p| p.size()[0]).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(requests.len());
-        for ((request, codes), text) in requests.into_iter().zip(prompts).zip(&texts) {
+        for (j, ((request, codes), text)) in
+            requests.into_iter().zip(prompts).zip(&texts).enumerate()
+        {
+            let slot = self.slots.iter().position(Option::is_none).expect("free slots checked");
+            self.write_cross_cache(2 * slot as i64, 2 * j as i64, &cross_kv, &encoded.mask_nxs);
             let prompt_len = codes.size()[0];
             let rows = prefill_rows(
                 &codes,
@@ -215,12 +266,12 @@ impl Generator {
                 sampling: request.sampling,
                 rng: ChaCha8Rng::seed_from_u64(request.seed),
             };
-            self.prefill(model, &seq, 2 * self.seqs.len() as i64, channels)?;
+            self.prefill(model, &seq, 2 * slot as i64, channels);
             ids.push(seq.id);
             self.next_id += 1;
-            self.seqs.push(seq);
+            self.slots[slot] = Some(seq);
         }
-        self.params = None;
+        self.batch = None;
         Ok(ids)
     }
 
@@ -268,62 +319,45 @@ impl Generator {
         Ok(codes)
     }
 
+    /// Copies the row pair `from..from + 2` of a group's cross-attention keys, values and text
+    /// mask into cache rows `first_row..first_row + 2`.
     fn write_cross_cache(
         &mut self,
-        model: &DiaModel,
         first_row: i64,
-        encoded: &super::EncodedText,
+        from: i64,
+        cross_kv: &[(Tensor, Tensor)],
+        mask_nxs: &Tensor,
     ) {
-        let (n, s) = encoded.mask_nxs.size2().expect("mask is [N, S]");
-        for (kv, (k, v)) in self
-            .cache
-            .cross_kv
-            .iter_mut()
-            .zip(model.decoder.cross_key_values(&encoded.states_nxsxd))
-        {
-            kv.k.narrow(0, first_row, n).narrow(2, 0, s).copy_(&k);
-            kv.v.narrow(0, first_row, n).narrow(2, 0, s).copy_(&v);
+        let s = mask_nxs.size()[1];
+        let pair = |t: &Tensor| t.narrow(0, from, 2);
+        for (kv, (k, v)) in self.cache.cross_kv.iter_mut().zip(cross_kv) {
+            kv.k.narrow(0, first_row, 2).narrow(2, 0, s).copy_(&pair(k));
+            kv.v.narrow(0, first_row, 2).narrow(2, 0, s).copy_(&pair(v));
         }
-        let mut mask_rows = self.cache.cross_mask_rxs.narrow(0, first_row, n);
+        let mut mask_rows = self.cache.cross_mask_rxs.narrow(0, first_row, 2);
         let _ = mask_rows.fill_(0);
-        mask_rows.narrow(1, 0, s).copy_(&encoded.mask_nxs);
+        mask_rows.narrow(1, 0, s).copy_(&pair(mask_nxs));
     }
 
     /// Runs the rows before the first decode step (BOS and the prompt) through the decoder,
     /// filling the self-attention cache; their logits are never needed, so the head is skipped.
-    fn prefill(
-        &mut self,
-        model: &DiaModel,
-        seq: &Sequence,
-        first_row: i64,
-        channels: i64,
-    ) -> Result<()> {
+    fn prefill(&mut self, model: &DiaModel, seq: &Sequence, first_row: i64, channels: i64) {
         let len = seq.step;
         if len == 0 {
-            return Ok(());
+            return;
         }
-        let device = model.device();
         let tokens = Tensor::from_slice(&seq.rows[..(len * channels) as usize])
             .view([1, len, channels])
-            .to_device(device)
+            .to_device(model.device())
             .repeat([2, 1, 1]);
-        let positions = Tensor::arange(len, (Kind::Int64, device)).view([1, len]).repeat([2, 1]);
-        let input = DecoderInput {
-            tokens_nxtxc: &tokens,
-            positions_nxt: &positions,
-            first_row,
-            self_len: len,
-            cross_len: seq.text_len,
-        };
-        let _ = model.decoder.forward(&input, &self.cache);
-        Ok(())
+        model.decoder.prefill(&tokens, &self.cache, first_row, seq.text_len);
     }
 
     /// Drops a request without output; false if it is not active.
     pub fn cancel(&mut self, id: SeqId) -> bool {
-        match self.seqs.iter().position(|s| s.id == id) {
-            Some(i) => {
-                self.remove(i);
+        match self.slots.iter().position(|s| s.as_ref().is_some_and(|s| s.id == id)) {
+            Some(slot) => {
+                self.remove(slot);
                 true
             }
             None => false,
@@ -334,84 +368,116 @@ impl Generator {
     /// without allocating a second set of caches beside the first. What the rows held is
     /// overwritten by the next admission before it is read.
     pub fn clear(&mut self) {
-        self.seqs.clear();
-        self.params = None;
+        self.slots.iter_mut().for_each(|s| *s = None);
+        self.batch = None;
     }
 
-    /// Removes request `i`, moving the last request's cache rows into its slot.
-    fn remove(&mut self, i: usize) -> Sequence {
-        let last = self.seqs.len() - 1;
-        if i != last {
-            self.cache.move_rows(2 * last as i64, 2 * i as i64, 2);
+    /// Frees a slot; its cache rows stay as they are until the next request of the slot.
+    fn remove(&mut self, slot: usize) -> Sequence {
+        self.batch = None;
+        self.slots[slot].take().expect("the slot is in use")
+    }
+
+    /// Makes the views and parameters of the first `hi` slots with these windows, unless they
+    /// are there.
+    fn prepare_batch(&mut self, model: &DiaModel, hi: usize, window: i64, text: i64) {
+        let n = 2 * hi as i64;
+        if self.batch.as_ref().is_some_and(|b| b.windows.key != (n, window, text)) {
+            self.batch = None;
         }
-        self.params = None;
-        self.seqs.swap_remove(i)
+        let (slots, cache, inputs) = (&self.slots, &self.cache, &self.inputs);
+        self.batch.get_or_insert_with(|| {
+            let c = model.config.num_channels();
+            let in_use = &slots[..hi];
+            let padded = in_use.iter().flatten().any(|s| s.text_len < text);
+            let sampling: Vec<Sampling> = in_use
+                .iter()
+                .map(|s| s.as_ref().map_or_else(Sampling::default, |s| s.sampling))
+                .collect();
+            BatchState {
+                windows: cache.windows(n, window, text, padded, model.kind()),
+                params: SamplingBatch::new(&sampling, model.device()),
+                tokens_nxc: inputs.tokens.narrow(0, 0, n * c).view([n, c]),
+                positions_n: inputs.positions.narrow(0, 0, n),
+                uniforms_bxc: inputs.uniforms.narrow(0, 0, hi as i64 * c).view([hi as i64, c]),
+            }
+        });
     }
 
     /// One decode step for every active request.
     pub fn step(&mut self, model: &DiaModel) -> Result<StepOutput> {
-        let n = self.seqs.len() as i64;
-        if n == 0 {
+        let Some(hi) = self.slots.iter().rposition(Option::is_some).map(|i| i + 1) else {
             return Err(ModelError::Input("no active request to step".into()));
-        }
-        let cfg = &model.config;
-        let c = cfg.num_channels();
-        let device = model.device();
-
-        let mut tokens = Vec::with_capacity((2 * n * c) as usize);
-        let mut positions = Vec::with_capacity(2 * n as usize);
-        for seq in &self.seqs {
-            let row = &seq.rows[(seq.step * c) as usize..((seq.step + 1) * c) as usize];
-            for _ in 0..2 {
-                tokens.extend_from_slice(row);
-                positions.push(seq.step);
-            }
-        }
-        let tokens_nx1xc = Tensor::from_slice(&tokens).view([2 * n, 1, c]).to_device(device);
-        let positions_nx1 = Tensor::from_slice(&positions).view([2 * n, 1]).to_device(device);
-        let input = DecoderInput {
-            tokens_nxtxc: &tokens_nx1xc,
-            positions_nxt: &positions_nx1,
-            first_row: 0,
-            self_len: positions.iter().copied().max().unwrap_or(0) + 1,
-            cross_len: self.seqs.iter().map(|s| s.text_len).max().unwrap_or(1),
         };
-        let states = model.decoder.forward(&input, &self.cache);
-        let logits_nxcxv = model.decoder.logits(&states).squeeze_dim(1);
+        let cfg = &model.config;
+        let c = cfg.num_channels() as usize;
 
-        let params = self.params.get_or_insert_with(|| {
-            SamplingBatch::new(&self.seqs.iter().map(|s| s.sampling).collect::<Vec<_>>(), device)
-        });
-        // u ∈ (0, 1]: each request's own stream, one per channel.
-        let mut uniforms = Vec::with_capacity((n * c) as usize);
-        for seq in &mut self.seqs {
-            uniforms.extend((0..c).map(|_| 1.0 - seq.rng.random::<f32>()));
+        // Every slot's inputs, free ones included (token 0 at position 0, u = 1), so that the
+        // buffers are overwritten whole. u ∈ (0, 1]: each request's own stream, one per channel.
+        let mut tokens = vec![0i64; 2 * self.slots.len() * c];
+        let mut positions = vec![0i64; 2 * self.slots.len()];
+        let mut uniforms = vec![1f32; self.slots.len() * c];
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(seq) = slot else { continue };
+            let row = &seq.rows[seq.step as usize * c..(seq.step as usize + 1) * c];
+            tokens[2 * i * c..(2 * i + 2) * c].chunks_mut(c).for_each(|t| t.copy_from_slice(row));
+            positions[2 * i..2 * i + 2].fill(seq.step);
+            uniforms[i * c..(i + 1) * c].fill_with(|| 1.0 - seq.rng.random::<f32>());
         }
-        let uniforms_bxc = Tensor::from_slice(&uniforms).view([n, c]).to_device(device);
-        let pairs = logits_nxcxv.view([n, 2, c, -1]);
+        let longest = self.seqs().map(|s| s.step + 1).max().unwrap_or(1);
+        let window = ((longest + WINDOW_BUCKET - 1) / WINDOW_BUCKET * WINDOW_BUCKET)
+            .min(self.limits.max_positions);
+        let text = self.seqs().map(|s| s.text_len).max().unwrap_or(1);
+        self.inputs.tokens.copy_(&Tensor::from_slice(&tokens));
+        self.inputs.positions.copy_(&Tensor::from_slice(&positions));
+        self.inputs.uniforms.copy_(&Tensor::from_slice(&uniforms));
+
+        self.prepare_batch(model, hi, window, text);
+        let batch = self.batch.as_ref().expect("prepared");
+        let input = DecodeInput {
+            tokens_nxc: &batch.tokens_nxc,
+            positions_n: &batch.positions_n,
+            windows: &batch.windows,
+        };
+        let states = model.decoder.decode(&input, &self.cache);
+        let logits_nxcxv = model.decoder.logits(&states);
+        let pairs = logits_nxcxv.view([hi as i64, 2, c as i64, -1]);
         let filtered = sampling::filter(
             &pairs.select(1, 1),
             &pairs.select(1, 0),
             &self.special_mask_cxv,
             cfg.eos_token_id,
-            params,
+            &batch.params,
         );
-        let sampled =
-            Vec::<i64>::try_from(sampling::draw(&filtered, &uniforms_bxc, params).flatten(0, -1))?;
+        let sampled_bxc = sampling::draw(&filtered, &batch.uniforms_bxc, &batch.params);
+        let mut drawn = vec![0i64; hi * c];
+        sampled_bxc.f_copy_data(&mut drawn, hi * c)?;
 
-        // (index, whether it has valid audio) of the requests this step ended.
+        let in_use: Vec<usize> = (0..hi).filter(|&i| self.slots[i].is_some()).collect();
+        let logits_nxcxv = if in_use.len() == hi {
+            logits_nxcxv
+        } else {
+            let rows: Vec<i64> =
+                in_use.iter().flat_map(|&i| [2 * i as i64, 2 * i as i64 + 1]).collect();
+            logits_nxcxv.index_select(0, &Tensor::from_slice(&rows).to_device(model.device()))
+        };
+        let mut ids = Vec::with_capacity(in_use.len());
+        let mut sampled = Vec::with_capacity(in_use.len() * c);
+        // (slot, whether it has valid audio) of the requests this step ended.
         let mut ended = Vec::new();
-        for (i, seq) in self.seqs.iter_mut().enumerate() {
-            let mut pred = sampled[i * c as usize..(i + 1) * c as usize].to_vec();
+        for &i in &in_use {
+            let seq = self.slots[i].as_mut().expect("slot in use");
+            let mut pred = drawn[i * c..(i + 1) * c].to_vec();
+            ids.push(seq.id);
+            sampled.extend_from_slice(&pred);
             if pred.contains(&sampling::INVALID) {
                 ended.push((i, false));
             } else if seq.advance(&mut pred, cfg) {
                 ended.push((i, true));
             }
         }
-        let ids = self.seqs.iter().map(|s| s.id).collect();
         let (mut finished, mut failed) = (Vec::new(), Vec::new());
-        for &(i, valid) in ended.iter().rev() {
+        for (i, valid) in ended {
             let seq = self.remove(i);
             if valid {
                 finished.push(seq.finish(cfg)?);

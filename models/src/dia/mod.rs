@@ -50,13 +50,12 @@ pub struct EncodedText {
 
 impl DiaModel {
     /// Loads `config.json` and the weights of a checkpoint folder, in transformers naming (shards
-    /// found through `model.safetensors.index.json`) or Nari naming, and casts them to `kind`
-    /// (norm weights stay f32).
+    /// found through `model.safetensors.index.json`) or Nari naming, into weights of `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = DiaConfig::from_file(&dir.join("config.json"))?;
         let tensors = checkpoint::read_weights(dir, &config.decoder_config)?;
         let mut model = Self::build(config, device, kind);
-        load_into(&mut model._weights, tensors, kind)?;
+        load_into(&mut model._weights, tensors)?;
         model.fuse_projections();
         Ok(model)
     }
@@ -66,7 +65,7 @@ impl DiaModel {
     pub fn random(config: DiaConfig, device: Device, kind: Kind, seed: i64) -> Result<Self> {
         let tensors = Self::random_weights(&config, seed);
         let mut model = Self::build(config, device, kind);
-        load_into(&mut model._weights, tensors, kind)?;
+        load_into(&mut model._weights, tensors)?;
         model.fuse_projections();
         Ok(model)
     }
@@ -87,9 +86,10 @@ impl DiaModel {
         self.decoder.fuse_projections();
     }
 
-    /// The module tree with unloaded weights.
+    /// The module tree with unloaded weights of `kind`.
     fn build(config: DiaConfig, device: Device, kind: Kind) -> Self {
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
         let root = vs.root();
         let encoder = Encoder::new(&root / "model" / "encoder", &config.encoder_config);
         let decoder =

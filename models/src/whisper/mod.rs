@@ -67,7 +67,7 @@ impl Whisper {
         let mut vs = VarStore::new(device);
         let encoder = Encoder::new(vs.root() / "model" / "encoder", &config);
         let decoder = Decoder::new(vs.root() / "model" / "decoder", &config);
-        load_into(&mut vs, tensors, Kind::Float)?;
+        load_into(&mut vs, tensors)?;
 
         let t = &tokenizer;
         let tasks = [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech];
