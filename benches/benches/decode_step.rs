@@ -20,7 +20,8 @@
 //!   beside the repository).
 //! - `DIA_BENCH_CONFIGS` (`1.6b,dispatch-bound`), `DIA_BENCH_BATCHES` (`1,4,16`),
 //!   `DIA_BENCH_REPEATS` (1: each repeat runs ours, then the reference, per config),
-//!   `DIA_BENCH_STEPS` (timed steps; 6 for 1.6B, 40 for dispatch-bound).
+//!   `DIA_BENCH_STEPS` (timed steps; 6 for 1.6B, 40 for dispatch-bound), `DIA_BENCH_THREADS`
+//!   (intra-op threads of both; libtorch's default when unset).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -127,7 +128,13 @@ impl Reference {
     }
 
     /// Runs the reference's timer through `reference_ops.py` on `config` at `batches`.
-    fn run(&self, config: &Path, batches: &[i64], steps: usize) -> Result<Vec<Figures>, String> {
+    fn run(
+        &self,
+        config: &Path,
+        batches: &[i64],
+        steps: usize,
+        threads: Option<i32>,
+    ) -> Result<Vec<Figures>, String> {
         let batch_list: Vec<String> = batches.iter().map(i64::to_string).collect();
         let mut command = Command::new(&self.python);
         command
@@ -136,6 +143,9 @@ impl Reference {
             .arg(&self.src)
             .arg(config)
             .args(["--batch", &batch_list.join(","), "--steps", &steps.to_string()]);
+        if let Some(threads) = threads {
+            command.args(["--threads", &threads.to_string()]);
+        }
         if let Some(path) = &self.pythonpath {
             command.env("PYTHONPATH", path);
         }
@@ -182,10 +192,15 @@ fn main() {
     let batches: Vec<i64> = env_list("DIA_BENCH_BATCHES", "1,4,16");
     let repeats = env_list::<usize>("DIA_BENCH_REPEATS", "1").first().copied().unwrap_or(1);
     let steps = env_list::<usize>("DIA_BENCH_STEPS", "").first().copied();
+    let threads = env_list::<i32>("DIA_BENCH_THREADS", "").first().copied();
+    if let Some(threads) = threads {
+        tch::set_num_threads(threads);
+    }
     let reference = Reference::from_env(&root);
     if let Err(why) = &reference {
         println!("reference skipped: {why}");
     }
+    println!("threads: {}", tch::get_num_threads());
     println!(
         "{:<15} {:>5} {:>6} {:>12} {:>12} {:>6} {:>10} {:>10} {:>6}",
         "config",
@@ -210,7 +225,7 @@ fn main() {
                 batches.iter().map(|&b| bench(&model, b, steps)).collect()
             };
             let theirs = match &reference {
-                Ok(r) => r.run(&path, &batches, steps).unwrap_or_else(|e| {
+                Ok(r) => r.run(&path, &batches, steps, threads).unwrap_or_else(|e| {
                     println!("reference failed: {e}");
                     vec![Figures::default(); batches.len()]
                 }),

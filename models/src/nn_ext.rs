@@ -9,8 +9,8 @@ use tch::{Kind, Tensor};
 pub struct Linear {
     weight: Tensor,
     /// `Wᵀ` as a view, taken once: a 2D input then costs one `mm` and no transpose per call.
-    /// Loading copies into the weight in place, so the view stays valid; `fuse_linears`, which
-    /// replaces the weight, takes it again.
+    /// Loading copies into the weight in place, so the view stays valid; `relayout` and
+    /// `fuse_linears`, which replace the weight, take it again.
     weight_t: Tensor,
 }
 
@@ -37,6 +37,14 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// Stores the weight `[in, out]` in memory (the `[out, in]` weight a strided view of it):
+    /// MKL multiplies by an untransposed right operand faster (10–20 % for the 1.6B model's
+    /// projections at a few rows). For after loading.
+    pub fn relayout(&mut self) {
+        self.weight.set_data(&self.weight.tr().contiguous().tr());
+        self.weight_t = self.weight.tr();
+    }
 }
 
 impl Module for Linear {
@@ -45,11 +53,12 @@ impl Module for Linear {
     }
 }
 
-/// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`);
-/// each part is re-pointed at its rows of it, so one matmul serves them all and the weights are
-/// not held twice.
+/// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`),
+/// laid out as `relayout` does; each part is re-pointed at its rows of it, so one matmul serves
+/// them all and the weights are not held twice.
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
-    let fused = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
+    let stacked = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
+    let fused = stacked.tr().contiguous().tr();
     let mut row = 0;
     for linear in parts.iter_mut() {
         let rows = linear.weight.size()[0];

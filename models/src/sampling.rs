@@ -80,8 +80,9 @@ pub fn special_id_mask(channels: i64, vocab: i64, eos: i64, device: Device) -> T
 }
 
 /// −∞ in `logits_bxcxv` outside the row's top-k of `keep_from_bxcxv` (exactly k entries, ties
-/// broken as `topk` breaks them), in place.
-fn top_k_filter_(logits_bxcxv: &mut Tensor, keep_from_bxcxv: &Tensor, p: &SamplingBatch) {
+/// broken as `topk` breaks them), in place. Returns the indices of the `max_top_k` largest of
+/// `keep_from_bxcxv`, in descending order.
+fn top_k_filter_(logits_bxcxv: &mut Tensor, keep_from_bxcxv: &Tensor, p: &SamplingBatch) -> Tensor {
     let (_, idx_bxcxk) = keep_from_bxcxv.topk(p.max_top_k, -1, true, true);
     let drop = Tensor::ones(logits_bxcxv.size(), (Kind::Bool, logits_bxcxv.device())).scatter_(
         -1,
@@ -89,6 +90,7 @@ fn top_k_filter_(logits_bxcxv: &mut Tensor, keep_from_bxcxv: &Tensor, p: &Sampli
         &p.past_top_k_bx1xk.expand_as(&idx_bxcxk),
     );
     let _ = logits_bxcxv.masked_fill_(&drop, f64::NEG_INFINITY);
+    idx_bxcxk
 }
 
 /// The filtered logits each draw is made from, and the greedy choice.
@@ -113,7 +115,7 @@ pub fn filter(
 ) -> Filtered {
     let guided = cond_bxcxv + (cond_bxcxv - uncond_bxcxv) * &p.cfg_scale_bx1x1;
     let mut logits = cond_bxcxv + special_mask_cxv;
-    top_k_filter_(&mut logits, &guided, p);
+    let _ = top_k_filter_(&mut logits, &guided, p);
     let greedy_bxc = logits.argmax(-1, false);
 
     let mut logits = logits / &p.temperature_bx1x1;
@@ -124,17 +126,19 @@ pub fn filter(
     let ban = ids_v.lt(eos).where_self(&eos_top_bxcx1, &ids_v.eq(eos));
     let _ = logits.masked_fill_(&ban, f64::NEG_INFINITY);
     let keep_from = logits.shallow_clone();
-    top_k_filter_(&mut logits, &keep_from, p);
+    let candidates_bxcxk = top_k_filter_(&mut logits, &keep_from, p);
 
     // Top-p: drop the tail past the threshold, always keeping the entry that crosses it: the
-    // entry at sorted rank i goes when the ranks before it already sum past top-p.
-    let (sorted, order) = logits.softmax(-1, Kind::Float).sort(-1, true);
-    let mut before_past_bxcxv1 =
-        sorted.cumsum(-1, Kind::Float).narrow(-1, 0, vocab - 1).gt_tensor(&p.top_p_bx1x1);
+    // entry at rank i goes when the ranks before it already sum past top-p. Only the top-k
+    // candidates have any probability, so ranking them is the full sort.
+    let ranked = logits.softmax(-1, Kind::Float).gather(-1, &candidates_bxcxk, false);
+    let k = p.max_top_k;
+    let mut before_past =
+        ranked.cumsum(-1, Kind::Float).narrow(-1, 0, k - 1).gt_tensor(&p.top_p_bx1x1);
     let remove = Tensor::zeros(logits.size(), (Kind::Bool, logits.device())).scatter_(
         -1,
-        &order.narrow(-1, 1, vocab - 1),
-        &before_past_bxcxv1.logical_and_(&p.nucleus_bx1x1),
+        &candidates_bxcxk.narrow(-1, 1, k - 1),
+        &before_past.logical_and_(&p.nucleus_bx1x1),
     );
     let _ = logits.masked_fill_(&remove, f64::NEG_INFINITY);
     let valid_bxc =

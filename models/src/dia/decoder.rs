@@ -193,9 +193,16 @@ impl Decoder {
         }
     }
 
-    /// Fuses each layer's self-attention projections (after loading).
-    pub fn fuse_projections(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
+    /// Lays every projection out for `mm` and fuses each layer's self-attention projections
+    /// (after loading).
+    pub fn prepare_projections(&mut self) {
+        for layer in &mut self.layers {
+            layer.self_attention.relayout();
+            layer.self_attention.fuse_qkv();
+            layer.cross_attention.relayout();
+            layer.mlp.relayout();
+        }
+        self.logits_dense.relayout();
     }
 
     /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.

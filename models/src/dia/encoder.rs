@@ -79,9 +79,14 @@ impl Encoder {
         }
     }
 
-    /// Fuses each layer's self-attention projections (after loading).
-    pub fn fuse_projections(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.self_attention.fuse_qkv());
+    /// Lays every projection out for `mm` and fuses each layer's self-attention projections
+    /// (after loading).
+    pub fn prepare_projections(&mut self) {
+        for layer in &mut self.layers {
+            layer.self_attention.relayout();
+            layer.self_attention.fuse_qkv();
+            layer.mlp.relayout();
+        }
     }
 
     /// Runs the stack. `mask_nx1xsxs` lets a query attend a key when both are real text or both

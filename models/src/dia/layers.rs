@@ -76,6 +76,12 @@ impl Mlp {
         }
     }
 
+    /// Lays the projections out for `mm` (after loading).
+    pub fn relayout(&mut self) {
+        self.gate_up_proj.relayout();
+        self.down_proj.relayout();
+    }
+
     /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`.
     pub fn add_to(&self, residual_rxd: &Tensor, xs_rxd: &Tensor) -> Tensor {
         let gate_up = self.gate_up_proj.mm(xs_rxd).view([-1, 2, self.intermediate]);
@@ -117,6 +123,13 @@ impl Attention {
             o_proj: Linear::new(&vs / "o_proj", heads * head_dim, out),
             qkv: None,
             dims,
+        }
+    }
+
+    /// Lays the projections out for `mm` (after loading).
+    pub fn relayout(&mut self) {
+        for linear in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj] {
+            linear.relayout();
         }
     }
 

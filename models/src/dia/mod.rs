@@ -56,7 +56,7 @@ impl DiaModel {
         let tensors = checkpoint::read_weights(dir, &config.decoder_config)?;
         let mut model = Self::build(config, device, kind);
         load_into(&mut model._weights, tensors)?;
-        model.fuse_projections();
+        model.prepare_projections();
         Ok(model)
     }
 
@@ -66,7 +66,7 @@ impl DiaModel {
         let tensors = Self::random_weights(&config, seed);
         let mut model = Self::build(config, device, kind);
         load_into(&mut model._weights, tensors)?;
-        model.fuse_projections();
+        model.prepare_projections();
         Ok(model)
     }
 
@@ -80,10 +80,10 @@ impl DiaModel {
     }
 
     /// Loaded weights → the fused layout the forward passes use.
-    fn fuse_projections(&mut self) {
+    fn prepare_projections(&mut self) {
         let _guard = tch::no_grad_guard();
-        self.encoder.fuse_projections();
-        self.decoder.fuse_projections();
+        self.encoder.prepare_projections();
+        self.decoder.prepare_projections();
     }
 
     /// The module tree with unloaded weights of `kind`.
