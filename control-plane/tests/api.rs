@@ -390,6 +390,7 @@ async fn no_provider_when_no_node_offers_voice_cloning(backend: Backend) {
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        max_frames: 0,
         languages: vec!["en".into()],
     };
     let _stt = ScriptedNode::connect_with(&server.ws_url(), "stt", 4, vec![stt]).await;
@@ -410,6 +411,7 @@ async fn a_known_model_without_an_online_node_is_no_provider_and_an_unknown_one_
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        max_frames: 0,
         languages: vec!["en".into()],
     };
     let gone = ScriptedNode::connect_with(
@@ -446,6 +448,7 @@ async fn requests_are_routed_only_to_nodes_with_the_feature_and_model(backend: B
         features: vec!["transcription".into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        max_frames: 0,
         languages: vec!["en".into()],
     };
     let _stt_node = ScriptedNode::connect_with(&server.ws_url(), "stt", 8, vec![stt]).await;

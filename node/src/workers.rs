@@ -66,7 +66,8 @@ impl Workers {
                 id,
                 features: vec![FEATURE_VOICE_CLONING.into()],
                 max_input_chars: engine.max_text as u32,
-                max_new_tokens: MAX_NEW_TOKENS,
+                max_new_tokens: MAX_NEW_TOKENS.min(engine.max_frames as u32),
+                max_frames: engine.max_frames as u32,
                 languages: vec![],
             };
             (info, engine)
@@ -77,6 +78,7 @@ impl Workers {
                 features: vec![FEATURE_TRANSCRIPTION.into()],
                 max_input_chars: 0,
                 max_new_tokens: 0,
+                max_frames: 0,
                 languages: transcriber.languages.clone(),
             };
             (info, transcriber)

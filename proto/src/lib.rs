@@ -32,7 +32,7 @@ pub use speech::{Sampling, SpeechTask, VoicePrompt};
 pub use transcription::{Clip, Transcript, TranscriptionTask};
 
 /// Bumped on every incompatible change to the messages; a node with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Sample rate of every PCM payload on the wire, both directions (Dia's DAC runs at 44.1 kHz).
 pub const SAMPLE_RATE: u32 = 44_100;

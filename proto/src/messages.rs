@@ -154,6 +154,10 @@ pub struct ModelInfo {
     pub max_input_chars: u32,
     /// Most audio frames (`max_new_tokens`) it generates per job (speech models; 0 otherwise).
     pub max_new_tokens: u32,
+    /// Most decoder frames per job, the voice prompt's and the new ones together: what the
+    /// node's memory budget gives one job (speech models; 0 otherwise). A cloning prompt of
+    /// `s` samples takes `ceil(s / SAMPLES_PER_FRAME)` frames.
+    pub max_frames: u32,
     /// Language codes it transcribes (transcription models; empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub languages: Vec<String>,

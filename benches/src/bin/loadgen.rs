@@ -125,6 +125,7 @@ async fn echo_node(url: &str, id: &str) {
             features: vec![proto::FEATURE_VOICE_CLONING.into()],
             max_input_chars: 1024,
             max_new_tokens: 4096,
+            max_frames: 7600,
             languages: vec![],
         }],
         capacity: 256,

@@ -20,6 +20,7 @@ pub fn cloning_model(id: &str) -> ModelInfo {
         features: vec![proto::FEATURE_VOICE_CLONING.into()],
         max_input_chars: 1024,
         max_new_tokens: 4096,
+        max_frames: 7600,
         languages: vec![],
     }
 }
@@ -39,6 +40,7 @@ pub fn stt_model(id: &str) -> ModelInfo {
         features: vec![proto::FEATURE_TRANSCRIPTION.into()],
         max_input_chars: 0,
         max_new_tokens: 0,
+        max_frames: 0,
         languages: vec!["en".into(), "de".into()],
     }
 }

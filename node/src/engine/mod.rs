@@ -58,6 +58,8 @@ pub struct Engine {
     commands: std::sync::mpsc::Sender<Command>,
     /// Longest text the model reads, in its text tokens.
     pub max_text: usize,
+    /// Most decoder frames per job (voice prompt and new frames) its cache slot holds.
+    pub max_frames: usize,
 }
 
 impl Engine {
@@ -74,8 +76,9 @@ impl Engine {
         std::thread::Builder::new()
             .name("dia-engine".into())
             .spawn(move || worker::run(spec, limits, inbox, events, metrics, ready_tx))?;
-        let max_text = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
-        Ok(Self { commands, max_text })
+        let (max_text, max_frames) =
+            ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
+        Ok(Self { commands, max_text, max_frames })
     }
 
     /// Queues a job; false if the engine thread has stopped.

@@ -54,7 +54,7 @@ pub fn run(
     inbox: Receiver<Command>,
     events: UnboundedSender<Event>,
     metrics: Arc<NodeMetrics>,
-    ready: Sender<anyhow::Result<usize>>,
+    ready: Sender<anyhow::Result<(usize, usize)>>,
 ) {
     let _guard = tch::no_grad_guard();
     let loaded = DiaModel::load(&spec.weights, spec.device, spec.kind)
@@ -67,6 +67,7 @@ pub fn run(
         }
     };
     let max_text = model.config.max_text_len();
+    let max_frames = (limits.max_positions - Generator::positions_needed(&model, 0, 0)).max(0);
     let limits = BatchLimits {
         max_batch: limits.max_batch as i64,
         max_positions: limits.max_positions,
@@ -83,7 +84,7 @@ pub fn run(
         events,
         metrics,
     };
-    let _ = ready.send(Ok(max_text));
+    let _ = ready.send(Ok((max_text, max_frames as usize)));
     loop {
         // Idle: sleep until there is something to do.
         if worker.running.is_empty() && worker.pending.is_empty() {
