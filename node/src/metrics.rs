@@ -51,6 +51,10 @@ pub struct NodeMetrics {
     transcriptions: IntCounterVec,
     /// `dia_node_transcribed_audio_seconds_total`: seconds of audio transcribed.
     pub transcribed_seconds: Counter,
+    /// `dia_node_memory_budget_bytes`: device memory the requests' caches may take.
+    pub memory_budget: IntGauge,
+    /// `dia_node_memory_reserved_bytes`: device memory the requests' caches take.
+    pub memory_reserved: IntGauge,
 }
 
 impl NodeMetrics {
@@ -89,6 +93,16 @@ impl NodeMetrics {
             "Seconds of audio transcribed",
         )
         .expect("valid metric");
+        let memory_budget = IntGauge::new(
+            "dia_node_memory_budget_bytes",
+            "Device memory the requests' caches may take (--memory-budget)",
+        )
+        .expect("valid metric");
+        let memory_reserved = IntGauge::new(
+            "dia_node_memory_reserved_bytes",
+            "Device memory the requests' caches take: slots times the bytes of one",
+        )
+        .expect("valid metric");
         for outcome in Outcome::ALL {
             jobs.with_label_values(&[outcome.label()]);
             transcriptions.with_label_values(&[outcome.label()]);
@@ -118,6 +132,8 @@ impl NodeMetrics {
             Box::new(transcriptions_queued.clone()),
             Box::new(transcriptions.clone()),
             Box::new(transcribed_seconds.clone()),
+            Box::new(memory_budget.clone()),
+            Box::new(memory_reserved.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
@@ -134,6 +150,8 @@ impl NodeMetrics {
             transcriptions_queued,
             transcriptions,
             transcribed_seconds,
+            memory_budget,
+            memory_reserved,
         }
     }
 

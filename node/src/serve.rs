@@ -41,9 +41,17 @@ pub struct ServeArgs {
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
     #[arg(long, env = "DTYPE")]
     pub dtype: Option<String>,
-    /// Requests decoded together (the capacity advertised, transcriptions included).
+    /// Requests decoded together, at most (the capacity advertised, transcriptions included);
+    /// fewer where `--memory-budget` holds fewer.
     #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
     pub max_batch: u32,
+    /// Device memory the requests' attention caches may take, beside the weights (e.g. `6GiB`,
+    /// `512MiB`). Each request's slot takes its self-attention keys and values up to
+    /// `--max-positions` and its cross-attention keys and values; the node runs as many
+    /// slots as fit (at most `--max-batch`), or, where not even one does, one slot of as many
+    /// positions as fit, and advertises that.
+    #[arg(long, env = "MEMORY_BUDGET", default_value = "8GiB")]
+    pub memory_budget: bytesize::ByteSize,
     /// Where `/metrics` (Prometheus) is served.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
     pub metrics_addr: std::net::SocketAddr,
@@ -76,8 +84,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             device,
             kind: parse_dtype(args.dtype.as_deref(), device)?,
         };
-        let limits =
-            EngineLimits { max_batch: args.max_batch as usize, max_positions: args.max_positions };
+        let limits = EngineLimits {
+            max_batch: args.max_batch as usize,
+            max_positions: args.max_positions,
+            memory_budget: args.memory_budget.as_u64(),
+        };
         let engine = Engine::start(spec, limits, events_tx.clone(), metrics.clone())?;
         Some((checkpoints.model_id, engine))
     } else {
@@ -93,12 +104,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Only the workers send: the channel closes when they have all stopped.
     drop(events_tx);
+    // Dia's slots are what its memory budget holds; a transcription-only node takes
+    // `--max-batch` clips.
+    let capacity = dia.as_ref().map_or(args.max_batch, |(_, e)| e.admits.slots as u32);
     let workers = Workers::new(dia, whisper, metrics.clone());
     let identity = Identity {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        capacity: args.max_batch,
+        capacity,
         gpu: device.is_cuda().then(|| format!("{device:?}")),
     };
     let runtime =

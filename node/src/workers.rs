@@ -65,9 +65,9 @@ impl Workers {
             let info = ModelInfo {
                 id,
                 features: vec![FEATURE_VOICE_CLONING.into()],
-                max_input_chars: engine.max_text as u32,
-                max_new_tokens: MAX_NEW_TOKENS.min(engine.max_frames as u32),
-                max_frames: engine.max_frames as u32,
+                max_input_chars: engine.admits.max_text as u32,
+                max_new_tokens: MAX_NEW_TOKENS.min(engine.admits.max_frames as u32),
+                max_frames: engine.admits.max_frames as u32,
                 languages: vec![],
             };
             (info, engine)

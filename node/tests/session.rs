@@ -71,3 +71,57 @@ async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_di
     assert!(matches!(next(&mut again).await, Some(Ok(NodeToControl::Hello(_)))));
     assert!(session.node.try_wait().unwrap().is_none(), "the node is still running");
 }
+
+/// Bytes of one request's slot, from the checkpoint's config: two rows (CFG) of f32
+/// self-attention K/V over `positions` and cross-attention K/V over the text window, and the
+/// text mask.
+fn slot_bytes(positions: u64) -> u64 {
+    let path = common::fixtures("dia-tiny", "DIA_FIXTURE_DIR").join("config.json");
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let (dec, enc) = (&cfg["decoder_config"], &cfg["encoder_config"]);
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    let text = n(enc, "max_position_embeddings");
+    let self_kv = 2 * n(dec, "num_key_value_heads") * positions * n(dec, "head_dim");
+    let cross_kv = 2 * n(dec, "cross_num_attention_heads") * text * n(dec, "cross_head_dim");
+    2 * (n(dec, "num_hidden_layers") * (self_kv + cross_kv) * 4 + text)
+}
+
+async fn metric(session: &Session, name: &str) -> f64 {
+    let body = reqwest::get(&session.metrics).await.unwrap().text().await.unwrap();
+    let line = body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_sets_the_capacity_and_frames_the_node_advertises() {
+    let positions = 1100;
+    let slot = slot_bytes(positions);
+    let serve = |budget: u64| {
+        let mut cmd = dia_node("serve");
+        cmd.args(["--max-positions", &positions.to_string(), "--max-batch", "8"])
+            .args(["--memory-budget", &budget.to_string()]);
+        cmd
+    };
+    // Two and a half slots: two requests at once, each as long as asked.
+    let two = Session::join(&mut serve(slot * 5 / 2)).await;
+    let delay = 15; // BOS and the delay tail take positions beside the frames.
+    assert_eq!(two.hello.capacity, 2);
+    assert_eq!(two.hello.models[0].max_frames as u64, positions - 1 - delay);
+    assert_eq!(metric(&two, "dia_node_memory_reserved_bytes").await, (2 * slot) as f64);
+    assert_eq!(metric(&two, "dia_node_memory_budget_bytes").await, (slot * 5 / 2) as f64);
+
+    // Less than one full slot: one request, of fewer frames, within the budget.
+    let budget = slot_bytes(positions - 50) + 10;
+    let short = Session::join(&mut serve(budget)).await;
+    let model = &short.hello.models[0];
+    assert_eq!(short.hello.capacity, 1);
+    assert_eq!(model.max_frames as u64, positions - 1 - delay - 50);
+    assert!(model.max_new_tokens <= model.max_frames);
+    assert!(metric(&short, "dia_node_memory_reserved_bytes").await <= budget as f64);
+
+    // Not even a second of audio fits: the node says so and does not start.
+    let out = serve(slot_bytes(50)).args(["--join-token", "t"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("fits no request"), "{stderr}");
+}

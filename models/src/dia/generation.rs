@@ -205,6 +205,20 @@ impl Generator {
         self.seqs().map(|s| (s.id, (s.step + 1 - s.prefill_steps).max(0)))
     }
 
+    /// Device memory one request's slot takes with `max_positions` positions: its two rows
+    /// (unconditional, conditional) of self-attention keys and values up to that position
+    /// bound, and of cross-attention keys and values over the text window.
+    pub fn slot_bytes(model: &DiaModel, max_positions: i64) -> i64 {
+        let cfg = &model.config;
+        DecoderCache::bytes(
+            &cfg.decoder_config,
+            2,
+            max_positions,
+            cfg.max_text_len() as i64,
+            model.kind(),
+        )
+    }
+
     /// Cache positions a request of `prompt_frames` and `max_new_tokens` needs.
     pub fn positions_needed(model: &DiaModel, prompt_frames: i64, max_new_tokens: i64) -> i64 {
         prompt_frames + 1 + max_new_tokens + model.config.max_delay()

@@ -1,17 +1,21 @@
-//! The generation engine: one OS thread owns Dia, the DAC and a batched [`Generator`]; the async
-//! side talks to it through channels only (tch tensors are `!Sync`, and grad mode is per thread).
+//! The generation engine: one OS thread owns Dia and a batched [`Generator`], a second one the
+//! DAC (encoding prompts, decoding results, so neither stalls the decode steps); the async side
+//! talks to them through channels only (tch tensors are `!Sync`, and grad mode is per thread).
 //!
 //! Jobs are admitted between decode steps while slots are free, each as its own group, so a
 //! request's audio does not depend on what else runs beside it.
 //!
 //! [`Generator`]: models::dia::Generator
 
+mod budget;
+mod codec;
 mod prompt_cache;
 mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use models::ModelError;
 use proto::{RequestId, SpeechTask};
 
 use crate::metrics::NodeMetrics;
@@ -27,13 +31,27 @@ pub struct ModelSpec {
     pub kind: Kind,
 }
 
-/// Sizes of the batch the engine keeps.
+/// Sizes of the batch the engine keeps, at most.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineLimits {
     /// Requests decoded together.
     pub max_batch: usize,
     /// Decoder positions per request (BOS + prompt frames + new frames + 15).
     pub max_positions: i64,
+    /// Bytes the requests' caches may take: fewer slots, or fewer positions, where the two
+    /// above do not fit.
+    pub memory_budget: u64,
+}
+
+/// What the engine holds, as planned within its memory budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Admits {
+    /// Longest text the model reads, in its text tokens.
+    pub max_text: usize,
+    /// Most decoder frames per job (voice prompt and new frames) its cache slot holds.
+    pub max_frames: usize,
+    /// Jobs decoded together.
+    pub slots: usize,
 }
 
 /// A job handed to the engine.
@@ -50,16 +68,49 @@ pub struct Submission {
 enum Command {
     Submit(Submission),
     Cancel(RequestId),
+    /// From the codec thread: the codes of the voice prompt `key`.
+    Encoded { key: String, codes: Result<tch::Tensor, Failure> },
+    /// Every handle is gone.
+    Stop,
+}
+
+/// Why a job failed, and whether another node might succeed.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl Failure {
+    fn retryable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true }
+    }
+}
+
+/// Bad input fails everywhere; anything else may work on another node.
+impl From<ModelError> for Failure {
+    fn from(e: ModelError) -> Self {
+        let retryable = !matches!(e, ModelError::Input(_));
+        Self { message: e.to_string(), retryable }
+    }
+}
+
+/// Stops the engine thread when the last [`Engine`] handle is dropped (the codec thread holds
+/// a sender too, so the channel alone would never close).
+struct StopOnDrop(std::sync::mpsc::Sender<Command>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Command::Stop);
+    }
 }
 
 /// Handle to the engine thread; dropping every handle stops it.
 #[derive(Clone)]
 pub struct Engine {
     commands: std::sync::mpsc::Sender<Command>,
-    /// Longest text the model reads, in its text tokens.
-    pub max_text: usize,
-    /// Most decoder frames per job (voice prompt and new frames) its cache slot holds.
-    pub max_frames: usize,
+    _stop: Arc<StopOnDrop>,
+    pub admits: Admits,
 }
 
 impl Engine {
@@ -73,12 +124,13 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("dia-engine".into())
-            .spawn(move || worker::run(spec, limits, inbox, events, metrics, ready_tx))?;
-        let (max_text, max_frames) =
-            ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
-        Ok(Self { commands, max_text, max_frames })
+        let (codec, hop) = codec::start(&spec, commands.clone(), events.clone(), metrics.clone())?;
+        std::thread::Builder::new().name("dia-engine".into()).spawn(move || {
+            worker::run(spec, limits, inbox, codec, hop, events, metrics, ready_tx)
+        })?;
+        let admits = ready_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread died"))??;
+        let stop = Arc::new(StopOnDrop(commands.clone()));
+        Ok(Self { commands, _stop: stop, admits })
     }
 
     /// Queues a job; false if the engine thread has stopped.

@@ -6,15 +6,14 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use models::audio::{apply_speed_factor, to_i16, SAMPLE_RATE};
-use models::dac::Dac;
+use models::audio::SAMPLE_RATE;
 use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator, SeqId};
 use models::sampling::Sampling;
-use models::ModelError;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::codec::Work;
 use super::prompt_cache::PromptCache;
-use super::{Command, EngineLimits, ModelSpec, Submission};
+use super::{budget, Admits, Command, EngineLimits, Failure, ModelSpec, Submission};
 use crate::metrics::{NodeMetrics, Outcome};
 use crate::workers::Event;
 
@@ -29,6 +28,8 @@ enum Admission {
     Started(SeqId),
     /// Its voice prompt's codes are not cached and its audio did not come with it.
     NeedsPrompt,
+    /// Its voice prompt is being encoded on the codec thread; it waits for the codes.
+    Encoding,
 }
 
 struct Running {
@@ -39,73 +40,109 @@ struct Running {
 
 struct Worker {
     model: DiaModel,
-    dac: Dac,
     generator: Generator,
     pending: VecDeque<Submission>,
     running: HashMap<SeqId, Running>,
     prompts: PromptCache,
+    /// Jobs waiting for the codes of a prompt on the codec thread, by the prompt's hash.
+    encoding: HashMap<String, Vec<Submission>>,
+    codec: Sender<Work>,
+    /// The codec's frame rate, for progress in seconds.
+    frames_per_second: f64,
     events: UnboundedSender<Event>,
     metrics: Arc<NodeMetrics>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: ModelSpec,
     limits: EngineLimits,
     inbox: Receiver<Command>,
+    codec: Sender<Work>,
+    hop: i64,
     events: UnboundedSender<Event>,
     metrics: Arc<NodeMetrics>,
-    ready: Sender<anyhow::Result<(usize, usize)>>,
+    ready: Sender<anyhow::Result<Admits>>,
 ) {
     let _guard = tch::no_grad_guard();
-    let loaded = DiaModel::load(&spec.weights, spec.device, spec.kind)
-        .and_then(|model| Ok((model, Dac::load(&spec.dac, spec.device)?)));
-    let (model, dac) = match loaded {
-        Ok(models) => models,
+    let model = match DiaModel::load(&spec.weights, spec.device, spec.kind) {
+        Ok(model) => model,
         Err(e) => {
             let _ = ready.send(Err(e.into()));
             return;
         }
     };
     let max_text = model.config.max_text_len();
-    let max_frames = (limits.max_positions - Generator::positions_needed(&model, 0, 0)).max(0);
+    // A slot holds at least a second of audio beside its prompt.
+    let min_positions = Generator::positions_needed(&model, 0, PROGRESS_EVERY);
+    let plan = match budget::plan(
+        limits.memory_budget,
+        limits.max_batch,
+        limits.max_positions,
+        min_positions,
+        |positions| Generator::slot_bytes(&model, positions),
+    ) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    tracing::info!(
+        slots = plan.slots,
+        positions = plan.max_positions,
+        slot = %budget::human(plan.slot_bytes),
+        budget = %budget::human(limits.memory_budget as i64),
+        "request caches planned"
+    );
+    metrics.memory_budget.set(limits.memory_budget as i64);
+    metrics.memory_reserved.set(plan.reserved_bytes());
+    let admits = Admits {
+        max_text,
+        max_frames: (plan.max_positions - Generator::positions_needed(&model, 0, 0)) as usize,
+        slots: plan.slots,
+    };
     let limits = BatchLimits {
-        max_batch: limits.max_batch as i64,
-        max_positions: limits.max_positions,
+        max_batch: plan.slots as i64,
+        max_positions: plan.max_positions,
         max_text: max_text as i64,
     };
     let generator = Generator::new(&model, limits);
     let mut worker = Worker {
         model,
-        dac,
         generator,
         pending: VecDeque::new(),
         running: HashMap::new(),
         prompts: PromptCache::new(PROMPTS_CACHED),
+        encoding: HashMap::new(),
+        codec,
+        frames_per_second: f64::from(SAMPLE_RATE) / hop as f64,
         events,
         metrics,
     };
-    let _ = ready.send(Ok((max_text, max_frames as usize)));
+    let _ = ready.send(Ok(admits));
     loop {
         // Idle: sleep until there is something to do.
         if worker.running.is_empty() && worker.pending.is_empty() {
             match inbox.recv() {
+                Ok(Command::Stop) | Err(_) => return,
                 Ok(command) => worker.handle(command),
-                Err(_) => return,
             }
         }
         loop {
             match inbox.try_recv() {
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
                 Ok(command) => worker.handle(command),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
             }
         }
         worker.admit();
         if !worker.running.is_empty() {
             worker.step();
         }
+        let waiting = worker.encoding.values().map(Vec::len).sum::<usize>();
         worker.metrics.active.set(worker.running.len() as i64);
-        worker.metrics.queued.set(worker.pending.len() as i64);
+        worker.metrics.queued.set((worker.pending.len() + waiting) as i64);
     }
 }
 
@@ -113,8 +150,28 @@ impl Worker {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Submit(job) => self.pending.push_back(job),
+            Command::Encoded { key, codes } => {
+                let waiting = self.encoding.remove(&key).unwrap_or_default();
+                match codes {
+                    Ok(codes) => {
+                        self.prompts.insert(key, codes);
+                        // They were next in line when they asked for the codec.
+                        for job in waiting.into_iter().rev() {
+                            self.pending.push_front(job);
+                        }
+                    }
+                    Err(failure) => {
+                        for job in &waiting {
+                            self.fail(job, failure.clone());
+                        }
+                    }
+                }
+            }
+            Command::Stop => unreachable!("the loop stops on it"),
             Command::Cancel(id) => {
+                let _ = self.codec.send(Work::Cancel(id));
                 self.pending.retain(|j| j.request_id != id);
+                self.encoding.values_mut().for_each(|jobs| jobs.retain(|j| j.request_id != id));
                 let seqs: Vec<SeqId> = self
                     .running
                     .iter()
@@ -142,27 +199,33 @@ impl Worker {
                     let Submission { request_id, attempt, task, .. } = job;
                     let _ = self.events.send(Event::NeedVoicePrompt { request_id, attempt, task });
                 }
-                // Bad input fails everywhere; anything else may work on another node.
-                Ok(Err(e)) => {
-                    let retryable = !matches!(e, ModelError::Input(_));
-                    self.fail(&job, e.to_string(), retryable);
+                Ok(Ok(Admission::Encoding)) => {
+                    let key = job.task.voice_prompt.as_ref().expect("has a prompt").sha256.clone();
+                    self.encoding.entry(key).or_default().push(job);
                 }
-                Err(_) => self.fail(&job, "the model panicked admitting the job".into(), true),
+                Ok(Err(e)) => self.fail(&job, Failure::from(e)),
+                Err(_) => self.fail(&job, Failure::retryable("the model panicked admitting the job")),
             }
         }
     }
 
-    fn start(&mut self, job: &Submission) -> Result<Admission, ModelError> {
+    fn start(&mut self, job: &Submission) -> Result<Admission, models::ModelError> {
         let task = &job.task;
-        let dac = &self.dac;
         let prompt_codes = match &task.voice_prompt {
-            Some(prompt) => {
-                let pcm = job.prompt.as_deref();
-                match self.prompts.codes(&prompt.sha256, pcm, |pcm| dac.encode(pcm))? {
-                    Some(codes) => Some(codes),
-                    None => return Ok(Admission::NeedsPrompt),
+            Some(prompt) => match self.prompts.get(&prompt.sha256) {
+                Some(codes) => Some(codes),
+                None if self.encoding.contains_key(&prompt.sha256) => {
+                    return Ok(Admission::Encoding)
                 }
-            }
+                None => {
+                    let Some(pcm) = &job.prompt else { return Ok(Admission::NeedsPrompt) };
+                    let work = Work::Encode { key: prompt.sha256.clone(), pcm: pcm.clone() };
+                    if self.codec.send(work).is_err() {
+                        return Err(models::ModelError::Input("the codec thread stopped".into()));
+                    }
+                    return Ok(Admission::Encoding);
+                }
+            },
             None => None,
         };
         let request = GenerationRequest {
@@ -182,6 +245,7 @@ impl Worker {
 
     /// One decode step for every running job; a failure or panic inside the model (out of
     /// memory, say) fails them all, retryable elsewhere, and starts over on the same caches.
+    /// Finished jobs go to the codec thread for their audio.
     fn step(&mut self) {
         let batch = self.generator.active();
         let timer = self.metrics.step_seconds.start_timer();
@@ -196,31 +260,23 @@ impl Worker {
         self.metrics.frames.inc_by(batch as u64);
         for seq in out.failed {
             let Some(run) = self.running.remove(&seq) else { continue };
-            let message = "the model's logits were NaN or infinite; no audio was made".to_owned();
-            self.fail(&run.job, message, true);
+            let message = "the model's logits were NaN or infinite; no audio was made";
+            self.fail(&run.job, Failure::retryable(message));
         }
         for finished in out.finished {
             let Some(run) = self.running.remove(&finished.id) else { continue };
-            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.dac.decode(&finished.codes_lxc).map_err(|e| e.to_string())
-            }))
-            .unwrap_or_else(|_| Err("the codec panicked".into()));
-            match decoded {
-                Ok(pcm) => {
-                    let pcm = apply_speed_factor(&pcm, f64::from(run.job.task.speed_factor));
-                    self.metrics.job_ended(Outcome::Succeeded);
-                    self.metrics.audio_seconds.inc_by(pcm.len() as f64 / f64::from(SAMPLE_RATE));
-                    let _ = self.events.send(Event::Generated {
-                        request_id: run.job.request_id,
-                        attempt: run.job.attempt,
-                        pcm: to_i16(&pcm),
-                        inference_seconds: run.started.elapsed().as_secs_f32(),
-                    });
-                }
-                Err(message) => self.fail(&run.job, message, true),
+            let work = Work::Decode {
+                request_id: run.job.request_id,
+                attempt: run.job.attempt,
+                codes: finished.codes_lxc,
+                speed: f64::from(run.job.task.speed_factor),
+                started: run.started,
+            };
+            if self.codec.send(work).is_err() {
+                self.fail(&run.job, Failure::retryable("the codec thread stopped"));
             }
         }
-        let frames_per_second = f64::from(SAMPLE_RATE) / self.dac.hop_length() as f64;
+        let frames_per_second = self.frames_per_second;
         for (seq, frames) in self.generator.progress().collect::<Vec<_>>() {
             let Some(run) = self.running.get_mut(&seq) else { continue };
             if frames - run.reported >= PROGRESS_EVERY {
@@ -237,12 +293,12 @@ impl Worker {
     fn reset(&mut self, message: String) {
         tracing::error!(%message, "decode step failed; failing the running jobs");
         for (_, run) in std::mem::take(&mut self.running) {
-            self.fail(&run.job, message.clone(), true);
+            self.fail(&run.job, Failure::retryable(&message));
         }
         self.generator.clear();
     }
 
-    fn fail(&self, job: &Submission, message: String, retryable: bool) {
+    fn fail(&self, job: &Submission, Failure { message, retryable }: Failure) {
         self.metrics.job_ended(Outcome::Failed);
         let _ = self.events.send(Event::Failed {
             request_id: job.request_id,

@@ -1,0 +1,97 @@
+//! The memory budget: how many requests the caches hold, and how long each may be.
+//!
+//! A request's slot costs its self-attention keys and values up to its position bound and its
+//! cross-attention keys and values over the text window (`Generator::slot_bytes`). Slots are
+//! allocated once at start, so admitting only into a free slot keeps every admitted request
+//! within the budget; what the node advertises (capacity, frames per job) is what fits.
+
+use anyhow::bail;
+
+/// What fits the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Requests decoded together.
+    pub slots: usize,
+    /// Positions per slot.
+    pub max_positions: i64,
+    /// Bytes one slot takes.
+    pub slot_bytes: i64,
+}
+
+impl MemoryPlan {
+    /// Bytes the caches take.
+    pub fn reserved_bytes(&self) -> i64 {
+        self.slots as i64 * self.slot_bytes
+    }
+}
+
+/// Up to `max_batch` slots of `max_positions` positions within `budget` bytes; where not even one
+/// fits, one slot of as many positions as fit, if that is at least `min_positions`.
+/// `slot_bytes(positions)` is the cost of one slot and grows with `positions`.
+pub fn plan(
+    budget: u64,
+    max_batch: usize,
+    max_positions: i64,
+    min_positions: i64,
+    slot_bytes: impl Fn(i64) -> i64,
+) -> anyhow::Result<MemoryPlan> {
+    let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+    let full = slot_bytes(max_positions);
+    let slots = usize::try_from(budget / full.max(1)).unwrap_or(usize::MAX).min(max_batch);
+    if slots > 0 {
+        return Ok(MemoryPlan { slots, max_positions, slot_bytes: full });
+    }
+    // The cost is affine in the positions: solve for the most that fit.
+    let per_position = slot_bytes(max_positions + 1) - full;
+    let fixed = full - per_position * max_positions;
+    let positions = ((budget - fixed) / per_position.max(1)).min(max_positions);
+    if positions < min_positions {
+        bail!(
+            "the memory budget of {} fits no request: one slot of {min_positions} positions (a \
+             second of audio) takes {} (raise --memory-budget or lower --max-positions)",
+            human(budget),
+            human(slot_bytes(min_positions)),
+        );
+    }
+    Ok(MemoryPlan { slots: 1, max_positions: positions, slot_bytes: slot_bytes(positions) })
+}
+
+/// Bytes in binary units, for messages.
+pub fn human(bytes: i64) -> String {
+    bytesize::ByteSize::b(bytes.max(0) as u64).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1000 bytes fixed, 10 per position.
+    fn cost(positions: i64) -> i64 {
+        1000 + 10 * positions
+    }
+
+    #[test]
+    fn the_slots_are_what_fits_and_at_most_the_batch() {
+        // A slot of 100 positions costs 2000: 5 fit in 10 000, 3 in 7 999.
+        assert_eq!(plan(10_000, 8, 100, 10, cost).unwrap().slots, 5);
+        assert_eq!(plan(7_999, 8, 100, 10, cost).unwrap().slots, 3);
+        let roomy = plan(1 << 40, 8, 100, 10, cost).unwrap();
+        assert_eq!(roomy, MemoryPlan { slots: 8, max_positions: 100, slot_bytes: 2000 });
+        assert_eq!(roomy.reserved_bytes(), 16_000);
+    }
+
+    #[test]
+    fn a_budget_below_one_full_slot_shortens_the_one_slot() {
+        // 1999 bytes: 99 positions (1990 bytes) fit, 100 do not.
+        let plan = plan(1_999, 8, 100, 10, cost).unwrap();
+        assert_eq!(plan, MemoryPlan { slots: 1, max_positions: 99, slot_bytes: 1990 });
+        assert!(plan.slot_bytes <= 1_999);
+    }
+
+    #[test]
+    fn a_budget_that_fits_no_request_is_refused_saying_why() {
+        let err = plan(1_099, 8, 100, 10, cost).unwrap_err().to_string();
+        assert!(err.contains("fits no request") && err.contains("1.1 KiB"), "{err}");
+        assert!(plan(1_100, 8, 100, 10, cost).is_ok());
+    }
+}
