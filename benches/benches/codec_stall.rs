@@ -24,6 +24,7 @@ use proto::{
     BinaryFrame, ControlToNode, FrameHeader, Job, NodeToControl, PcmEncoding, RequestId, Sampling,
     SpeechTask, Stream, Task, VoicePrompt, Welcome, PROTOCOL_VERSION,
 };
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -55,16 +56,19 @@ fn write_dac(dir: &Path) {
 /// A deterministic noisy signal, as a prompt the codec has not seen.
 fn prompt_pcm(seconds: f64, seed: u32) -> Vec<f32> {
     let n = (seconds * 44_100.0) as usize;
-    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32) - 0.5).collect()
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32) - 0.5)
+        .collect()
 }
 
 fn job(model: &str, frames: u32, prompt: Option<&[f32]>, seed: u64) -> Job {
     let voice_prompt = prompt.map(|pcm| VoicePrompt {
         samples: pcm.len() as u64,
         encoding: PcmEncoding::F32Le,
-        sha256: format!("{seed:064x}"),
+        sha256: Sha256::digest(f32_le_bytes(pcm)).iter().map(|b| format!("{b:02x}")).collect(),
     });
-    let text = if prompt.is_some() { "[S1] A voice. [S1] Hello there." } else { "[S1] Keep talking." };
+    let text =
+        if prompt.is_some() { "[S1] A voice. [S1] Hello there." } else { "[S1] Keep talking." };
     let task = SpeechTask {
         text: text.into(),
         sampling: Sampling::default(),
@@ -80,19 +84,17 @@ async fn send(ws: &mut Ws, msg: &ControlToNode) {
     ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
 }
 
-async fn submit(ws: &mut Ws, job: &Job, prompt: Option<&[f32]>) {
-    send(ws, &ControlToNode::Submit(job.clone())).await;
-    if let Some(pcm) = prompt {
-        let header = FrameHeader {
-            request_id: job.request_id,
-            attempt: job.attempt,
-            stream: Stream::VoicePrompt,
-            chunk: 0,
-            encoding: PcmEncoding::F32Le,
-        };
-        let frame = BinaryFrame { header, payload: f32_le_bytes(pcm) };
-        ws.send(Message::Binary(frame.encode().into())).await.unwrap();
-    }
+/// The voice prompt's audio, which the node asks for when it holds no codes for its hash.
+async fn send_prompt(ws: &mut Ws, job: &Job, pcm: &[f32]) {
+    let header = FrameHeader {
+        request_id: job.request_id,
+        attempt: job.attempt,
+        stream: Stream::VoicePrompt,
+        chunk: 0,
+        encoding: PcmEncoding::F32Le,
+    };
+    let frame = BinaryFrame { header, payload: f32_le_bytes(pcm) };
+    ws.send(Message::Binary(frame.encode().into())).await.unwrap();
 }
 
 async fn next(ws: &mut Ws) -> Option<NodeToControl> {
@@ -130,9 +132,24 @@ async fn main() {
     let host_frames = 4 * guest_frames * guests as u32;
     let positions = (host_frames + 64).max(2 * guest_frames + 64).to_string();
     let args = [
-        "dia-node", "serve", "--device", "cpu", "--control-plane", &url, "--join-token", "t",
-        "--metrics-addr", "127.0.0.1:0", "--max-batch", "4", "--max-positions", &positions,
-        "--weights", dia.to_str().unwrap(), "--dac", dac.to_str().unwrap(),
+        "dia-node",
+        "serve",
+        "--device",
+        "cpu",
+        "--control-plane",
+        &url,
+        "--join-token",
+        "t",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--max-batch",
+        "4",
+        "--max-positions",
+        &positions,
+        "--weights",
+        dia.to_str().unwrap(),
+        "--dac",
+        dac.to_str().unwrap(),
     ];
     let cli = node::Cli::parse_from(args);
     std::thread::spawn(move || node::run(cli));
@@ -149,7 +166,8 @@ async fn main() {
     if let Task::Speech(t) = &mut host.task {
         t.sampling.temperature = 0.0;
     }
-    submit(&mut ws, &host, None).await;
+    send(&mut ws, &ControlToNode::Submit(host.clone())).await;
+    let mut prompts = std::collections::HashMap::new();
     let mut reports = Vec::new();
     let (mut sent, mut done, mut host_done) = (0, 0, false);
     let mut guest_window: Option<(Instant, Instant)> = None;
@@ -161,12 +179,24 @@ async fn main() {
                 if reports.len() >= 2 && reports.len() % 2 == 0 && sent < guests {
                     let pcm = prompt_pcm(seconds, sent as u32);
                     let guest = job(&model, guest_frames, Some(&pcm), 100 + sent as u64);
-                    submit(&mut ws, &guest, Some(&pcm)).await;
+                    send(&mut ws, &ControlToNode::Submit(guest.clone())).await;
+                    prompts.insert(guest.request_id, (guest, pcm));
                     guest_window.get_or_insert((Instant::now(), Instant::now()));
                     sent += 1;
                 }
             }
-            NodeToControl::Finished(f) if f.request_id == host.request_id => host_done = true,
+            NodeToControl::NeedVoicePrompt { request_id, .. } => {
+                let (guest, pcm) = &prompts[&request_id];
+                send_prompt(&mut ws, guest, pcm).await;
+            }
+            NodeToControl::Finished(f) if f.request_id == host.request_id => {
+                host_done = true;
+                assert_eq!(
+                    sent, guests,
+                    "the host stream ended ({} samples) before the guests came",
+                    f.samples
+                );
+            }
             NodeToControl::Finished(_) => {
                 done += 1;
                 if let Some(w) = guest_window.as_mut() {
@@ -177,8 +207,7 @@ async fn main() {
             _ => {}
         }
     }
-    let mut gaps: Vec<f64> =
-        reports.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    let mut gaps: Vec<f64> = reports.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
     let (start, end) = guest_window.expect("guests came");
     let during: Vec<f64> = reports
         .windows(2)

@@ -43,7 +43,13 @@ pub struct DecoderCache {
 impl DecoderCache {
     /// Bytes the caches of `rows` rows take: what [`DecoderCache::new`] allocates, less the
     /// rotations, which are shared by every row.
-    pub fn bytes(cfg: &DecoderConfig, rows: i64, max_positions: i64, max_text: i64, kind: Kind) -> i64 {
+    pub fn bytes(
+        cfg: &DecoderConfig,
+        rows: i64,
+        max_positions: i64,
+        max_text: i64,
+        kind: Kind,
+    ) -> i64 {
         let element = kind.elt_size_in_bytes() as i64;
         let layers = cfg.num_hidden_layers;
         let self_kv = 2 * cfg.num_key_value_heads * max_positions * cfg.head_dim;
@@ -133,11 +139,14 @@ mod tests {
     fn the_size_formula_is_what_is_allocated() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/dia-tiny-random.json");
         let cfg = DiaConfig::from_file(std::path::Path::new(path)).unwrap().decoder_config;
-        for (rows, positions, text, kind) in [(2, 100, 32, Kind::Float), (6, 37, 5, Kind::BFloat16)] {
-            let rotations = Tensor::zeros([positions, cfg.head_dim / 2], (Kind::ComplexFloat, Device::Cpu));
+        for (rows, positions, text, kind) in [(2, 100, 32, Kind::Float), (6, 37, 5, Kind::BFloat16)]
+        {
+            let rotations =
+                Tensor::zeros([positions, cfg.head_dim / 2], (Kind::ComplexFloat, Device::Cpu));
             let cache = DecoderCache::new(&cfg, rows, positions, text, rotations, kind);
-            let allocated = cache.self_kv.iter().chain(&cache.cross_kv).map(|c| bytes(&c.kv)).sum::<i64>()
-                + bytes(&cache.cross_mask_rxs);
+            let allocated =
+                cache.self_kv.iter().chain(&cache.cross_kv).map(|c| bytes(&c.kv)).sum::<i64>()
+                    + bytes(&cache.cross_mask_rxs);
             assert_eq!(DecoderCache::bytes(&cfg, rows, positions, text, kind), allocated);
         }
     }

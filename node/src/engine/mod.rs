@@ -69,7 +69,10 @@ enum Command {
     Submit(Submission),
     Cancel(RequestId),
     /// From the codec thread: the codes of the voice prompt `key`.
-    Encoded { key: String, codes: Result<tch::Tensor, Failure> },
+    Encoded {
+        key: String,
+        codes: Result<tch::Tensor, Failure>,
+    },
     /// Every handle is gone.
     Stop,
 }

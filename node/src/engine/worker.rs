@@ -204,7 +204,9 @@ impl Worker {
                     self.encoding.entry(key).or_default().push(job);
                 }
                 Ok(Err(e)) => self.fail(&job, Failure::from(e)),
-                Err(_) => self.fail(&job, Failure::retryable("the model panicked admitting the job")),
+                Err(_) => {
+                    self.fail(&job, Failure::retryable("the model panicked admitting the job"))
+                }
             }
         }
     }
