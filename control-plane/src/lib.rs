@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod nodes;
 pub mod queue;
+pub mod routing;
 pub mod state;
 pub mod validation;
 pub mod voice_prompt;

@@ -55,6 +55,12 @@ pub struct VoicePrompt {
     pub sha256: String,
 }
 
+/// Decoder frames a voice prompt of `samples` takes on a node, before the new ones: the DAC codes
+/// one frame per [`crate::SAMPLES_PER_FRAME`] samples, a partial last frame included.
+pub fn prompt_frames(samples: u64) -> u64 {
+    samples.div_ceil(u64::from(crate::SAMPLES_PER_FRAME))
+}
+
 /// Silence between the S1 and S2 clips of a two-voice prompt, so the model hears the turn change.
 pub const VOICE_GAP_SECONDS: f32 = 0.3;
 
@@ -81,6 +87,11 @@ pub fn cloning_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_voice_prompt_takes_a_frame_per_started_512_samples() {
+        assert_eq!([0, 1, 512, 513, 132_300].map(prompt_frames), [0, 1, 1, 2, 259]);
+    }
 
     #[test]
     fn cloning_text_puts_tagged_transcripts_before_the_script_in_speaker_order() {

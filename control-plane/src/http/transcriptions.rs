@@ -187,6 +187,7 @@ impl Transcription<'_> {
             task: &task,
             text_tokens: 0,
             frames: 0,
+            new_frames: 0,
             voice_refs: None,
             prompt_audio: Some(pcm),
         };
