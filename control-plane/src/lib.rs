@@ -62,7 +62,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             for tx in registry.drain_all() {
-                let _ = tx.try_send(nodes::ws::text(&proto::ControlToNode::Drain));
+                let _ =
+                    tx.try_send(nodes::registry::Outbound::Control(proto::ControlToNode::Drain));
             }
         })
         .await?;
