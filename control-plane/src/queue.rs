@@ -6,7 +6,6 @@
 //! local signal, a PostgreSQL NOTIFY from another replica, or at worst the poll interval. SQLite
 //! has one replica and runs the same path without the NOTIFYs.
 
-use crate::audio::wav_i16_bytes;
 use crate::config::Config;
 use crate::db::requests::{
     AttemptFailure, AttemptOutcome, Claimed, JobResult, Outcome, RequestStatus,
@@ -16,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::nodes::registry::{Candidate, JobKind, Outbound, Registry, Taken};
 use crate::validation::Speakers;
 use crate::voice_prompt::{self, PromptError};
+use proto::audio::wav_i16_bytes;
 use proto::transcription::MAX_TRANSCRIPT_BYTES;
 use proto::{
     BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,

@@ -104,6 +104,9 @@ async fn the_generation_operation_carries_the_specs_example(backend: Backend) {
         ),
         (&json!(256), &json!(4096))
     );
+    let defaults = ["cfg_scale", "temperature", "top_p", "cfg_filter_top_k", "max_new_tokens"]
+        .map(|p| schema["properties"][p]["default"].clone());
+    assert_eq!(defaults, [json!(3.0), json!(1.8), json!(0.95), json!(45), json!(3072)]);
     assert!(op["responses"]["200"]["content"]["audio/wav"].is_object());
 }
 

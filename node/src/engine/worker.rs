@@ -6,11 +6,13 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use models::audio::{apply_speed_factor, to_i16, SAMPLE_RATE};
+use models::audio::apply_speed_factor;
 use models::dac::Dac;
 use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator, SeqId};
 use models::sampling::Sampling;
 use models::ModelError;
+use proto::audio::to_i16;
+use proto::SAMPLE_RATE;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::prompt_cache::PromptCache;
