@@ -22,7 +22,8 @@ use models::dac::{Dac, DacConfig};
 use proto::frames::f32_le_bytes;
 use proto::{
     BinaryFrame, ControlToNode, FrameHeader, Job, NodeToControl, PcmEncoding, RequestId, Sampling,
-    SpeechTask, Stream, Task, VoicePrompt, Welcome, PROTOCOL_VERSION,
+    SpeechTask, Stream, Task, VoicePrompt, Welcome, PROTOCOL_VERSION, SAMPLES_PER_FRAME,
+    SAMPLE_RATE,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -36,7 +37,7 @@ const DAC_44KHZ: &str = r#"{
   "sampling_rate": 44100, "quantizer_dropout": 0.0, "commitment_loss_weight": 0.25,
   "codebook_loss_weight": 1.0
 }"#;
-const FRAMES_PER_SECOND: f64 = 44_100.0 / 512.0;
+const FRAMES_PER_SECOND: f64 = SAMPLE_RATE as f64 / SAMPLES_PER_FRAME as f64;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -55,7 +56,7 @@ fn write_dac(dir: &Path) {
 
 /// A deterministic noisy signal, as a prompt the codec has not seen.
 fn prompt_pcm(seconds: f64, seed: u32) -> Vec<f32> {
-    let n = (seconds * 44_100.0) as usize;
+    let n = (seconds * f64::from(SAMPLE_RATE)) as usize;
     (0..n)
         .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32) - 0.5)
         .collect()

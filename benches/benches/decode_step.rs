@@ -34,8 +34,8 @@ use tch::{Device, Kind};
 
 const TEXT: &str = "[S1] Dia is an open-weights text to dialogue model. [S2] You get full control \
                     over scripts and voices. [S1] Wow. Amazing. (laughs) [S2] Try it now on GitHub.";
-/// DAC frames per second of audio (44100 / 512).
-const FRAMES_PER_SECOND: f64 = 44_100.0 / 512.0;
+/// DAC frames per second of audio.
+const FRAMES_PER_SECOND: f64 = proto::SAMPLE_RATE as f64 / proto::SAMPLES_PER_FRAME as f64;
 /// Steps before the clock starts; the reference's timer also drops its first two.
 const WARMUP: usize = 2;
 

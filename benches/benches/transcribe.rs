@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use models::audio::{load_prompt_wav, SAMPLE_RATE};
+use models::audio::load_prompt_wav;
 use models::whisper::Whisper;
+use proto::SAMPLE_RATE;
 use tch::Device;
 
 const CLIPS: [&str; 3] = ["en_us_175", "en_gb_140", "en_us_f_210"];

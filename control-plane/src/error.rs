@@ -13,6 +13,9 @@ pub enum ApiError {
     /// A client error with its type and message (validation, script, voice, auth…).
     #[error("{0}")]
     Client(#[from] WireError),
+    /// No online node can take the generation.
+    #[error(transparent)]
+    TooLarge(#[from] crate::routing::TooLarge),
     /// The queue is full; the client should retry after this many seconds.
     #[error("the queue is full ({queued} requests waiting); retry after {retry_after_secs} s")]
     QueueFull {
@@ -36,6 +39,7 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Client(e) => e.kind,
+            Self::TooLarge(_) => ErrorKind::RequestTooLarge,
             Self::QueueFull { .. } => ErrorKind::QueueFull,
             Self::Db(_) => ErrorKind::InternalError,
         }

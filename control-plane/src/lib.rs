@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod nodes;
 pub mod queue;
+pub mod routing;
 pub mod state;
 pub mod validation;
 pub mod voice_prompt;
@@ -61,7 +62,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             for tx in registry.drain_all() {
-                let _ = tx.try_send(nodes::ws::text(&proto::ControlToNode::Drain));
+                let _ =
+                    tx.try_send(nodes::registry::Outbound::Control(proto::ControlToNode::Drain));
             }
         })
         .await?;

@@ -6,18 +6,16 @@
 //! local signal, a PostgreSQL NOTIFY from another replica, or at worst the poll interval. SQLite
 //! has one replica and runs the same path without the NOTIFYs.
 
-use crate::audio::wav_i16_bytes;
 use crate::config::Config;
 use crate::db::requests::{
     AttemptFailure, AttemptOutcome, Claimed, JobResult, Outcome, RequestStatus,
 };
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::nodes::registry::{Candidate, JobKind, Registry, Taken};
-use crate::nodes::ws::text;
+use crate::nodes::registry::{Candidate, JobKind, Outbound, Registry, Taken};
 use crate::validation::Speakers;
 use crate::voice_prompt::{self, PromptError};
-use axum::extract::ws::Message;
+use proto::audio::wav_i16_bytes;
 use proto::transcription::MAX_TRANSCRIPT_BYTES;
 use proto::{
     BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Job, NodeId, PcmEncoding,
@@ -31,6 +29,8 @@ use tokio::sync::Notify;
 const CHANNEL_QUEUED: &str = "tts_queued";
 const CHANNEL_DONE: &str = "tts_done";
 const CHANNEL_CANCEL: &str = "tts_cancel";
+/// Longest error message of a node kept in the history.
+const MAX_NODE_MESSAGE_CHARS: usize = 1000;
 
 /// The queue of one replica: dispatcher, completion signals, cancellation.
 pub struct Queue {
@@ -165,7 +165,7 @@ impl Queue {
     fn cancel_local(&self, id: RequestId) {
         if let Some(tx) = self.registry.cancel(id) {
             tracing::info!(request = %id, "cancelling on its node");
-            let _ = tx.try_send(text(&ControlToNode::Cancel { request_id: id }));
+            let _ = tx.try_send(Outbound::Control(ControlToNode::Cancel { request_id: id }));
             self.wake();
         }
     }
@@ -174,14 +174,52 @@ impl Queue {
     pub async fn stop_attempt(&self, node: &NodeId, request: RequestId, attempt: u32) {
         if self.registry.take(node, request, attempt).is_some() {
             if let Some(tx) = self.registry.sender(node) {
-                let _ = tx.try_send(text(&ControlToNode::Cancel { request_id: request }));
+                let _ =
+                    tx.try_send(Outbound::Control(ControlToNode::Cancel { request_id: request }));
             }
         }
     }
 
-    /// Records a node's finished job: a generation's audio becomes the request's WAV, a
-    /// transcription's text its transcript. A result that does not fit the job fails the attempt.
-    pub async fn finished(&self, node: &NodeId, done: &Finished, taken: Taken) {
+    /// Takes a node's session out of the registry and fails its unfinished jobs over: back to the
+    /// queue, for another node, while attempts remain.
+    pub async fn node_left(&self, node: &NodeId, session: u64) {
+        let jobs = self.registry.remove(node, session);
+        tracing::info!(node = %node, unfinished = jobs.len(), "node left");
+        let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} disconnected"));
+        for (request, attempt) in jobs {
+            self.attempt_failed(request, attempt, AttemptOutcome::NodeLost, &lost, true).await;
+        }
+        self.wake();
+    }
+
+    /// A node's `failed`: the attempt ends, retried elsewhere when retryable. Whatever kind the
+    /// node names, the client sees a failure upstream; the node's words stay in the history,
+    /// within bounds.
+    pub async fn failed(
+        &self,
+        node: &NodeId,
+        request: RequestId,
+        attempt: u32,
+        error: &WireError,
+        retryable: bool,
+    ) {
+        if self.registry.take(node, request, attempt).is_some() {
+            let message: String = error.message.chars().take(MAX_NODE_MESSAGE_CHARS).collect();
+            let error = WireError::new(ErrorKind::UpstreamError, message);
+            self.attempt_failed(request, attempt, AttemptOutcome::Failed, &error, retryable).await;
+        }
+    }
+
+    /// A node's `finished`, when it ends an attempt the node runs: a generation's audio becomes the
+    /// request's WAV, a transcription's text its transcript. A result that does not fit the job
+    /// fails the attempt.
+    pub async fn finished(&self, node: &NodeId, done: &Finished) {
+        if let Some(taken) = self.registry.take(node, done.request_id, done.attempt) {
+            self.record_result(node, done, taken).await;
+        }
+    }
+
+    async fn record_result(&self, node: &NodeId, done: &Finished, taken: Taken) {
         let wav;
         let result = match (taken.kind, &done.transcript) {
             (JobKind::Speech, None) => {
@@ -311,8 +349,8 @@ impl Queue {
                     chunk: 0,
                     encoding: PcmEncoding::F32Le,
                 };
-                let frame = BinaryFrame { header, payload: pcm }.encode();
-                if tx.try_send(Message::Binary(frame.into())).is_err() {
+                let frame = BinaryFrame { header, payload: pcm };
+                if tx.try_send(Outbound::Frame(frame)).is_err() {
                     self.stop_attempt(node, request, attempt).await;
                     let lost =
                         WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
@@ -432,13 +470,11 @@ impl Queue {
             let attached = task.attached_audio();
             let job =
                 ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
-            let mut ok = tx.try_send(text(&job)).is_ok();
+            let mut ok = tx.try_send(Outbound::Control(job)).is_ok();
             if let (Some((stream, clip)), Some(pcm)) = (attached, claimed.prompt_audio) {
                 let header =
                     FrameHeader { request_id, attempt, stream, chunk: 0, encoding: clip.encoding };
-                ok &= tx
-                    .try_send(Message::Binary(BinaryFrame { header, payload: pcm }.encode().into()))
-                    .is_ok();
+                ok &= tx.try_send(Outbound::Frame(BinaryFrame { header, payload: pcm })).is_ok();
             }
             ok
         });

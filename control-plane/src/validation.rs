@@ -2,6 +2,9 @@
 //! the spec's range, every default filled in, the seed made concrete. Messages name the field in
 //! backticks, its bound, and the value received.
 
+use proto::speech::{
+    DEFAULT_CFG_FILTER_TOP_K, DEFAULT_CFG_SCALE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+};
 use proto::{ErrorKind, Sampling, Script, ScriptError, WireError};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -16,17 +19,17 @@ pub struct SpeechRequest {
     pub model: Option<String>,
     /// Maps "S1" and/or "S2" to voice-sample ids of your library.
     pub speakers: Option<Speakers>,
-    /// 1–5, default 3.0.
-    #[schema(minimum = 1.0, maximum = 5.0, default = 3.0)]
+    /// 1–5: how strongly the model follows the transcript.
+    #[schema(minimum = 1.0, maximum = 5.0, default = json!(DEFAULT_CFG_SCALE))]
     pub cfg_scale: Option<f64>,
-    /// 0.1–2.0, default 1.8.
-    #[schema(minimum = 0.1, maximum = 2.0, default = 1.8)]
+    /// 0.1–2.0: higher is more expressive, lower more consistent.
+    #[schema(minimum = 0.1, maximum = 2.0, default = json!(DEFAULT_TEMPERATURE))]
     pub temperature: Option<f64>,
-    /// 0.1–1.0, default 0.95.
-    #[schema(minimum = 0.1, maximum = 1.0, default = 0.95)]
+    /// 0.1–1.0: nucleus sampling threshold.
+    #[schema(minimum = 0.1, maximum = 1.0, default = json!(DEFAULT_TOP_P))]
     pub top_p: Option<f64>,
-    /// 1–100, default 45.
-    #[schema(minimum = 1, maximum = 100, default = 45)]
+    /// 1–100.
+    #[schema(minimum = 1, maximum = 100, default = json!(DEFAULT_CFG_FILTER_TOP_K))]
     pub cfg_filter_top_k: Option<i64>,
     /// 0.5–2.0, default 1.0.
     #[schema(minimum = 0.5, maximum = 2.0, default = 1.0)]
@@ -208,10 +211,16 @@ impl SpeechRequest {
             input,
             model: string(obj, "model", 200)?,
             speakers: field(obj, "speakers").map(speakers).transpose()?,
-            cfg_scale: Some(number(obj, "cfg_scale", 1.0, 5.0, 3.0)?),
-            temperature: Some(number(obj, "temperature", 0.1, 2.0, 1.8)?),
-            top_p: Some(number(obj, "top_p", 0.1, 1.0, 0.95)?),
-            cfg_filter_top_k: Some(integer(obj, "cfg_filter_top_k", 1, 100, 45)?),
+            cfg_scale: Some(number(obj, "cfg_scale", 1.0, 5.0, DEFAULT_CFG_SCALE)?),
+            temperature: Some(number(obj, "temperature", 0.1, 2.0, DEFAULT_TEMPERATURE)?),
+            top_p: Some(number(obj, "top_p", 0.1, 1.0, DEFAULT_TOP_P)?),
+            cfg_filter_top_k: Some(integer(
+                obj,
+                "cfg_filter_top_k",
+                1,
+                100,
+                i64::from(DEFAULT_CFG_FILTER_TOP_K),
+            )?),
             speed_factor: Some(number(obj, "speed_factor", 0.5, 2.0, 1.0)?),
             max_new_tokens: Some(integer(obj, "max_new_tokens", 256, 4096, 3072)?),
             seed: Some(integer(obj, "seed", -1, i64::MAX, -1)?),
@@ -329,7 +338,8 @@ mod tests {
     #[test]
     fn defaults_are_the_specs() {
         let v = validate(json!({"input": "Hello"})).unwrap();
-        assert_eq!(v.sampling, Sampling::default());
+        let spec = Sampling { cfg_scale: 3.0, temperature: 1.8, top_p: 0.95, cfg_filter_top_k: 45 };
+        assert_eq!(v.sampling, spec);
         assert_eq!((v.speed_factor, v.max_new_tokens), (1.0, 3072));
         assert_eq!(v.visibility, Visibility::Private);
         assert_eq!(v.script, "[S1] Hello");

@@ -6,9 +6,10 @@ use std::f32::consts::TAU;
 use std::io::Cursor;
 use std::num::{NonZeroU32, NonZeroU8};
 
-use control_plane::audio::{decode_to_mono_44k, AudioError, DecodedAudio, SAMPLE_RATE};
+use control_plane::audio::{decode_to_mono_44k, AudioError, DecodedAudio};
 use flacenc::component::BitRepr;
 use flacenc::error::Verify;
+use proto::SAMPLE_RATE;
 
 /// Left channel: 440 Hz at amplitude 0.5; right channel: 660 Hz at amplitude 0.3. Their mono
 /// average has both tones at half amplitude, which tells a correct downmix from taking one channel.

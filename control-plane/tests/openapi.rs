@@ -104,7 +104,22 @@ async fn the_generation_operation_carries_the_specs_example(backend: Backend) {
         ),
         (&json!(256), &json!(4096))
     );
+    let defaults = ["cfg_scale", "temperature", "top_p", "cfg_filter_top_k", "max_new_tokens"]
+        .map(|p| schema["properties"][p]["default"].clone());
+    assert_eq!(defaults, [json!(3.0), json!(1.8), json!(0.95), json!(45), json!(3072)]);
     assert!(op["responses"]["200"]["content"]["audio/wav"].is_object());
+}
+
+async fn the_model_schema_shows_every_routing_bound_and_nothing_internal(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let doc = served_document(&server).await;
+    let model = &doc["components"]["schemas"]["Model"];
+    for bound in ["max_input_chars", "max_new_tokens", "max_frames"] {
+        assert_eq!(model["properties"][bound]["type"], "integer", "{bound}: {model}");
+        assert!(model["required"].as_array().unwrap().contains(&json!(bound)), "{bound}: {model}");
+    }
+    assert!(model["properties"].get("offers").is_none(), "{model}");
 }
 
 /// The page as headless Chromium renders it, scripts run.
@@ -157,5 +172,6 @@ on_both_backends!(
     the_served_document_passes_the_openapi_validator,
     every_operation_is_named_and_every_error_uses_the_envelope,
     the_generation_operation_carries_the_specs_example,
+    the_model_schema_shows_every_routing_bound_and_nothing_internal,
     the_reference_page_renders_every_operation_in_a_browser,
 );

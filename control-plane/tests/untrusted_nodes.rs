@@ -143,8 +143,56 @@ async fn a_small_text_window_bounds_only_its_own_node(backend: Backend) {
     assert_eq!(short.await.unwrap().status(), 200);
 }
 
+/// The script of a speech job, its cloning transcripts first.
+fn script_of(job: &proto::Job) -> &str {
+    match &job.task {
+        proto::Task::Speech(speech) => &speech.text,
+        other => panic!("not a speech job: {other:?}"),
+    }
+}
+
+async fn a_small_frame_budget_bounds_only_its_own_node(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    // 3 s at 44.1 kHz: a voice prompt of 132 300 samples, 259 frames.
+    let voice = server.voice(&key, 3.0, Some("Hello there.")).await;
+    let cloned = |line: &str, max_new_tokens: u32| json!({"input": format!("[S1] {line}"), "speakers": {"S1": voice}, "max_new_tokens": max_new_tokens});
+    let lean = ModelInfo { max_new_tokens: 1000, max_frames: 1000, ..cloning_model(MODEL) };
+    // Ranked first at equal load (ties go by id), so it is offered whatever fits it.
+    let mut small = ScriptedNode::connect_with(&server.ws_url(), "small", 8, vec![lean]).await;
+    let res = server.generate(&key, cloned("Too long for it.", 1000)).await;
+    let msg = expect_error(res, 413, "request_too_large").await;
+    assert_eq!(
+        msg,
+        "the voice prompt (259 frames, 3.0 s) and `max_new_tokens` 1000 need 1259 frames; the \
+         online nodes of `dia-test` hold at most 1000"
+    );
+    let fits = server.spawn_generate(&key, cloned("It fits.", 512));
+    let job = small.next_job().await.job;
+    assert!(script_of(&job).ends_with("[S1] It fits."), "{}", script_of(&job));
+    small.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(fits.await.unwrap().headers()["x-node-id"], "small");
+
+    let mut wide = ScriptedNode::connect(&server.ws_url(), "wide", 1).await;
+    let (_, models) = server.get_json(&key, "/v1/models").await;
+    assert_eq!(models["data"][0]["max_frames"], 7600);
+    let long = server.spawn_generate(&key, cloned("Needs room.", 1000));
+    let job = wide.next_job().await.job;
+    assert!(script_of(&job).ends_with("[S1] Needs room."), "{}", script_of(&job));
+    wide.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(long.await.unwrap().headers()["x-node-id"], "wide");
+    // The small node's next job is the next that fits it: the long one never went there.
+    let fits = server.spawn_generate(&key, cloned("Fits again.", 512));
+    let job = small.next_job().await.job;
+    assert!(script_of(&job).ends_with("[S1] Fits again."), "{}", script_of(&job));
+    small.complete(&job, &common::node::tone(100)).await;
+    assert_eq!(fits.await.unwrap().headers()["x-node-id"], "small");
+}
+
 on_both_backends!(
     a_small_text_window_bounds_only_its_own_node,
+    a_small_frame_budget_bounds_only_its_own_node,
     a_claimed_capacity_is_capped_by_the_configured_maximum,
     a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message,
     audio_past_what_the_request_allows_fails_the_attempt_over,

@@ -1,15 +1,14 @@
 //! Audio around the model: reading prompt WAVs the way the reference does (PCM → float,
-//! torchaudio's windowed-sinc resampling, then channel averaging), the demo app's
-//! `speed_factor`, and 16-bit WAV output.
+//! torchaudio's windowed-sinc resampling, then channel averaging) and the demo app's
+//! `speed_factor`. Dia's and the DAC's rate is [`proto::SAMPLE_RATE`]; 16-bit output is
+//! [`proto::audio`]'s.
 
 use std::path::Path;
 
+use proto::SAMPLE_RATE;
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
-
-/// Dia's and the DAC's sample rate.
-pub const SAMPLE_RATE: u32 = 44_100;
 
 /// A WAV file as float channels `[channels, samples]` and its rate. Integer PCM is scaled by
 /// `2^(bits−1)`, as torchaudio does.
@@ -103,28 +102,6 @@ pub fn apply_speed_factor(audio: &[f32], factor: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Float samples → 16-bit as the reference app does: clip to [−1, 1], × 32767, truncate.
-pub fn to_i16(audio: &[f32]) -> Vec<i16> {
-    audio.iter().map(|&x| (x.clamp(-1.0, 1.0) * 32767.0) as i16).collect()
-}
-
-/// 16-bit PCM mono WAV bytes at `rate`, exact length in the header.
-pub fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + 2 * samples.len()));
-    let mut writer = hound::WavWriter::new(&mut out, spec).expect("writing to memory");
-    for &s in samples {
-        writer.write_sample(s).expect("writing to memory");
-    }
-    writer.finalize().expect("writing to memory");
-    out.into_inner()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,18 +113,5 @@ mod tests {
         assert_eq!(out[0], 0.0);
         assert!((out[1] - 0.4).abs() < 1e-6);
         assert_eq!(out[5], 0.0);
-    }
-
-    #[test]
-    fn to_i16_truncates_toward_zero_and_clips() {
-        assert_eq!(to_i16(&[0.5, -0.5, 2.0, -2.0]), vec![16383, -16383, 32767, -32767]);
-    }
-
-    #[test]
-    fn wav_bytes_declare_their_exact_length() {
-        let wav = wav_bytes(&[1, 2, 3], SAMPLE_RATE);
-        let reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
-        assert_eq!(reader.len(), 3);
-        assert_eq!(reader.spec().sample_rate, SAMPLE_RATE);
     }
 }

@@ -21,9 +21,17 @@ pub struct Sampling {
 }
 
 impl Default for Sampling {
-    /// The public API's defaults.
+    /// The public API's defaults, which [`proto::speech`] owns.
     fn default() -> Self {
-        Self { temperature: 1.8, top_p: 0.95, top_k: 45, cfg_scale: 3.0 }
+        use proto::speech::{
+            DEFAULT_CFG_FILTER_TOP_K, DEFAULT_CFG_SCALE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+        };
+        Self {
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: DEFAULT_TOP_P,
+            top_k: i64::from(DEFAULT_CFG_FILTER_TOP_K),
+            cfg_scale: DEFAULT_CFG_SCALE,
+        }
     }
 }
 

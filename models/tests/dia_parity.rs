@@ -74,7 +74,7 @@ fn check_generation_case(model: &DiaModel, dac: &Dac, name: &str) {
         }
         let wav = dia_dir().join(prompt["wav"].as_str().unwrap());
         let (pcm, rate) = audio::read_wav(&wav).unwrap();
-        assert_eq!(rate, audio::SAMPLE_RATE);
+        assert_eq!(rate, proto::SAMPLE_RATE);
         assert_close(
             &format!("{name} prompt{i}_waveform"),
             &pcm,
@@ -287,7 +287,7 @@ fn speed_factor_parity_with_the_reference_app() {
         1e-7,
         0.0,
     );
-    let pcm: Vec<i64> = audio::to_i16(&slowed).into_iter().map(i64::from).collect();
+    let pcm: Vec<i64> = proto::audio::to_i16(&slowed).into_iter().map(i64::from).collect();
     assert_same(
         "waveform_speed_int16",
         &Tensor::from_slice(&pcm),
@@ -310,7 +310,7 @@ fn prompt_loading_parity_resampling_and_downmix() {
             0.0,
             0.0,
         );
-        let resampled = audio::resample(&loaded, rate, audio::SAMPLE_RATE);
+        let resampled = audio::resample(&loaded, rate, proto::SAMPLE_RATE);
         if case.has(&format!("wav{i}_resampled")) {
             assert_close(
                 &format!("wav{i}_resampled"),

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::workers::{Event, Refused, Workers};
 
 /// Samples per audio frame on the wire (one second).
-const CHUNK_SAMPLES: usize = 44_100;
+const CHUNK_SAMPLES: usize = proto::SAMPLE_RATE as usize;
 
 /// Who this node is to the control plane.
 #[derive(Debug, Clone)]

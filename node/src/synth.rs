@@ -10,6 +10,8 @@ use models::audio;
 use models::dac::Dac;
 use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator};
 use models::sampling::Sampling;
+use proto::audio::{to_i16, wav_i16_bytes};
+use proto::SAMPLE_RATE;
 
 use crate::device::{parse_device, parse_dtype};
 use crate::weights::CheckpointArgs;
@@ -104,7 +106,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     };
     let mut generator = Generator::new(&model, limits);
 
-    let frame_rate = audio::SAMPLE_RATE as f64 / dac.hop_length() as f64;
+    let frame_rate = f64::from(SAMPLE_RATE) / dac.hop_length() as f64;
     let bar = ProgressBar::new(args.max_new_tokens as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} frames {msg}").expect("valid template"),
     );
@@ -129,9 +131,9 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
 
     let pcm = dac.decode(&finished.codes_lxc)?;
     let pcm = audio::apply_speed_factor(&pcm, args.speed_factor);
-    std::fs::write(&args.out, audio::wav_bytes(&audio::to_i16(&pcm), audio::SAMPLE_RATE))
+    std::fs::write(&args.out, wav_i16_bytes(&to_i16(&pcm), SAMPLE_RATE))
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let seconds = pcm.len() as f64 / f64::from(audio::SAMPLE_RATE);
+    let seconds = pcm.len() as f64 / f64::from(SAMPLE_RATE);
     let frames = finished.codes_lxc.size()[0];
     eprintln!(
         "{frames} frames ({:?}), {seconds:.2} s of audio in {:.2?}: {:.1} frames/s, realtime factor {:.2}x",

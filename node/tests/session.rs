@@ -10,7 +10,7 @@ use proto::{ControlToNode, Health, Job, NodeToControl, RequestId, Sampling, Spee
 fn job(model: &str, seed: u64) -> ControlToNode {
     let task = SpeechTask {
         text: "[S1] Finish this first.".into(),
-        sampling: Sampling { cfg_scale: 3.0, temperature: 1.8, top_p: 0.95, cfg_filter_top_k: 45 },
+        sampling: Sampling::default(),
         speed_factor: 1.0,
         max_new_tokens: 256,
         seed,

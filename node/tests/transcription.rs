@@ -41,7 +41,7 @@ fn transcription(model: &str, clip: &[f32], language: Option<&str>) -> Job {
 fn speech(model: &str) -> Job {
     let task = SpeechTask {
         text: "[S1] Not a clip.".into(),
-        sampling: Sampling { cfg_scale: 3.0, temperature: 1.8, top_p: 0.95, cfg_filter_top_k: 45 },
+        sampling: Sampling::default(),
         speed_factor: 1.0,
         max_new_tokens: 256,
         seed: 7,

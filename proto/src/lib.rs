@@ -11,8 +11,10 @@
 //! generated audio, sent by the node before `finished`.
 //!
 //! The dialogue-script parser and validator ([`script`]) also live here, so that the API and the
-//! node agree on what a valid script is.
+//! node agree on what a valid script is, and so do what every crate must agree on about audio:
+//! [`SAMPLE_RATE`], the sampling defaults ([`speech`]) and 16-bit PCM and WAV ([`audio`]).
 
+pub mod audio;
 pub mod error;
 pub mod frames;
 pub mod ids;

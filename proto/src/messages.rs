@@ -156,7 +156,7 @@ pub struct ModelInfo {
     pub max_new_tokens: u32,
     /// Most decoder frames per job, the voice prompt's and the new ones together: what the
     /// node's memory budget gives one job (speech models; 0 otherwise). A cloning prompt of
-    /// `s` samples takes `ceil(s / SAMPLES_PER_FRAME)` frames.
+    /// `s` samples takes `ceil(s / SAMPLES_PER_FRAME)` frames ([`crate::speech::prompt_frames`]).
     pub max_frames: u32,
     /// Language codes it transcribes (transcription models; empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -3,23 +3,39 @@
 use crate::frames::PcmEncoding;
 use serde::{Deserialize, Serialize};
 
+/// The public API's default `cfg_scale` (the spec's). The sampling defaults live here alone: the
+/// API's schema and validation, the wire's [`Sampling::default`] and the engine's all read them.
+/// `f64`, as the API's JSON shows them.
+pub const DEFAULT_CFG_SCALE: f64 = 3.0;
+/// The public API's default `temperature`.
+pub const DEFAULT_TEMPERATURE: f64 = 1.8;
+/// The public API's default `top_p`.
+pub const DEFAULT_TOP_P: f64 = 0.95;
+/// The public API's default `cfg_filter_top_k`.
+pub const DEFAULT_CFG_FILTER_TOP_K: u32 = 45;
+
 /// Sampling parameters of one generation, shared by API validation (bounds and defaults) and the
-/// engine. Each field's doc gives the public API's range and default.
+/// engine. Each field's doc gives the public API's range.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
-    /// 1–5, default 3.0: classifier-free guidance strength (how strongly the model follows the text).
+    /// 1–5: classifier-free guidance strength (how strongly the model follows the text).
     pub cfg_scale: f32,
-    /// 0.1–2.0, default 1.8.
+    /// 0.1–2.0.
     pub temperature: f32,
-    /// 0.1–1.0, default 0.95: nucleus sampling threshold.
+    /// 0.1–1.0: nucleus sampling threshold.
     pub top_p: f32,
-    /// 1–100, default 45: top-k applied to the CFG-combined logits.
+    /// 1–100: top-k applied to the CFG-combined logits.
     pub cfg_filter_top_k: u32,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { cfg_scale: 3.0, temperature: 1.8, top_p: 0.95, cfg_filter_top_k: 45 }
+        Self {
+            cfg_scale: DEFAULT_CFG_SCALE as f32,
+            temperature: DEFAULT_TEMPERATURE as f32,
+            top_p: DEFAULT_TOP_P as f32,
+            cfg_filter_top_k: DEFAULT_CFG_FILTER_TOP_K,
+        }
     }
 }
 
@@ -55,6 +71,12 @@ pub struct VoicePrompt {
     pub sha256: String,
 }
 
+/// Decoder frames a voice prompt of `samples` takes on a node, before the new ones: the DAC codes
+/// one frame per [`crate::SAMPLES_PER_FRAME`] samples, a partial last frame included.
+pub fn prompt_frames(samples: u64) -> u64 {
+    samples.div_ceil(u64::from(crate::SAMPLES_PER_FRAME))
+}
+
 /// Silence between the S1 and S2 clips of a two-voice prompt, so the model hears the turn change.
 pub const VOICE_GAP_SECONDS: f32 = 0.3;
 
@@ -81,6 +103,11 @@ pub fn cloning_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_voice_prompt_takes_a_frame_per_started_512_samples() {
+        assert_eq!([0, 1, 512, 513, 132_300].map(prompt_frames), [0, 1, 1, 2, 259]);
+    }
 
     #[test]
     fn cloning_text_puts_tagged_transcripts_before_the_script_in_speaker_order() {

@@ -1,22 +1,16 @@
 //! Decoding of uploaded reference audio (WAV, MP3, FLAC, OGG/Vorbis, WebM/Opus) into mono f32 PCM
-//! at [`SAMPLE_RATE`], and 16-bit WAV encoding of generated audio.
+//! at [`proto::SAMPLE_RATE`], the rate of all decoded and generated audio.
 
 mod decode;
 mod opus;
 mod resample;
-mod wav;
 
 use std::panic::{self, AssertUnwindSafe};
-
-pub use wav::{wav_f32_as_i16_bytes, wav_i16_bytes};
-
-/// The sample rate of all decoded and generated audio.
-pub const SAMPLE_RATE: u32 = 44_100;
 
 /// Mono f32 PCM at 44.1 kHz plus what the upload was.
 #[derive(Debug, Clone)]
 pub struct DecodedAudio {
-    /// Mono samples at [`SAMPLE_RATE`], in [-1, 1].
+    /// Mono samples at [`proto::SAMPLE_RATE`], in [-1, 1].
     pub samples: Vec<f32>,
     /// The sample rate the upload was decoded at (48 kHz for Opus).
     pub source_sample_rate: u32,

@@ -3,7 +3,8 @@
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 
-use super::{AudioError, SAMPLE_RATE};
+use super::AudioError;
+use proto::SAMPLE_RATE;
 
 /// Frames per resampler chunk: long enough for a sharp anti-aliasing filter, short enough to keep
 /// the FFTs cheap.

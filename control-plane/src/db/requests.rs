@@ -71,8 +71,10 @@ pub struct NewRequest<'a> {
     pub task: &'a str,
     /// The text window it needs of a node, in the model's text tokens (0: reads no text).
     pub text_tokens: i64,
-    /// The frames it may generate (0: none).
+    /// The decoder frames it takes on a node: its voice prompt's and the new ones (0: none).
     pub frames: i64,
+    /// The frames it may generate, `max_new_tokens` (0: none).
+    pub new_frames: i64,
     /// JSON of the cloned samples' ids ([`crate::validation::Speakers`]), when cloning.
     pub voice_refs: Option<&'a str>,
     /// The audio that follows the task's `submit`: the clip of a transcription.
@@ -260,8 +262,8 @@ impl Db {
         let sql =
             "INSERT INTO requests (id, account_id, feature, model, status, input, params, seed,
                        visibility, collection, task, prompt_audio, created_at, text_tokens, frames,
-                       voice_refs)
-                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $16
+                       voice_refs, new_frames)
+                   SELECT $1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $16, $17
                    WHERE (SELECT COUNT(*) FROM requests WHERE status = 'queued') < $13";
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -272,7 +274,7 @@ impl Db {
                 .bind(r.id).bind(r.account_id).bind(r.feature).bind(r.model).bind(r.input).bind(r.params)
                 .bind(r.seed).bind(r.visibility).bind(r.collection).bind(r.task).bind(r.prompt_audio)
                 .bind(now_ms()).bind(max_queued).bind(r.text_tokens).bind(r.frames)
-                .bind(r.voice_refs)
+                .bind(r.voice_refs).bind(r.new_frames)
                 .execute(&mut *tx).await?.rows_affected() == 1;
             tx.commit().await?;
             Ok(inserted)
@@ -285,8 +287,9 @@ impl Db {
         on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await)
     }
 
-    /// Claims the oldest queued request for `model` and `feature` that fits the node's text window
-    /// and frames, for a node of this replica, and opens its attempt. On PostgreSQL `SKIP LOCKED`
+    /// Claims the oldest queued request for `model` and `feature` that fits the node's text window,
+    /// decoder frames and new frames (the rule of [`crate::routing::Needs::fits`]), for a node of
+    /// this replica, and opens its attempt. On PostgreSQL `SKIP LOCKED`
     /// lets replicas claim side by side; SQLite serialises writers, so the plain sub-select is
     /// already atomic.
     pub async fn claim(
@@ -303,7 +306,7 @@ impl Db {
                  started_at = COALESCE(started_at, $3),
                  queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
              WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
-                              AND text_tokens <= $6 AND frames <= $7
+                              AND text_tokens <= $6 AND frames <= $7 AND new_frames <= $8
                           ORDER BY seq LIMIT 1 {lock})
              RETURNING id, attempts, model, task, prompt_audio, queue_seconds"
         );
@@ -315,7 +318,8 @@ impl Db {
             let mut tx = p.begin().await?;
             let claimed: Option<Claimed> = sqlx::query_as(&sql)
                 .bind(node).bind(replica).bind(now).bind(&model.id).bind(feature)
-                .bind(i64::from(model.max_input_chars)).bind(i64::from(model.max_new_tokens))
+                .bind(i64::from(model.max_input_chars)).bind(i64::from(model.max_frames))
+                .bind(i64::from(model.max_new_tokens))
                 .fetch_optional(&mut *tx).await?;
             if let Some(c) = &claimed {
                 sqlx::query(attempt_sql).bind(&c.id).bind(c.attempts).bind(node).bind(replica).bind(now)

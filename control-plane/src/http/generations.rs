@@ -6,6 +6,7 @@ use super::{waiting, ApiJson};
 use crate::db::requests::{NewRequest, Outcome};
 use crate::db::voices::TranscriptStatus;
 use crate::error::{ApiError, ErrorBody};
+use crate::routing::Needs;
 use crate::state::AppState;
 use crate::validation::{transcript_words, SpeechRequest, ValidSpeechRequest};
 use crate::voice_prompt;
@@ -65,23 +66,14 @@ pub(crate) async fn enqueue(
     let req = SpeechRequest::from_json(body)?.validate(state.config.max_input_chars)?;
     let (text, prompt) = cloning_prompt(state, account, &req).await?;
     let model = super::models::choose(state, req.model.as_deref(), FEATURE_VOICE_CLONING).await?;
-    // The encoder reads a fixed window; past it the script would be cut off without a word.
-    let tokens = proto::script::model_token_count(&text);
-    if tokens > model.max_input_chars as usize {
-        let msg = format!(
-            "the script with its voice-sample transcripts is {tokens} text tokens (UTF-8 bytes, a \
-             speaker tag counting one); `{}` reads at most {}",
-            model.id, model.max_input_chars
-        );
-        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
-    }
-    if req.max_new_tokens > model.max_new_tokens {
-        let msg = format!(
-            "`max_new_tokens` is {}; the online nodes of `{}` generate at most {}",
-            req.max_new_tokens, model.id, model.max_new_tokens
-        );
-        return Err(ApiError::new(ErrorKind::RequestTooLarge, msg));
-    }
+    // The encoder reads a fixed window (past it the script would be cut off without a word), and
+    // a node's memory holds so many frames: a request goes only to a node that has room for it.
+    let needs = Needs {
+        text_tokens: proto::script::model_token_count(&text) as u64,
+        prompt_samples: prompt.as_ref().map_or(0, |pcm| pcm.len() as u64 / 4),
+        new_frames: u64::from(req.max_new_tokens),
+    };
+    needs.check(&model.id, &model.offers)?;
 
     let task = Task::Speech(SpeechTask {
         text,
@@ -113,8 +105,9 @@ pub(crate) async fn enqueue(
         visibility: visibility.as_str().unwrap_or("private"),
         collection: req.collection.as_deref(),
         task: &task,
-        text_tokens: tokens as i64,
-        frames: i64::from(req.max_new_tokens),
+        text_tokens: needs.text_tokens as i64,
+        frames: needs.frames() as i64,
+        new_frames: needs.new_frames as i64,
         voice_refs: voice_refs.as_deref(),
         prompt_audio: None,
     };

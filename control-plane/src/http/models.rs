@@ -5,7 +5,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use proto::ErrorKind;
+use proto::{ErrorKind, ModelInfo};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -27,11 +27,17 @@ pub struct Model {
     pub max_input_chars: u32,
     /// Most frames one of its nodes generates, routed the same way.
     pub max_new_tokens: u32,
+    /// Most decoder frames one of its nodes holds per request, the voice prompt's (one per 512
+    /// samples) and the new ones together, routed the same way.
+    pub max_frames: u32,
     /// Language codes a transcription model takes (those all its nodes take).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub languages: Vec<String>,
     /// Healthy nodes serving it.
     pub nodes: u32,
+    /// What each of those nodes advertised, to find one that can take a request.
+    #[serde(skip)]
+    pub offers: Vec<ModelInfo>,
 }
 
 /// The list.
@@ -53,8 +59,10 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
                     features: Vec::new(),
                     max_input_chars: 0,
                     max_new_tokens: 0,
+                    max_frames: 0,
                     languages: m.languages.clone(),
                     nodes: 0,
+                    offers: Vec::new(),
                 };
                 (rank, model)
             });
@@ -62,12 +70,14 @@ pub async fn online_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
             model.nodes += 1;
             model.max_input_chars = model.max_input_chars.max(m.max_input_chars);
             model.max_new_tokens = model.max_new_tokens.max(m.max_new_tokens);
+            model.max_frames = model.max_frames.max(m.max_frames);
             model.languages.retain(|l| m.languages.contains(l));
-            for f in m.features {
-                if !model.features.contains(&f) {
-                    model.features.push(f);
+            for f in &m.features {
+                if !model.features.contains(f) {
+                    model.features.push(f.clone());
                 }
             }
+            model.offers.push(m);
         }
     }
     let mut list: Vec<(usize, Model)> = models.into_values().collect();

@@ -14,6 +14,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use proto::audio::to_i16;
 use proto::frames::i16_le_bytes;
 use proto::{
     Clip, ErrorKind, PcmEncoding, RequestId, Task, TranscriptionTask, FEATURE_TRANSCRIPTION,
@@ -187,6 +188,7 @@ impl Transcription<'_> {
             task: &task,
             text_tokens: 0,
             frames: 0,
+            new_frames: 0,
             voice_refs: None,
             prompt_audio: Some(pcm),
         };
@@ -224,7 +226,5 @@ pub(crate) async fn transcribe_sample(
 /// 16-bit LE PCM of samples in [-1, 1]: half the bytes of f32, all Whisper can hear, so a long
 /// clip still fits one WebSocket frame.
 fn pcm16(samples: &[f32]) -> Vec<u8> {
-    let ints: Vec<i16> =
-        samples.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect();
-    i16_le_bytes(&ints)
+    i16_le_bytes(&to_i16(samples))
 }

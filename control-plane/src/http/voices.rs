@@ -133,7 +133,7 @@ pub async fn upload(
         check_transcript(t)?;
     }
     let decoded = decode_upload(&state, file.clone(), state.config.max_voice_seconds).await?;
-    let seconds = decoded.samples.len() as f32 / crate::audio::SAMPLE_RATE as f32;
+    let seconds = decoded.samples.len() as f32 / proto::SAMPLE_RATE as f32;
     if seconds < state.config.min_voice_seconds {
         let msg = format!(
             "`file`: the audio is {seconds:.2} s long; a voice sample needs at least {} s of \
@@ -150,7 +150,7 @@ pub async fn upload(
         format: decoded.format,
         original: &file,
         pcm: &pcm,
-        duration_seconds: decoded.samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE),
+        duration_seconds: decoded.samples.len() as f64 / f64::from(proto::SAMPLE_RATE),
         source_sample_rate: i64::from(decoded.source_sample_rate),
         source_channels: i64::from(decoded.source_channels),
     };

@@ -1,14 +1,23 @@
 //! The nodes connected to this replica: their sockets, health, and the jobs each is running.
 
-use axum::extract::ws::Message;
-use proto::{FrameHeader, Hello, ModelInfo, NodeId, RequestId};
+use proto::{BinaryFrame, ControlToNode, FrameHeader, Hello, ModelInfo, NodeId, RequestId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc::Sender;
 
+/// A message for one node. The queue and the registry speak `proto`; the node's session
+/// ([`crate::nodes::ws`]) alone puts it on the wire, so they can be tested without a socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// A control message (a JSON text frame).
+    Control(ControlToNode),
+    /// Audio that follows a submit (a binary frame): a voice prompt or a clip.
+    Frame(BinaryFrame),
+}
+
 /// Outbound messages to one node's socket; bounded, so a node that stops reading cannot make
 /// the control plane buffer without end (a full outbox counts as a lost node).
-pub type NodeTx = Sender<Message>;
+pub type NodeTx = Sender<Outbound>;
 
 struct Entry {
     session: u64,

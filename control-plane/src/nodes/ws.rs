@@ -9,7 +9,7 @@ use crate::db::nodes::NodeState;
 use crate::db::requests::AttemptOutcome;
 use crate::error::ApiError;
 use crate::http::auth::NodeAuth;
-use crate::nodes::registry::AudioRefused;
+use crate::nodes::registry::{AudioRefused, Outbound};
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -29,8 +29,6 @@ use tokio::sync::mpsc;
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Messages waiting to be written to one node.
 const OUTBOX: usize = 256;
-/// Longest error message of a node kept in the history.
-const MAX_NODE_MESSAGE_CHARS: usize = 1000;
 
 /// Routes of the node endpoint.
 pub fn router() -> Router<AppState> {
@@ -109,7 +107,7 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
 
     let writer = async {
         while let Some(message) = rx.recv().await {
-            if sink.send(message).await.is_err() {
+            if sink.send(encode(message)).await.is_err() {
                 break;
             }
         }
@@ -206,22 +204,9 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
         NodeToControl::NeedVoicePrompt { request_id, attempt } => {
             state.queue.send_voice_prompt(node, request_id, attempt).await;
         }
-        NodeToControl::Finished(done) => {
-            if let Some(taken) = state.registry.take(node, done.request_id, done.attempt) {
-                state.queue.finished(node, &done, taken).await;
-            }
-        }
+        NodeToControl::Finished(done) => state.queue.finished(node, &done).await,
         NodeToControl::Failed { request_id, attempt, error, retryable } => {
-            if state.registry.take(node, request_id, attempt).is_some() {
-                // Whatever kind a node names, the client sees a failure upstream; the node's
-                // words stay in the history, within bounds.
-                let message: String = error.message.chars().take(MAX_NODE_MESSAGE_CHARS).collect();
-                let error = WireError::new(ErrorKind::UpstreamError, message);
-                state
-                    .queue
-                    .attempt_failed(request_id, attempt, AttemptOutcome::Failed, &error, retryable)
-                    .await;
-            }
+            state.queue.failed(node, request_id, attempt, &error, retryable).await
         }
     }
 }
@@ -243,16 +228,10 @@ async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
 
 /// Removes the node and fails over what it was running.
 async fn finish(state: &AppState, node: &NodeId, session: u64) {
-    let jobs = state.registry.remove(node, session);
     if let Err(e) = state.db.remove_node(&state.replica_id, &node.0).await {
         tracing::error!(error = %e, "could not remove a node from the store");
     }
-    tracing::info!(node = %node, unfinished = jobs.len(), "node left");
-    let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} disconnected"));
-    for (request, attempt) in jobs {
-        state.queue.attempt_failed(request, attempt, AttemptOutcome::NodeLost, &lost, true).await;
-    }
-    state.queue.wake();
+    state.queue.node_left(node, session).await;
 }
 
 async fn reject<S: SinkExt<Message> + Unpin>(sink: &mut S, message: &str) {
@@ -265,6 +244,14 @@ async fn reject<S: SinkExt<Message> + Unpin>(sink: &mut S, message: &str) {
 }
 
 /// A control message as a text frame.
-pub fn text(message: &ControlToNode) -> Message {
+fn text(message: &ControlToNode) -> Message {
     Message::Text(serde_json::to_string(message).expect("messages serialise").into())
+}
+
+/// What the queue or the registry sent, as the frame that carries it.
+fn encode(message: Outbound) -> Message {
+    match message {
+        Outbound::Control(control) => text(&control),
+        Outbound::Frame(frame) => Message::Binary(frame.encode().into()),
+    }
 }

@@ -212,10 +212,11 @@ impl Server {
 
 /// A mono 16-bit 44.1 kHz WAV of a 440 Hz tone.
 pub fn wav(seconds: f32) -> Vec<u8> {
-    let n = (seconds * 44_100.0) as usize;
+    let rate = proto::SAMPLE_RATE as f32;
+    let n = (seconds * rate) as usize;
     let samples: Vec<f32> =
-        (0..n).map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44_100.0).sin() * 0.5).collect();
-    control_plane::audio::wav_f32_as_i16_bytes(&samples, 44_100)
+        (0..n).map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / rate).sin() * 0.5).collect();
+    proto::audio::wav_i16_bytes(&proto::audio::to_i16(&samples), proto::SAMPLE_RATE)
 }
 
 /// Asserts an error response: status, envelope and type; returns the message.

@@ -9,10 +9,12 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use models::audio::{apply_speed_factor, to_i16, SAMPLE_RATE};
+use models::audio::apply_speed_factor;
 use models::dac::Dac;
 use models::ModelError;
+use proto::audio::to_i16;
 use proto::RequestId;
+use proto::SAMPLE_RATE;
 use tch::Tensor;
 use tokio::sync::mpsc::UnboundedSender;
 

@@ -6,9 +6,9 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use models::audio::SAMPLE_RATE;
 use models::dia::{BatchLimits, DiaModel, GenerationRequest, Generator, SeqId};
 use models::sampling::Sampling;
+use proto::SAMPLE_RATE;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::codec::Work;
