@@ -77,13 +77,7 @@ impl FakeNode {
 
     /// Sends `samples` of audio for a speech job, then `finished`.
     async fn complete(&self, state: &AppState, job: &Job, samples: usize) {
-        let header = FrameHeader {
-            request_id: job.request_id,
-            attempt: job.attempt,
-            stream: Stream::Audio,
-            chunk: 0,
-            encoding: PcmEncoding::I16Le,
-        };
+        let header = FrameHeader::audio(job.request_id, job.attempt, 0);
         let pcm = i16_le_bytes(&vec![7; samples]);
         state.registry.push_audio(&self.id, &header, &pcm).unwrap();
         state.queue.finished(&self.id, &finished(job, samples as u64, None)).await;

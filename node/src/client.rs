@@ -348,13 +348,7 @@ async fn send_event(
             if jobs.remove(&request_id) =>
         {
             for (chunk, samples) in pcm.chunks(CHUNK_SAMPLES).enumerate() {
-                let header = FrameHeader {
-                    request_id,
-                    attempt,
-                    stream: Stream::Audio,
-                    chunk: chunk as u32,
-                    encoding: PcmEncoding::I16Le,
-                };
+                let header = FrameHeader::audio(request_id, attempt, chunk as u32);
                 let frame = BinaryFrame { header, payload: i16_le_bytes(samples) };
                 ws.send(Message::Binary(frame.encode().into())).await?;
             }

@@ -55,6 +55,13 @@ pub struct FrameHeader {
     pub encoding: PcmEncoding,
 }
 
+impl FrameHeader {
+    /// Chunk `chunk` of a job's generated audio, 16-bit as nodes send it.
+    pub fn audio(request_id: RequestId, attempt: u32, chunk: u32) -> Self {
+        Self { request_id, attempt, stream: Stream::Audio, chunk, encoding: PcmEncoding::I16Le }
+    }
+}
+
 /// A decoded binary frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BinaryFrame {

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use proto::frames::i16_le_bytes;
 use proto::{
     BinaryFrame, ControlToNode, Finished, FrameHeader, Hello, ModelInfo, NodeId, NodeToControl,
-    PcmEncoding, Stream, PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -138,13 +138,7 @@ async fn echo_node(url: &str, id: &str) {
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(text) = msg else { continue };
             let Ok(ControlToNode::Submit(job)) = serde_json::from_str(&text) else { continue };
-            let header = FrameHeader {
-                request_id: job.request_id,
-                attempt: job.attempt,
-                stream: Stream::Audio,
-                chunk: 0,
-                encoding: PcmEncoding::I16Le,
-            };
+            let header = FrameHeader::audio(job.request_id, job.attempt, 0);
             let frame = BinaryFrame { header, payload: audio.clone() };
             let done = NodeToControl::Finished(Finished {
                 request_id: job.request_id,

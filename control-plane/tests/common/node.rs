@@ -4,7 +4,7 @@ use futures_util::{SinkExt, StreamExt};
 use proto::frames::i16_le_bytes;
 use proto::{
     BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
-    ModelInfo, NodeId, NodeToControl, PcmEncoding, Stream, WireError, PROTOCOL_VERSION,
+    ModelInfo, NodeId, NodeToControl, WireError, PROTOCOL_VERSION,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -194,13 +194,7 @@ impl ScriptedNode {
 
     /// Sends one audio chunk of `job`.
     pub async fn audio(&mut self, job: &Job, chunk: u32, samples: &[i16]) {
-        let header = FrameHeader {
-            request_id: job.request_id,
-            attempt: job.attempt,
-            stream: Stream::Audio,
-            chunk,
-            encoding: PcmEncoding::I16Le,
-        };
+        let header = FrameHeader::audio(job.request_id, job.attempt, chunk);
         let frame = BinaryFrame { header, payload: i16_le_bytes(samples) };
         self.raw(Message::binary(frame.encode())).await;
     }
