@@ -223,7 +223,9 @@ impl Worker {
                     let Some(pcm) = &job.prompt else { return Ok(Admission::NeedsPrompt) };
                     let work = Work::Encode { key: prompt.sha256.clone(), pcm: pcm.clone() };
                     if self.codec.send(work).is_err() {
-                        return Err(models::ModelError::Input("the codec thread stopped".into()));
+                        // Not the job's fault: another node may take it.
+                        let stopped = std::io::Error::other("the codec thread stopped");
+                        return Err(models::ModelError::Io(stopped));
                     }
                     return Ok(Admission::Encoding);
                 }
