@@ -18,14 +18,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use models::dac::{Dac, DacConfig};
+use models::dac::Dac;
 use proto::frames::f32_le_bytes;
 use proto::{
     BinaryFrame, ControlToNode, FrameHeader, Job, NodeToControl, PcmEncoding, RequestId, Sampling,
     SpeechTask, Stream, Task, VoicePrompt, Welcome, PROTOCOL_VERSION, SAMPLES_PER_FRAME,
     SAMPLE_RATE,
 };
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -45,15 +44,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn write_dac(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), DAC_44KHZ).unwrap();
-    let config = DacConfig::from_transformers_file(&dir.join("config.json")).unwrap();
-    let mut named: Vec<_> = Dac::random_weights(&config, 7).into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::Tensor::write_safetensors(&named, dir.join("model.safetensors")).unwrap();
-}
-
 /// A deterministic noisy signal, as a prompt the codec has not seen.
 fn prompt_pcm(seconds: f64, seed: u32) -> Vec<f32> {
     let n = (seconds * f64::from(SAMPLE_RATE)) as usize;
@@ -66,7 +56,7 @@ fn job(model: &str, frames: u32, prompt: Option<&[f32]>, seed: u64) -> Job {
     let voice_prompt = prompt.map(|pcm| VoicePrompt {
         samples: pcm.len() as u64,
         encoding: PcmEncoding::F32Le,
-        sha256: Sha256::digest(f32_le_bytes(pcm)).iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: proto::sha256_hex(&f32_le_bytes(pcm)),
     });
     let text =
         if prompt.is_some() { "[S1] A voice. [S1] Hello there." } else { "[S1] Keep talking." };
@@ -125,7 +115,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (dia, dac) = (dir.path().join("dia"), dir.path().join("dac"));
     models::tiny::write_dia(&dia, 1).unwrap();
-    write_dac(&dac);
+    models::tiny::write_random_dac(&dac, DAC_44KHZ, 7).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/v1/nodes/connect", listener.local_addr().unwrap());

@@ -381,7 +381,7 @@ impl Queue {
         let sample_error =
             |msg: String| (WireError::new(ErrorKind::InvalidVoiceSample, msg), false);
         match voice_prompt::assemble(&self.db, &account, speakers).await {
-            Ok(Some(pcm)) if voice_prompt::sha256_hex(&pcm) == announced => Ok(pcm),
+            Ok(Some(pcm)) if proto::sha256_hex(&pcm) == announced => Ok(pcm),
             Ok(_) => Err(sample_error("the voice samples changed before the request ran".into())),
             Err(PromptError::Deleted(id)) => {
                 Err(sample_error(PromptError::Deleted(id).to_string()))

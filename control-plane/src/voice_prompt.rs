@@ -8,7 +8,6 @@ use crate::validation::Speakers;
 use proto::frames::{f32_from_le_bytes, f32_le_bytes};
 use proto::speech::VOICE_GAP_SECONDS;
 use proto::SAMPLE_RATE;
-use sha2::{Digest, Sha256};
 
 /// The clips joined S1, gap, S2, as f32 LE bytes; `None` without clips.
 pub fn join(s1: Option<Vec<f32>>, s2: Option<Vec<f32>>) -> Option<Vec<u8>> {
@@ -22,11 +21,6 @@ pub fn join(s1: Option<Vec<f32>>, s2: Option<Vec<f32>>) -> Option<Vec<u8>> {
         }
     };
     Some(f32_le_bytes(&pcm))
-}
-
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a prompt could not be assembled again.

@@ -59,7 +59,7 @@ async fn the_spec_curl_example_returns_a_valid_wav(backend: Backend) {
     assert_eq!(announced.samples, 44_100 + gap + 66_150);
     assert_eq!(prompt.payload.len() as u64, (44_100 + gap + 66_150) * 4);
     assert_eq!(prompt.header.request_id, received.job.request_id);
-    assert_eq!(announced.sha256, control_plane::voice_prompt::sha256_hex(&prompt.payload));
+    assert_eq!(announced.sha256, proto::sha256_hex(&prompt.payload));
 }
 
 async fn voice_prompts_travel_by_reference_and_only_when_a_node_asks(backend: Backend) {
@@ -74,7 +74,7 @@ async fn voice_prompts_travel_by_reference_and_only_when_a_node_asks(backend: Ba
     let first = server.spawn_generate(&key, body.clone());
     let got = node.next_job().await;
     let hash = speech(&got.job).voice_prompt.as_ref().unwrap().sha256.clone();
-    assert_eq!(control_plane::voice_prompt::sha256_hex(&got.prompt.unwrap().payload), hash);
+    assert_eq!(proto::sha256_hex(&got.prompt.unwrap().payload), hash);
     node.need_voice_prompt(&got.job).await;
     node.complete(&got.job, &tone(10)).await;
     assert_eq!(first.await.unwrap().status(), 200);

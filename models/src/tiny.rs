@@ -30,7 +30,13 @@ pub fn write_dia(dir: &Path, seed: i64) -> Result<()> {
 
 /// Writes the tiny DAC checkpoint into `dir` (created if missing).
 pub fn write_dac(dir: &Path, seed: i64) -> Result<()> {
-    write_config(dir, DAC_CONFIG)?;
+    write_random_dac(dir, DAC_CONFIG, seed)
+}
+
+/// Writes a DAC checkpoint of `config` (transformers `config.json` text) with seeded random
+/// weights into `dir` (created if missing).
+pub fn write_random_dac(dir: &Path, config: &str, seed: i64) -> Result<()> {
+    write_config(dir, config)?;
     let config = DacConfig::from_transformers_file(&dir.join("config.json"))?;
     write_weights(dir, Dac::random_weights(&config, seed))
 }

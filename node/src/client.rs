@@ -12,7 +12,6 @@ use proto::{
     BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
     NodeId, NodeToControl, PcmEncoding, RequestId, Stream, WireError, PROTOCOL_VERSION,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -168,8 +167,7 @@ impl Awaiting {
             return Err(BadFrame::Samples { stream: self.stream, announced: samples, found });
         }
         if let Some(expected) = &self.sha256 {
-            let digest: String =
-                Sha256::digest(&frame.payload).iter().map(|b| format!("{b:02x}")).collect();
+            let digest: String = proto::sha256_hex(&frame.payload);
             if &digest != expected {
                 return Err(BadFrame::Hash);
             }
@@ -429,7 +427,7 @@ mod tests {
     #[test]
     fn a_voice_prompt_must_be_the_audio_of_its_hash() {
         let pcm = f32_le_bytes(&[0.5, 0.25]);
-        let digest = Sha256::digest(&pcm).iter().map(|b| format!("{b:02x}")).collect();
+        let digest = proto::sha256_hex(&pcm);
         let mut a = awaiting(2, PcmEncoding::F32Le);
         (a.stream, a.sha256) = (Stream::VoicePrompt, Some(digest));
         let right = frame(&a, Stream::VoicePrompt, PcmEncoding::F32Le, pcm);

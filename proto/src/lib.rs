@@ -33,6 +33,13 @@ pub use script::{Script, ScriptError, Speaker, Turn};
 pub use speech::{Sampling, SpeechTask, VoicePrompt};
 pub use transcription::{Clip, Transcript, TranscriptionTask};
 
+/// Lower-case hex SHA-256 of `bytes`: the form of [`VoicePrompt::sha256`], which both sides
+/// compute over the prompt's frame payload.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Bumped on every incompatible change to the messages; a node with another version is rejected.
 pub const PROTOCOL_VERSION: u32 = 4;
 

@@ -1,14 +1,13 @@
 //! Accounts and their API keys (stored as SHA-256 digests).
 
 use super::{now_ms, on_pool, Db};
-use sha2::{Digest, Sha256};
 
 /// How much of a key is kept in clear, for people to tell their keys apart ("dia_" and 4 more).
 pub const KEY_PREFIX_CHARS: usize = 8;
 
 /// The digest a key is stored and looked up by.
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    proto::sha256_hex(key.as_bytes())
 }
 
 impl Db {

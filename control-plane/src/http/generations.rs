@@ -82,9 +82,9 @@ pub(crate) async fn enqueue(
         max_new_tokens: req.max_new_tokens,
         seed: req.seed,
         voice_prompt: prompt.as_ref().map(|pcm| VoicePrompt {
-            samples: pcm.len() as u64 / 4,
+            samples: needs.prompt_samples,
             encoding: PcmEncoding::F32Le,
-            sha256: voice_prompt::sha256_hex(pcm),
+            sha256: proto::sha256_hex(pcm),
         }),
     });
     let voice_refs =

@@ -21,6 +21,8 @@ use crate::workers::Event;
 const PROGRESS_EVERY: i64 = 86;
 /// Voice prompts whose codes are kept.
 const PROMPTS_CACHED: usize = 64;
+/// Why a job fails when the codec thread is gone (not the job's fault: another node may take it).
+const CODEC_STOPPED: &str = "the codec thread stopped";
 
 /// What admitting a job came to.
 enum Admission {
@@ -203,7 +205,7 @@ impl Worker {
                     let key = job.task.voice_prompt.as_ref().expect("has a prompt").sha256.clone();
                     self.encoding.entry(key).or_default().push(job);
                 }
-                Ok(Err(e)) => self.fail(&job, Failure::from(e)),
+                Ok(Err(failure)) => self.fail(&job, failure),
                 Err(_) => {
                     self.fail(&job, Failure::retryable("the model panicked admitting the job"))
                 }
@@ -211,7 +213,7 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, job: &Submission) -> Result<Admission, models::ModelError> {
+    fn start(&mut self, job: &Submission) -> Result<Admission, Failure> {
         let task = &job.task;
         let prompt_codes = match &task.voice_prompt {
             Some(prompt) => match self.prompts.get(&prompt.sha256) {
@@ -223,9 +225,7 @@ impl Worker {
                     let Some(pcm) = &job.prompt else { return Ok(Admission::NeedsPrompt) };
                     let work = Work::Encode { key: prompt.sha256.clone(), pcm: pcm.clone() };
                     if self.codec.send(work).is_err() {
-                        // Not the job's fault: another node may take it.
-                        let stopped = std::io::Error::other("the codec thread stopped");
-                        return Err(models::ModelError::Io(stopped));
+                        return Err(Failure::retryable(CODEC_STOPPED));
                     }
                     return Ok(Admission::Encoding);
                 }
@@ -277,7 +277,7 @@ impl Worker {
                 started: run.started,
             };
             if self.codec.send(work).is_err() {
-                self.fail(&run.job, Failure::retryable("the codec thread stopped"));
+                self.fail(&run.job, Failure::retryable(CODEC_STOPPED));
             }
         }
         let frames_per_second = self.frames_per_second;
