@@ -21,7 +21,8 @@
 //! - `DIA_BENCH_CONFIGS` (`1.6b,dispatch-bound`), `DIA_BENCH_BATCHES` (`1,4,16`),
 //!   `DIA_BENCH_REPEATS` (1: each repeat runs ours, then the reference, per config),
 //!   `DIA_BENCH_STEPS` (timed steps; 6 for 1.6B, 40 for dispatch-bound), `DIA_BENCH_THREADS`
-//!   (intra-op threads of both; libtorch's default when unset).
+//!   (intra-op threads of both; libtorch's default when unset), `DIA_BENCH_OP_NAMES` (set: also
+//!   print our operators of one step by name, most called first).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ struct Figures {
 fn bench(model: &DiaModel, batch: i64, steps: usize) -> Figures {
     // Room for every step and no more, so the 1.6B caches of batch 16 stay small; nobody
     // finishes inside the window.
-    let max_new_tokens = (WARMUP + steps + 2) as i64;
+    let max_new_tokens = (WARMUP + steps + 3) as i64;
     let limits = BatchLimits {
         max_batch: batch,
         max_positions: Generator::positions_needed(model, 0, max_new_tokens),
@@ -97,6 +98,15 @@ fn bench(model: &DiaModel, batch: i64, steps: usize) -> Figures {
     }
     times.sort_by(f64::total_cmp);
     let (_, ops) = torch_shim::count_ops(|| generator.step(model).expect("steps"));
+    if std::env::var_os("DIA_BENCH_OP_NAMES").is_some() {
+        let (_, names) = torch_shim::count_ops_by_name(|| generator.step(model).expect("steps"));
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        println!("batch {batch}: operators of one step by name");
+        for (name, count) in names {
+            println!("  {count:>6} {name}");
+        }
+    }
     Figures { ms_per_step: times[times.len() / 2] * 1e3, ops_per_step: Some(ops) }
 }
 

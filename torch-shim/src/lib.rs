@@ -1,12 +1,15 @@
 //! libtorch calls that tch does not expose, through `src/shim.cpp`: counting the operators a
 //! piece of code dispatches, for the decode-step benchmark. The one crate with `unsafe`.
 
+use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 
 extern "C" {
-    fn torch_shim_op_count_begin();
+    fn torch_shim_op_count_begin(by_name: bool);
     fn torch_shim_op_count_end() -> u64;
+    fn torch_shim_op_names_len() -> usize;
+    fn torch_shim_op_names_copy(out: *mut u8, len: usize);
 }
 
 /// One count at a time: the callback and its counter are process-wide.
@@ -15,21 +18,47 @@ static COUNTING: Mutex<()> = Mutex::new(());
 /// Runs `f` and returns its result with the number of ATen operator calls dispatched meanwhile
 /// (on any thread; nested calls included, as PyTorch's profiler lists them).
 pub fn count_ops<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let (result, ops, _) = count(f, false);
+    (result, ops)
+}
+
+/// Like [`count_ops`], by operator name (`aten::mm`, …): a lock per call, so slower.
+pub fn count_ops_by_name<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<String, u64>) {
+    let (result, _, names) = count(f, true);
+    (result, names)
+}
+
+fn count<R>(f: impl FnOnce() -> R, by_name: bool) -> (R, u64, BTreeMap<String, u64>) {
     let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: no arguments; shim.cpp's state is guarded by the lock, and end always follows.
-    unsafe { torch_shim_op_count_begin() };
+    // SAFETY: a plain flag; shim.cpp's state is guarded by the lock, and end always follows.
+    unsafe { torch_shim_op_count_begin(by_name) };
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     // SAFETY: as above; ends the count begun above, also when `f` panicked.
     let ops = unsafe { torch_shim_op_count_end() };
+    // SAFETY: the text is not touched until the next count, which the lock keeps out; the copy
+    // writes at most `len` bytes into a buffer of `len`.
+    let text = unsafe {
+        let len = torch_shim_op_names_len();
+        let mut bytes = vec![0u8; len];
+        torch_shim_op_names_copy(bytes.as_mut_ptr(), len);
+        bytes
+    };
+    let names = String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|line| {
+            let (name, count) = line.split_once('\t')?;
+            Some((name.to_owned(), count.parse().ok()?))
+        })
+        .collect();
     match result {
-        Ok(r) => (r, ops),
+        Ok(r) => (r, ops, names),
         Err(p) => panic::resume_unwind(p),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::count_ops;
+    use super::{count_ops, count_ops_by_name};
     use tch::{Device, Kind, Tensor};
 
     #[test]
@@ -40,5 +69,15 @@ mod tests {
         assert_eq!(sum.double_value(&[]), 8.0);
         assert!(ops >= 2, "{ops} operators for an add and a sum");
         assert_eq!(count_ops(|| ()).1, 0, "the callback is gone after a count");
+    }
+
+    #[test]
+    fn counts_by_operator_name() {
+        let a = Tensor::ones([4], (Kind::Float, Device::Cpu));
+        let (_, names) = count_ops_by_name(|| (&a + &a) * &a);
+        assert_eq!(names.get("aten::add"), Some(&1), "{names:?}");
+        assert_eq!(names.get("aten::mul"), Some(&1), "{names:?}");
+        let (_, names) = count_ops_by_name(|| ());
+        assert!(names.is_empty(), "a new count starts empty: {names:?}");
     }
 }

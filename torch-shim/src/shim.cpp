@@ -5,30 +5,57 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
 
 namespace {
 std::atomic<uint64_t> calls{0};
 at::CallbackHandle handle = at::INVALID_CALLBACK_HANDLE;
+// Calls by operator name, kept only when a count asks for names (a lock per call).
+std::atomic<bool> keep_names{false};
+std::mutex names_lock;
+std::map<std::string, uint64_t> names;
+std::string names_text;
 
-std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction&) {
+std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction& fn) {
   calls.fetch_add(1, std::memory_order_relaxed);
+  if (keep_names) {
+    std::lock_guard<std::mutex> guard(names_lock);
+    names[fn.name()] += 1;
+  }
   return nullptr;
 }
 }  // namespace
 
 extern "C" {
-// Starts counting from zero. The caller pairs it with one end and never overlaps two counts.
-void torch_shim_op_count_begin() {
+// Starts counting from zero, by name too where `by_name`. The caller pairs it with one end and
+// never overlaps two counts.
+void torch_shim_op_count_begin(bool by_name) {
   calls.store(0);
+  names.clear();
+  keep_names = by_name;
   handle = at::addGlobalCallback(
       at::RecordFunctionCallback(count_call).scopes({at::RecordScope::FUNCTION}));
 }
 
 // Stops counting and returns the calls since begin. The callback is removed, so operators
-// outside a count pay nothing for it.
+// outside a count pay nothing for it. The counts by name are then readable as text.
 uint64_t torch_shim_op_count_end() {
   at::removeCallback(handle);
   handle = at::INVALID_CALLBACK_HANDLE;
+  names_text.clear();
+  for (const auto& [name, count] : names) {
+    names_text += name + "\t" + std::to_string(count) + "\n";
+  }
   return calls.load();
+}
+
+// The last count's calls by name, one `name\tcount\n` line each: its length in bytes, and a
+// copy of at most `len` of them into `out`.
+size_t torch_shim_op_names_len() { return names_text.size(); }
+void torch_shim_op_names_copy(char* out, size_t len) {
+  std::memcpy(out, names_text.data(), std::min(len, names_text.size()));
 }
 }

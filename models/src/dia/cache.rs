@@ -9,6 +9,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::DecoderConfig;
+use super::layers::DecodeKv;
 
 /// Keys and values of one attention block, stacked in one tensor so that a decode step writes
 /// both with one operator.
@@ -80,25 +81,21 @@ impl DecoderCache {
     /// The views of rows `0..n` that decode steps read, for self-attention keys `0..window`
     /// and text positions `0..text`. Text padding is masked only where some row's text is
     /// shorter than `text`.
-    pub fn windows(&self, n: i64, window: i64, text: i64, padded: bool, kind: Kind) -> Windows {
+    pub fn windows(&self, n: i64, window: i64, text: i64, padded: bool) -> Windows {
         let rows = |t: &Tensor, len: i64| t.narrow(0, 0, n).narrow(2, 0, len);
-        let cross_mask_nx1x1xs = padded.then(|| {
+        let views = |caches: &[KvCache], len: i64| -> Vec<DecodeKv> {
+            caches.iter().map(|kv| DecodeKv::new(&rows(&kv.k, len), &rows(&kv.v, len))).collect()
+        };
+        let cross_mask = padded.then(|| {
             let real = self.cross_mask_rxs.narrow(0, 0, n).narrow(1, 0, text);
-            additive_mask(&real.logical_not(), kind).view([n, 1, 1, text])
+            let heads = self.cross_kv[0].k.size()[1];
+            DecodeKv::mask(&additive_mask(&real.logical_not(), self.cross_kv[0].k.kind()), heads)
         });
         Windows {
             key: (n, window, text),
-            self_kv: self
-                .self_kv
-                .iter()
-                .map(|kv| (rows(&kv.k, window), rows(&kv.v, window)))
-                .collect(),
-            cross_kv: self
-                .cross_kv
-                .iter()
-                .map(|kv| (rows(&kv.k, text), rows(&kv.v, text)))
-                .collect(),
-            cross_mask_nx1x1xs,
+            self_kv: views(&self.self_kv, window),
+            cross_kv: views(&self.cross_kv, text),
+            cross_mask,
             keys_s: Tensor::arange(window, (Kind::Int64, self.rotations_txe2.device())),
         }
     }
@@ -116,12 +113,12 @@ pub fn additive_mask(blocked: &Tensor, kind: Kind) -> Tensor {
 pub struct Windows {
     /// `(rows, self-attention window, text window)`.
     pub key: (i64, i64, i64),
-    /// Per layer: self-attention keys and values `[n, K, window, E]`.
-    pub self_kv: Vec<(Tensor, Tensor)>,
-    /// Per layer: cross-attention keys and values `[n, H, text, E]`.
-    pub cross_kv: Vec<(Tensor, Tensor)>,
-    /// Additive mask of the text padding, when some row needs one.
-    pub cross_mask_nx1x1xs: Option<Tensor>,
+    /// Per layer: self-attention keys and values of positions `0..window`.
+    pub self_kv: Vec<DecodeKv>,
+    /// Per layer: cross-attention keys and values of text positions `0..text`.
+    pub cross_kv: Vec<DecodeKv>,
+    /// Additive mask of the text padding ([`DecodeKv::mask`]), when some row needs one.
+    pub cross_mask: Option<Tensor>,
     /// Key positions `0..window`.
     pub keys_s: Tensor,
 }

@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 use super::cache::{additive_mask, DecoderCache, KvCache, Windows};
 use super::config::DecoderConfig;
 use super::layers::{
-    attention, head_rotations, heads_to_rows, Attention, AttentionDims, Mlp, RotaryEmbedding,
+    attention, head_rotations, heads_to_rows, Attention, AttentionDims, DecodeKv, Mlp,
+    RotaryEmbedding,
 };
 use crate::nn_ext::{Linear, RmsNorm};
 
@@ -30,7 +31,7 @@ struct StepContext {
     head_rotations_nxhxe2: Tensor,
     /// Where each row's new key and value go: its position, `[2, n, K, 1, E]`.
     write_index: Tensor,
-    /// −∞ for keys past the row's position: `[n, 1, 1, window]`.
+    /// −∞ for keys past the row's position, as [`DecodeKv::mask`] makes it.
     self_mask: Tensor,
 }
 
@@ -79,7 +80,7 @@ impl DecoderLayer {
         xs_nxd: &Tensor,
         step: &StepContext,
         self_kv: &KvCache,
-        windows: (&(Tensor, Tensor), &(Tensor, Tensor)),
+        windows: (&DecodeKv, &DecodeKv),
         cross_mask: Option<&Tensor>,
     ) -> Tensor {
         let n = xs_nxd.size()[0];
@@ -91,14 +92,14 @@ impl DecoderLayer {
         // take four. This frame's keys and values `[2, n, K, 1, E]` go to each row's position,
         // then the rows attend. Grouped-query heads are folded into the query axis: KV head k's
         // G query heads are its G query rows `[n, K, G, E]` (head h = k·G + g), so no key or
-        // value is repeated and SDPA's fused kernels take it.
+        // value is repeated.
         let f = qkv.size()[1];
         let new_kv = qkv.as_strided([2, n, kv_heads, 1, e], [kv_heads * e, f, e, e, 1], heads * e);
         let _ = self_kv.kv.shallow_clone().scatter_(3, &step.write_index, &new_kv);
         let q = qkv.as_strided([n, kv_heads, group, e], [f, group * e, e, 1], 0);
-        let ((k, v), (cross_k, cross_v)) = windows;
-        let out_nxkxgxe = attention(&q, k, v, Some(&step.self_mask), false);
-        let xs = self.self_attention.project_add(xs_nxd, &out_nxkxgxe.reshape([n, -1]));
+        let (self_window, cross_window) = windows;
+        let out = self_window.attend(&q, Some(&step.self_mask));
+        let xs = self.self_attention.project_add(xs_nxd, &out);
 
         let cross = self.cross_attention.dims;
         let q = self.cross_attention.query(&self.pre_ca_norm.forward(&xs)).view([
@@ -107,8 +108,7 @@ impl DecoderLayer {
             1,
             cross.head_dim,
         ]);
-        let out_nxhx1xe = attention(&q, cross_k, cross_v, cross_mask, false);
-        let xs = self.cross_attention.project_add(&xs, &out_nxhx1xe.reshape([n, -1]));
+        let xs = self.cross_attention.project_add(&xs, &cross_window.attend(&q, cross_mask));
         self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
     }
 
@@ -193,16 +193,19 @@ impl Decoder {
         }
     }
 
-    /// Lays every projection out for `mm` and fuses each layer's self-attention projections
-    /// (after loading).
+    /// Lays the attention projections out for `mm`, fuses each layer's self-attention
+    /// projections and folds every norm's weight into the projections that read it (after
+    /// loading); the MLP and the head keep the checkpoint's layout.
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.relayout();
             layer.self_attention.fuse_qkv();
             layer.cross_attention.relayout();
-            layer.mlp.relayout();
+            layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
+            layer.pre_ca_norm.fold_into(&mut [layer.cross_attention.query_input_projection()]);
+            layer.pre_mlp_norm.fold_into(&mut [layer.mlp.input_projection()]);
         }
-        self.logits_dense.relayout();
+        self.norm.fold_into(&mut [&mut self.logits_dense]);
     }
 
     /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.
@@ -274,12 +277,15 @@ impl Decoder {
             write_index: positions_n
                 .view([1, n, 1, 1, 1])
                 .expand([2, n, self.kv_heads, 1, self.head_dim], false),
-            self_mask: additive_mask(&future_nxs, self.embeddings.kind()).view([n, 1, 1, window]),
+            self_mask: DecodeKv::mask(
+                &additive_mask(&future_nxs, self.embeddings.kind()),
+                self.kv_heads,
+            ),
         };
         let mut xs = self.embed(tokens_nxc);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_windows = (&windows.self_kv[i], &windows.cross_kv[i]);
-            let cross_mask = windows.cross_mask_nx1x1xs.as_ref();
+            let cross_mask = windows.cross_mask.as_ref();
             xs = layer.decode(&xs, &step, &cache.self_kv[i], layer_windows, cross_mask);
         }
         self.norm.forward(&xs)
@@ -287,7 +293,7 @@ impl Decoder {
 
     /// Logits `[N, C, V]` in f32 of final-norm states `[N, D]`.
     pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
-        let logits = self.logits_dense.mm(states_nxd).view([-1, self.channels, self.vocab]);
+        let logits = self.logits_dense.mm_t(states_nxd).tr().view([-1, self.channels, self.vocab]);
         if logits.kind() == Kind::Float {
             logits
         } else {

@@ -409,7 +409,7 @@ impl Generator {
                 .map(|s| s.as_ref().map_or_else(Sampling::default, |s| s.sampling))
                 .collect();
             BatchState {
-                windows: cache.windows(n, window, text, padded, model.kind()),
+                windows: cache.windows(n, window, text, padded),
                 params: SamplingBatch::new(&sampling, model.device()),
                 tokens_nxc: inputs.tokens.narrow(0, 0, n * c).view([n, c]),
                 positions_n: inputs.positions.narrow(0, 0, n),

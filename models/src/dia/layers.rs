@@ -59,7 +59,9 @@ fn rotate(qkv_rxf: &Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Te
     }
 }
 
-/// Gated SiLU MLP with the gate and up projections fused, gate first.
+/// Gated SiLU MLP with the gate and up projections fused, gate first. Its weights keep the
+/// checkpoint's `[out, in]` layout for [`Linear::mm_t`]: the MLP holds most of the bytes a step
+/// reads.
 #[derive(Debug)]
 pub struct Mlp {
     gate_up_proj: Linear,
@@ -76,17 +78,20 @@ impl Mlp {
         }
     }
 
-    /// Lays the projections out for `mm` (after loading).
-    pub fn relayout(&mut self) {
-        self.gate_up_proj.relayout();
-        self.down_proj.relayout();
+    /// The projection that reads the MLP's input.
+    pub fn input_projection(&mut self) -> &mut Linear {
+        &mut self.gate_up_proj
     }
 
-    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`.
+    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]` (a
+    /// transposed view: the sum is made `[D, R]`).
     pub fn add_to(&self, residual_rxd: &Tensor, xs_rxd: &Tensor) -> Tensor {
-        let gate_up = self.gate_up_proj.mm(xs_rxd).view([-1, 2, self.intermediate]);
-        let hidden = gate_up.select(1, 0).silu() * gate_up.select(1, 1);
-        self.down_proj.addmm(residual_rxd, &hidden)
+        let (i, r) = (self.intermediate, xs_rxd.size()[0]);
+        // `[2I, R]`: the gate's rows, then the up projection's, each a view by strides.
+        let gate_up = self.gate_up_proj.mm_t(xs_rxd);
+        let gate = gate_up.as_strided([i, r], [r, 1], 0);
+        let hidden_ixr = gate.silu() * gate_up.as_strided([i, r], [r, 1], i * r);
+        self.down_proj.addmm_t(&residual_rxd.tr(), &hidden_ixr).tr()
     }
 }
 
@@ -144,6 +149,12 @@ impl Attention {
         self.qkv = Some(qkv);
     }
 
+    /// The projection that reads the queries' input: q, k and v fused where they are (self-
+    /// attention), else q (cross-attention, whose keys and values read the encoder).
+    pub fn query_input_projection(&mut self) -> &mut Linear {
+        self.qkv.as_mut().unwrap_or(&mut self.q_proj)
+    }
+
     /// Self-attention projections of rows `[R, D]` with RoPE applied ([`head_rotations`]):
     /// `[R, (H + 2K)·E]`, laid out q | k | v, contiguous.
     pub fn qkv(&self, xs_rxd: &Tensor, head_rotations_rxhxe2: &Tensor) -> Tensor {
@@ -192,8 +203,108 @@ pub fn attention(
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, 1.0, gqa)
 }
 
+/// The keys and values of one layer as decode steps read them (one query frame per row): in f32
+/// by batched products over (row, KV head), `baddbmm` + softmax + `bmm`, about 8 operators where
+/// SDPA's fused CPU kernel dispatches about 20 for one query frame; in half precision through
+/// SDPA, whose fused kernels keep the scores in f32 rather than rounding them to the dtype.
+#[derive(Debug)]
+pub enum DecodeKv {
+    /// Keys transposed, `[n·K, E, S]`, and values `[n·K, S, E]`.
+    Batched { k_t: Tensor, v: Tensor },
+    /// Head-major keys and values `[n, K, S, E]`.
+    Fused { k: Tensor, v: Tensor },
+}
+
+impl DecodeKv {
+    /// Views of head-major windows `[n, K, S, E]` of a cache whose row and head axes are
+    /// contiguous with each other (as [`super::cache::KvCache`]'s are).
+    pub fn new(k_nxkxsxe: &Tensor, v_nxkxsxe: &Tensor) -> Self {
+        if !Self::batched(k_nxkxsxe.kind()) {
+            return Self::Fused { k: k_nxkxsxe.shallow_clone(), v: v_nxkxsxe.shallow_clone() };
+        }
+        let (n, heads, s, e) = k_nxkxsxe.size4().expect("a key window is [n, K, S, E]");
+        Self::Batched {
+            k_t: k_nxkxsxe.view([n * heads, s, e]).transpose(1, 2),
+            v: v_nxkxsxe.view([n * heads, s, e]),
+        }
+    }
+
+    fn batched(kind: Kind) -> bool {
+        kind == Kind::Float
+    }
+
+    /// An additive mask `[n, S]` in the form [`DecodeKv::attend`] takes for `heads` KV heads:
+    /// `[n·K, 1, S]` batched, `[n, 1, 1, S]` fused. Made once per step or batch, not per layer.
+    pub fn mask(additive_nxs: &Tensor, heads: i64) -> Tensor {
+        let (n, s) = additive_nxs.size2().expect("a decode mask is [n, S]");
+        let mask = additive_nxs.view([n, 1, 1, s]);
+        if Self::batched(additive_nxs.kind()) {
+            mask.expand([n, heads, 1, s], false).reshape([n * heads, 1, s])
+        } else {
+            mask
+        }
+    }
+
+    /// Queries `[n, K, G, E]` (G query heads per KV head, head h = k·G + g) over these keys and
+    /// values, at the reference's scale of 1: rows `[n, K·G·E]`.
+    pub fn attend(&self, q_nxkxgxe: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (n, heads, group, e) = q_nxkxgxe.size4().expect("decode queries are [n, K, G, E]");
+        match self {
+            Self::Batched { k_t, v } => {
+                let q = q_nxkxgxe.reshape([n * heads, group, e]);
+                let scores = match mask {
+                    Some(mask) => mask.baddbmm(&q, k_t, 1, 1),
+                    None => q.bmm(k_t),
+                };
+                scores.softmax(-1, None::<Kind>).bmm(v).view([n, -1])
+            }
+            Self::Fused { k, v } => attention(q_nxkxgxe, k, v, mask, false).reshape([n, -1]),
+        }
+    }
+}
+
 /// Attention output `[N, H, T, E]` as rows `[N·T, H·E]`.
 pub fn heads_to_rows(out_nxhxtxe: &Tensor) -> Tensor {
     let (n, _, t, _) = out_nxhxtxe.size4().expect("attention output is [N, H, T, E]");
     out_nxhxtxe.transpose(1, 2).reshape([n * t, -1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_decode_attention_is_sdpa_on_the_same_views() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(7);
+        let (n, heads, group, s, e) = (3, 2, 4, 5, 8);
+        // A cache with room beyond the window, as the decoder's is.
+        let cache = Tensor::randn([2, n + 1, heads, s + 3, e], (Kind::Float, Device::Cpu));
+        let window = |i: i64| cache.get(i).narrow(0, 0, n).narrow(2, 0, s);
+        let (k, v) = (window(0), window(1));
+        let q = Tensor::randn([n, heads * group * e + 7], (Kind::Float, Device::Cpu))
+            .narrow(1, 0, heads * group * e)
+            .view([n, heads, group, e]);
+        // Rows see 2, 1 and all 5 keys, as rows at different positions do.
+        let t = true;
+        let blocked = Tensor::from_slice(
+            &[[false, false, t, t, t], [false, t, t, t, t], [false; 5]].concat(),
+        )
+        .view([n, s]);
+        let additive = Tensor::zeros([n, s], (Kind::Float, Device::Cpu))
+            .masked_fill(&blocked, f64::NEG_INFINITY);
+        let batched = DecodeKv::new(&k, &v);
+        assert!(matches!(batched, DecodeKv::Batched { .. }));
+        let fused = DecodeKv::Fused { k: k.shallow_clone(), v: v.shallow_clone() };
+        for (batched_mask, fused_mask) in [
+            (Some(DecodeKv::mask(&additive, heads)), Some(additive.view([n, 1, 1, s]))),
+            (None, None),
+        ] {
+            let ours = batched.attend(&q, batched_mask.as_ref());
+            let sdpa = fused.attend(&q, fused_mask.as_ref());
+            assert_eq!(ours.size(), [n, heads * group * e]);
+            let diff = (&ours - &sdpa).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "batched and fused attention differ by {diff}");
+        }
+    }
 }
