@@ -37,7 +37,7 @@ impl Linear {
     /// runs this form about twice as fast as `x Wᵀ` in either weight layout (the 1.6B model's
     /// MLP and head at 2 rows: 18–21 GB/s against 9–10), so those keep the `[out, in]` layout.
     pub fn mm_t(&self, xs_rxi: &Tensor) -> Tensor {
-        self.weight.mm(&xs_rxi.tr())
+        self.weight.mm(&transposed(xs_rxi))
     }
 
     /// `residual + W x` for inputs `[in, R]` and a residual `[out, R]`, as `[out, R]`.
@@ -63,6 +63,13 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
         xs.linear::<&Tensor>(&self.weight, None)
     }
+}
+
+/// The transpose of a 2-D tensor as one `as_strided` view, where `t()` dispatches three
+/// operators (`t`, `transpose`, `as_strided`).
+pub fn transposed(t: &Tensor) -> Tensor {
+    let (size, stride) = (t.size(), t.stride());
+    t.as_strided([size[1], size[0]], [stride[1], stride[0]], None)
 }
 
 /// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`),

@@ -39,6 +39,8 @@ pub struct DecoderCache {
     pub cross_mask_rxs: Tensor,
     /// RoPE rotations of positions `0..T_max`, `[T_max, E/2]` complex f32.
     pub rotations_txe2: Tensor,
+    /// Self-attention query heads, for the decode steps' query staging.
+    query_heads: i64,
 }
 
 impl DecoderCache {
@@ -75,6 +77,7 @@ impl DecoderCache {
             cross_kv: (0..layers).map(|_| KvCache::zeros(cross_shape, kind, device)).collect(),
             cross_mask_rxs: Tensor::zeros([rows, max_text], (Kind::Bool, device)),
             rotations_txe2,
+            query_heads: cfg.num_attention_heads,
         }
     }
 
@@ -83,19 +86,26 @@ impl DecoderCache {
     /// shorter than `text`.
     pub fn windows(&self, n: i64, window: i64, text: i64, padded: bool) -> Windows {
         let rows = |t: &Tensor, len: i64| t.narrow(0, 0, n).narrow(2, 0, len);
+        let (_, _, kv_heads, _, head_dim) = self.self_kv[0].kv.size5().expect("[2, R, K, T, E]");
+        let (kind, device) = (self.self_kv[0].kv.kind(), self.self_kv[0].kv.device());
         let views = |caches: &[KvCache], len: i64| -> Vec<DecodeKv> {
             caches.iter().map(|kv| DecodeKv::new(&rows(&kv.k, len), &rows(&kv.v, len))).collect()
         };
         let cross_mask = padded.then(|| {
             let real = self.cross_mask_rxs.narrow(0, 0, n).narrow(1, 0, text);
             let heads = self.cross_kv[0].k.size()[1];
-            DecodeKv::mask(&additive_mask(&real.logical_not(), self.cross_kv[0].k.kind()), heads)
+            DecodeKv::mask(&additive_mask(&real.logical_not(), self.cross_kv[0].k.kind()), heads, 1)
         });
         Windows {
             key: (n, window, text),
             self_kv: views(&self.self_kv, window),
             cross_kv: views(&self.cross_kv, text),
             cross_mask,
+            self_query: DecodeKv::staging(
+                [n, kv_heads, self.query_heads / kv_heads, head_dim],
+                kind,
+                device,
+            ),
             keys_s: Tensor::arange(window, (Kind::Int64, self.rotations_txe2.device())),
         }
     }
@@ -119,6 +129,8 @@ pub struct Windows {
     pub cross_kv: Vec<DecodeKv>,
     /// Additive mask of the text padding ([`DecodeKv::mask`]), when some row needs one.
     pub cross_mask: Option<Tensor>,
+    /// Where self-attention queries are staged ([`DecodeKv::staging`]), shared by the layers.
+    pub self_query: Option<Tensor>,
     /// Key positions `0..window`.
     pub keys_s: Tensor,
 }

@@ -14,7 +14,7 @@ use super::layers::{
     attention, head_rotations, heads_to_rows, Attention, AttentionDims, DecodeKv, Mlp,
     RotaryEmbedding,
 };
-use crate::nn_ext::{Linear, RmsNorm};
+use crate::nn_ext::{transposed, Linear, RmsNorm};
 
 /// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ struct StepContext {
     write_index: Tensor,
     /// −∞ for keys past the row's position, as [`DecodeKv::mask`] makes it.
     self_mask: Tensor,
+    /// [`Windows::self_query`].
+    query_staging: Option<Tensor>,
 }
 
 #[derive(Debug)]
@@ -98,7 +100,7 @@ impl DecoderLayer {
         let _ = self_kv.kv.shallow_clone().scatter_(3, &step.write_index, &new_kv);
         let q = qkv.as_strided([n, kv_heads, group, e], [f, group * e, e, 1], 0);
         let (self_window, cross_window) = windows;
-        let out = self_window.attend(&q, Some(&step.self_mask));
+        let out = self_window.attend(&q, Some(&step.self_mask), step.query_staging.as_ref());
         let xs = self.self_attention.project_add(xs_nxd, &out);
 
         let cross = self.cross_attention.dims;
@@ -108,7 +110,7 @@ impl DecoderLayer {
             1,
             cross.head_dim,
         ]);
-        let xs = self.cross_attention.project_add(&xs, &cross_window.attend(&q, cross_mask));
+        let xs = self.cross_attention.project_add(&xs, &cross_window.attend(&q, cross_mask, None));
         self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
     }
 
@@ -280,7 +282,9 @@ impl Decoder {
             self_mask: DecodeKv::mask(
                 &additive_mask(&future_nxs, self.embeddings.kind()),
                 self.kv_heads,
+                self.heads / self.kv_heads,
             ),
+            query_staging: windows.self_query.as_ref().map(Tensor::shallow_clone),
         };
         let mut xs = self.embed(tokens_nxc);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -293,7 +297,8 @@ impl Decoder {
 
     /// Logits `[N, C, V]` in f32 of final-norm states `[N, D]`.
     pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
-        let logits = self.logits_dense.mm_t(states_nxd).tr().view([-1, self.channels, self.vocab]);
+        let logits =
+            transposed(&self.logits_dense.mm_t(states_nxd)).view([-1, self.channels, self.vocab]);
         if logits.kind() == Kind::Float {
             logits
         } else {

@@ -8,7 +8,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn_ext::{fuse_linears, interleave_halves, Linear};
+use crate::nn_ext::{fuse_linears, interleave_halves, transposed, Linear};
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl Mlp {
         let gate_up = self.gate_up_proj.mm_t(xs_rxd);
         let gate = gate_up.as_strided([i, r], [r, 1], 0);
         let hidden_ixr = gate.silu() * gate_up.as_strided([i, r], [r, 1], i * r);
-        self.down_proj.addmm_t(&residual_rxd.tr(), &hidden_ixr).tr()
+        transposed(&self.down_proj.addmm_t(&transposed(residual_rxd), &hidden_ixr))
     }
 }
 
@@ -233,30 +233,50 @@ impl DecodeKv {
         kind == Kind::Float
     }
 
-    /// An additive mask `[n, S]` in the form [`DecodeKv::attend`] takes for `heads` KV heads:
-    /// `[n·K, 1, S]` batched, `[n, 1, 1, S]` fused. Made once per step or batch, not per layer.
-    pub fn mask(additive_nxs: &Tensor, heads: i64) -> Tensor {
+    /// An additive mask `[n, S]` in the form [`DecodeKv::attend`] takes for `heads` KV heads of
+    /// `group` queries each: `[n·K, G, S]` batched (its full size, which `baddbmm` adds without
+    /// expanding it), `[n, 1, 1, S]` fused. Made once per step or batch, not per layer.
+    pub fn mask(additive_nxs: &Tensor, heads: i64, group: i64) -> Tensor {
         let (n, s) = additive_nxs.size2().expect("a decode mask is [n, S]");
         let mask = additive_nxs.view([n, 1, 1, s]);
         if Self::batched(additive_nxs.kind()) {
-            mask.expand([n, heads, 1, s], false).reshape([n * heads, 1, s])
+            mask.expand([n, heads, group, s], false).reshape([n * heads, group, s])
         } else {
             mask
         }
     }
 
+    /// A buffer for [`DecodeKv::attend`]'s `staging` where decode steps attend in batches.
+    pub fn staging(shape_nxkxgxe: [i64; 4], kind: Kind, device: Device) -> Option<Tensor> {
+        Self::batched(kind).then(|| Tensor::zeros(shape_nxkxgxe, (kind, device)))
+    }
+
     /// Queries `[n, K, G, E]` (G query heads per KV head, head h = k·G + g) over these keys and
-    /// values, at the reference's scale of 1: rows `[n, K·G·E]`.
-    pub fn attend(&self, q_nxkxgxe: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    /// values, at the reference's scale of 1: rows `[n, K·G·E]`. Batched, queries whose row
+    /// and head axes do not merge are copied into `staging` ([`DecodeKv::staging`]) first: one
+    /// operator, where `reshape` takes five.
+    pub fn attend(
+        &self,
+        q_nxkxgxe: &Tensor,
+        mask: Option<&Tensor>,
+        staging: Option<&Tensor>,
+    ) -> Tensor {
         let (n, heads, group, e) = q_nxkxgxe.size4().expect("decode queries are [n, K, G, E]");
         match self {
             Self::Batched { k_t, v } => {
-                let q = q_nxkxgxe.reshape([n * heads, group, e]);
+                let stride = q_nxkxgxe.stride();
+                let q = if stride[0] == heads * stride[1] {
+                    q_nxkxgxe.view([n * heads, group, e])
+                } else {
+                    let staging = staging.expect("unmergeable queries come with a staging buffer");
+                    let _ = staging.shallow_clone().copy_(q_nxkxgxe);
+                    staging.view([n * heads, group, e])
+                };
                 let scores = match mask {
                     Some(mask) => mask.baddbmm(&q, k_t, 1, 1),
                     None => q.bmm(k_t),
                 };
-                scores.softmax(-1, None::<Kind>).bmm(v).view([n, -1])
+                scores.internal_softmax(-1, false).bmm(v).view([n, -1])
             }
             Self::Fused { k, v } => attention(q_nxkxgxe, k, v, mask, false).reshape([n, -1]),
         }
@@ -296,12 +316,16 @@ mod tests {
         let batched = DecodeKv::new(&k, &v);
         assert!(matches!(batched, DecodeKv::Batched { .. }));
         let fused = DecodeKv::Fused { k: k.shallow_clone(), v: v.shallow_clone() };
-        for (batched_mask, fused_mask) in [
-            (Some(DecodeKv::mask(&additive, heads)), Some(additive.view([n, 1, 1, s]))),
-            (None, None),
-        ] {
-            let ours = batched.attend(&q, batched_mask.as_ref());
-            let sdpa = fused.attend(&q, fused_mask.as_ref());
+        let staging = DecodeKv::staging([n, heads, group, e], Kind::Float, Device::Cpu);
+        let batched_mask = DecodeKv::mask(&additive, heads, group);
+        for (batched_mask, fused_mask) in
+            [(Some(batched_mask), Some(additive.view([n, 1, 1, s]))), (None, None)]
+        {
+            // The queries are a view whose row and head axes do not merge, as the decoder's are.
+            let ours = batched.attend(&q, batched_mask.as_ref(), staging.as_ref());
+            let contiguous = batched.attend(&q.contiguous(), batched_mask.as_ref(), None);
+            assert!(ours.allclose(&contiguous, 0.0, 0.0, false));
+            let sdpa = fused.attend(&q, fused_mask.as_ref(), None);
             assert_eq!(ours.size(), [n, heads * group * e]);
             let diff = (&ours - &sdpa).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "batched and fused attention differ by {diff}");
