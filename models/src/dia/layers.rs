@@ -269,7 +269,7 @@ impl DecodeKv {
                     q_nxkxgxe.view([n * heads, group, e])
                 } else {
                     let staging = staging.expect("unmergeable queries come with a staging buffer");
-                    let _ = staging.shallow_clone().copy_(q_nxkxgxe);
+                    staging.shallow_clone().copy_(q_nxkxgxe);
                     staging.view([n * heads, group, e])
                 };
                 let scores = match mask {
