@@ -35,25 +35,30 @@ fn count<R>(f: impl FnOnce() -> R, by_name: bool) -> (R, u64, BTreeMap<String, u
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     // SAFETY: as above; ends the count begun above, also when `f` panicked.
     let ops = unsafe { torch_shim_op_count_end() };
-    // SAFETY: the text is not touched until the next count, which the lock keeps out; the copy
-    // writes at most `len` bytes into a buffer of `len`.
+    let names = if by_name { names_of_last_count() } else { BTreeMap::new() };
+    match result {
+        Ok(r) => (r, ops, names),
+        Err(p) => panic::resume_unwind(p),
+    }
+}
+
+/// The calls by name of the count that just ended.
+fn names_of_last_count() -> BTreeMap<String, u64> {
+    // SAFETY: the text is not touched until the next count, which the caller's lock keeps out;
+    // the copy writes at most `len` bytes into a buffer of `len`.
     let text = unsafe {
         let len = torch_shim_op_names_len();
         let mut bytes = vec![0u8; len];
         torch_shim_op_names_copy(bytes.as_mut_ptr(), len);
         bytes
     };
-    let names = String::from_utf8_lossy(&text)
+    String::from_utf8_lossy(&text)
         .lines()
         .filter_map(|line| {
             let (name, count) = line.split_once('\t')?;
             Some((name.to_owned(), count.parse().ok()?))
         })
-        .collect();
-    match result {
-        Ok(r) => (r, ops, names),
-        Err(p) => panic::resume_unwind(p),
-    }
+        .collect()
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ impl DecoderCache {
         let cross_mask = padded.then(|| {
             let real = self.cross_mask_rxs.narrow(0, 0, n).narrow(1, 0, text);
             let heads = self.cross_kv[0].k.size()[1];
-            DecodeKv::mask(&additive_mask(&real.logical_not(), self.cross_kv[0].k.kind()), heads, 1)
+            DecodeKv::mask(&additive_mask(&real.logical_not(), kind), heads, 1)
         });
         Windows {
             key: (n, window, text),

@@ -33,8 +33,6 @@ struct StepContext {
     write_index: Tensor,
     /// −∞ for keys past the row's position, as [`DecodeKv::mask`] makes it.
     self_mask: Tensor,
-    /// [`Windows::self_query`].
-    query_staging: Option<Tensor>,
 }
 
 #[derive(Debug)]
@@ -76,14 +74,14 @@ impl DecoderLayer {
         }
     }
 
-    /// One frame of rows `[n, D]`; `windows` are this layer's self- and cross-attention views.
+    /// One frame of rows `[n, D]`, reading layer `layer` of `windows`.
     fn decode(
         &self,
         xs_nxd: &Tensor,
         step: &StepContext,
         self_kv: &KvCache,
-        windows: (&DecodeKv, &DecodeKv),
-        cross_mask: Option<&Tensor>,
+        windows: &Windows,
+        layer: usize,
     ) -> Tensor {
         let n = xs_nxd.size()[0];
         let AttentionDims { heads, kv_heads, head_dim, .. } = self.self_attention.dims;
@@ -99,8 +97,8 @@ impl DecoderLayer {
         let new_kv = qkv.as_strided([2, n, kv_heads, 1, e], [kv_heads * e, f, e, e, 1], heads * e);
         let _ = self_kv.kv.shallow_clone().scatter_(3, &step.write_index, &new_kv);
         let q = qkv.as_strided([n, kv_heads, group, e], [f, group * e, e, 1], 0);
-        let (self_window, cross_window) = windows;
-        let out = self_window.attend(&q, Some(&step.self_mask), step.query_staging.as_ref());
+        let self_window = &windows.self_kv[layer];
+        let out = self_window.attend(&q, Some(&step.self_mask), windows.self_query.as_ref());
         let xs = self.self_attention.project_add(xs_nxd, &out);
 
         let cross = self.cross_attention.dims;
@@ -110,7 +108,8 @@ impl DecoderLayer {
             1,
             cross.head_dim,
         ]);
-        let xs = self.cross_attention.project_add(&xs, &cross_window.attend(&q, cross_mask, None));
+        let out = windows.cross_kv[layer].attend(&q, windows.cross_mask.as_ref(), None);
+        let xs = self.cross_attention.project_add(&xs, &out);
         self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
     }
 
@@ -284,13 +283,10 @@ impl Decoder {
                 self.kv_heads,
                 self.heads / self.kv_heads,
             ),
-            query_staging: windows.self_query.as_ref().map(Tensor::shallow_clone),
         };
         let mut xs = self.embed(tokens_nxc);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_windows = (&windows.self_kv[i], &windows.cross_kv[i]);
-            let cross_mask = windows.cross_mask.as_ref();
-            xs = layer.decode(&xs, &step, &cache.self_kv[i], layer_windows, cross_mask);
+            xs = layer.decode(&xs, &step, &cache.self_kv[i], windows, i);
         }
         self.norm.forward(&xs)
     }
