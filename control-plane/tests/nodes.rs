@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::node::{ScriptedNode, MODEL};
+use std::time::Duration;
+
+use common::node::{cloning_model, hello, ScriptedNode, MODEL};
 use common::{eventually, expect_error, Backend, Server, TestDb};
 use futures_util::{SinkExt, StreamExt};
 use proto::{ControlToNode, Hello, NodeId, NodeToControl};
@@ -235,6 +237,39 @@ async fn a_silent_node_is_dropped_and_an_unhealthy_one_gets_no_work(backend: Bac
     expect_error(server.generate(&key, json!({"input": "Hi"})).await, 404, "no_provider").await;
 }
 
+async fn a_node_reporting_no_capacity_gets_no_new_work_until_it_reports_some(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut restarting = ScriptedNode::connect(&server.ws_url(), "restarting", 2).await;
+    let first = spawn_generate(&server, &key, "First.");
+    let running = restarting.next_job().await.job;
+
+    // Its worker restarts: it takes nothing now, and keeps the job it runs.
+    restarting.report_capacity(0).await;
+    let id = NodeId("restarting".into());
+    eventually(async || server.state.registry.snapshot(&id).is_some_and(|s| s.capacity == 0)).await;
+    let (status, models) = server.get_json(&key, "/v1/models").await;
+    assert_eq!((status, &models["data"][0]["nodes"]), (200, &json!(1)), "still online: {models}");
+    let second = spawn_generate(&server, &key, "Second.");
+    let sent = tokio::time::timeout(Duration::from_secs(1), restarting.next_control()).await;
+    assert!(sent.is_err(), "a node reporting no capacity got {sent:?}");
+    // The request waited in the queue; a node with room takes it.
+    let mut spare = ScriptedNode::connect(&server.ws_url(), "spare", 1).await;
+    let queued = spare.next_job().await.job;
+    restarting.complete(&running, &[1, 2]).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+
+    // Back up, with the spare node full: the next request is its.
+    restarting.report_capacity(2).await;
+    let third = spawn_generate(&server, &key, "Third.");
+    let job = restarting.next_job().await.job;
+    restarting.complete(&job, &[1, 2]).await;
+    assert_eq!(third.await.unwrap().status(), 200);
+    spare.complete(&queued, &[1, 2]).await;
+    assert_eq!(second.await.unwrap().status(), 200);
+}
+
 async fn a_node_with_a_bad_token_or_protocol_version_is_refused(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -243,20 +278,22 @@ async fn a_node_with_a_bad_token_or_protocol_version_is_refused(backend: Backend
     let in_url = format!("{}?token={}", server.ws_url(), common::JOIN_TOKEN);
     assert!(tokio_tungstenite::connect_async(in_url).await.is_err());
 
+    let future = Hello { protocol_version: 999, ..hello("future", 1, vec![cloning_model(MODEL)]) };
+    let refused = ScriptedNode::join(&server.ws_url(), common::JOIN_TOKEN, future).await.err();
+    assert!(refused.as_ref().is_some_and(|m| m.contains("protocol version 999")), "{refused:?}");
+
+    // Version 4's GPU was free text: the node hears its version is refused, not the field.
     let mut ws = common::node::dial(&server.ws_url(), common::JOIN_TOKEN).await.unwrap();
-    let hello = NodeToControl::Hello(Hello {
-        protocol_version: 999,
-        node_id: NodeId("future".into()),
-        models: vec![common::node::cloning_model(MODEL)],
-        capacity: 1,
-        gpu: None,
-    });
-    ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
+    let mut old = serde_json::to_value(NodeToControl::Hello(hello("old", 1, vec![]))).unwrap();
+    old["protocol_version"] = 4.into();
+    old["gpu"] = "NVIDIA H100 80GB".into();
+    ws.send(Message::text(old.to_string())).await.unwrap();
     let Some(Ok(Message::Text(reply))) = ws.next().await else { panic!("expected a rejection") };
     let ControlToNode::Rejected { error } = serde_json::from_str(&reply).unwrap() else {
         panic!("{reply}")
     };
-    assert!(error.message.contains("protocol version 999"), "{}", error.message);
+    let expected = format!("protocol version 4 is not {}", proto::PROTOCOL_VERSION);
+    assert_eq!(error.message, expected);
 }
 
 async fn metrics_openapi_and_probes_are_served(backend: Backend) {
@@ -340,6 +377,7 @@ on_both_backends!(
     a_full_queue_answers_429_with_retry_after,
     a_client_that_disconnects_cancels_its_job,
     a_silent_node_is_dropped_and_an_unhealthy_one_gets_no_work,
+    a_node_reporting_no_capacity_gets_no_new_work_until_it_reports_some,
     a_node_with_a_bad_token_or_protocol_version_is_refused,
     metrics_openapi_and_probes_are_served,
 );

@@ -74,7 +74,7 @@ async fn every_operation_is_named_and_every_error_uses_the_envelope(backend: Bac
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), count, "operation ids repeat");
-    assert_eq!(count, 18);
+    assert_eq!(count, 19);
     let admin = &doc["paths"]["/v1/admin/accounts"]["post"]["responses"]["401"];
     assert_eq!(admin["description"], "invalid_admin_token");
     let detail = &doc["components"]["schemas"]["ErrorDetail"];
@@ -164,7 +164,7 @@ async fn the_reference_page_renders_every_operation_in_a_browser(backend: Backen
             rendered += 1;
         }
     }
-    assert_eq!(rendered, 18);
+    assert_eq!(rendered, 19);
     assert!(dom.contains("Dia text-to-dialogue provider"));
 }
 

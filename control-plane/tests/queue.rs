@@ -42,6 +42,7 @@ impl FakeNode {
             healthy: true,
             draining: false,
             gpu: None,
+            gpu_unavailable: Some("a fake node"),
         };
         state.db.upsert_node(&state.replica_id, &row).await.unwrap();
         let node_id = NodeId(id.into());
@@ -51,6 +52,7 @@ impl FakeNode {
             models,
             capacity,
             gpu: None,
+            gpu_unavailable: Some("a fake node".into()),
         };
         let session = state.registry.register(hello, tx).unwrap();
         state.queue.wake();

@@ -31,6 +31,7 @@ async fn a_claimed_capacity_is_capped_by_the_configured_maximum(backend: Backend
     let server = Server::start_with(config).await;
     let key = server.api_key().await;
     let mut greedy = ScriptedNode::connect(&server.ws_url(), "greedy", 1000).await;
+    greedy.report_capacity(1000).await;
     let _requests: Vec<_> = (0..3)
         .map(|i| server.spawn_generate(&key, json!({"input": format!("[S1] {i}")})))
         .collect();
@@ -38,6 +39,20 @@ async fn a_claimed_capacity_is_capped_by_the_configured_maximum(backend: Backend
     greedy.next_job().await;
     let third = tokio::time::timeout(Duration::from_millis(1500), greedy.next_control()).await;
     assert!(third.is_err(), "a third job went to a node capped at 2: {third:?}");
+}
+
+async fn a_heartbeat_cannot_raise_the_capacity_past_the_hello(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut modest = ScriptedNode::connect(&server.ws_url(), "modest", 1).await;
+    modest.report_capacity(8).await;
+    let _requests: Vec<_> = (0..2)
+        .map(|i| server.spawn_generate(&key, json!({"input": format!("[S1] {i}")})))
+        .collect();
+    modest.next_job().await;
+    let second = tokio::time::timeout(Duration::from_millis(1500), modest.next_control()).await;
+    assert!(second.is_err(), "a second job went to a node whose hello said 1: {second:?}");
 }
 
 async fn a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message(
@@ -194,6 +209,7 @@ on_both_backends!(
     a_small_text_window_bounds_only_its_own_node,
     a_small_frame_budget_bounds_only_its_own_node,
     a_claimed_capacity_is_capped_by_the_configured_maximum,
+    a_heartbeat_cannot_raise_the_capacity_past_the_hello,
     a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message,
     audio_past_what_the_request_allows_fails_the_attempt_over,
     an_oversized_message_ends_the_session_and_its_job_fails_over,

@@ -30,8 +30,8 @@ pub struct Identity {
     /// Its node credential or a join token, sent as `Authorization: Bearer`.
     pub join_token: String,
     pub node_id: String,
-    pub capacity: u32,
-    pub gpu: Option<String>,
+    /// Why the hello names no GPU.
+    pub gpu_unavailable: String,
 }
 
 /// Keeps a session up, reconnecting with exponential backoff. Returns once `drain` turns true
@@ -101,8 +101,9 @@ async fn session(
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId(identity.node_id.clone()),
         models: workers.models(),
-        capacity: identity.capacity,
-        gpu: identity.gpu.clone(),
+        capacity: workers.capacity(),
+        gpu: None,
+        gpu_unavailable: Some(identity.gpu_unavailable.clone()),
     };
     ws.send(text(&NodeToControl::Hello(hello))).await?;
     let welcome = match next_control(&mut ws).await? {
@@ -317,11 +318,13 @@ async fn start_draining(
     send_heartbeat(ws, workers, true).await
 }
 
-/// Liveness and load; a draining node reports itself unhealthy so that no work is routed to it.
+/// Liveness, load and capacity; a draining node reports itself unhealthy and taking nothing, so
+/// that no work is routed to it.
 async fn send_heartbeat(ws: &mut Ws, workers: &Workers, draining: bool) -> anyhow::Result<()> {
     let metrics = workers.metrics();
     let (active, queued) = metrics.load();
-    let load = Load { active, queued, gpu_memory_used_bytes: None };
+    let capacity = if draining { 0 } else { workers.capacity() };
+    let load = Load { active, queued, gpu_memory_used_bytes: None, capacity };
     metrics.healthy.set(i64::from(!draining));
     let health =
         if draining { Health::Unhealthy { reason: "draining".into() } } else { Health::Healthy };

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::client::{self, Identity};
-use crate::device::{parse_device, parse_dtype};
+use crate::device::{gpu_unavailable, parse_device, parse_dtype};
 use crate::engine::{Engine, EngineLimits, ModelSpec};
 use crate::metrics::NodeMetrics;
 use crate::transcriber::Transcriber;
@@ -104,16 +104,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Only the workers send: the channel closes when they have all stopped.
     drop(events_tx);
-    // Dia's slots are what its memory budget holds; a transcription-only node takes
-    // `--max-batch` clips.
-    let capacity = dia.as_ref().map_or(args.max_batch, |(_, e)| e.admits.slots as u32);
-    let workers = Workers::new(dia, whisper, metrics.clone());
+    let workers = Workers::new(dia, whisper, args.max_batch, metrics.clone());
     let identity = Identity {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        capacity,
-        gpu: device.is_cuda().then(|| format!("{device:?}")),
+        gpu_unavailable: gpu_unavailable(device).into(),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

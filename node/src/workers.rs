@@ -51,16 +51,21 @@ pub enum Refused {
 pub struct Workers {
     dia: Option<(ModelInfo, Engine)>,
     whisper: Option<(ModelInfo, Transcriber)>,
+    capacity: u32,
     metrics: Arc<NodeMetrics>,
 }
 
 impl Workers {
-    /// The engine and the transcriber, each with the id of the model it runs.
+    /// The engine and the transcriber, each with the id of the model it runs; a node without
+    /// Dia takes `max_batch` clips at once.
     pub fn new(
         dia: Option<(String, Engine)>,
         whisper: Option<(String, Transcriber)>,
+        max_batch: u32,
         metrics: Arc<NodeMetrics>,
     ) -> Self {
+        // Dia's slots are what its memory budget holds.
+        let capacity = dia.as_ref().map_or(max_batch, |(_, e)| e.admits.slots as u32);
         let dia = dia.map(|(id, engine)| {
             let info = ModelInfo {
                 id,
@@ -83,7 +88,13 @@ impl Workers {
             };
             (info, transcriber)
         });
-        Self { dia, whisper, metrics }
+        Self { dia, whisper, capacity, metrics }
+    }
+
+    /// Jobs the node takes at once, transcriptions included: the capacity of its hello and
+    /// heartbeats.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The id of the Dia model this node runs.

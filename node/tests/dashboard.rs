@@ -264,7 +264,8 @@ async fn voice_library(store: Store, name: &str) {
     assert_eq!(api(&pool, &key, "/v1/voices").await.0, 401);
     screenshot_all(&mut b, &pool, "keys", "/keys").await;
 
-    // Pool: the admin token opens it; the node is there with its model and feature.
+    // Pool: the admin token opens it; the node is there with its model and feature, and why it
+    // names no GPU.
     b.goto(&pool.url("/pool")).await;
     b.fill("#admin_token", "wrong").await;
     b.click("#unlock button").await;
@@ -277,6 +278,7 @@ async fn voice_library(store: Store, name: &str) {
         nodes.contains("tiny-0") && nodes.contains("voice-cloning") && nodes.contains("healthy"),
         "{nodes}"
     );
+    assert!(nodes.contains("no GPU: "), "{nodes}");
     screenshot_all(&mut b, &pool, "pool", "/pool").await;
 
     // Sign out: the pages lead to sign-in again.

@@ -1,5 +1,5 @@
 //! The node's side of the session against a scripted control plane on a real WebSocket: what
-//! it does when the control plane asks it to drain.
+//! its hello and heartbeats say, and what it does when the control plane asks it to drain.
 
 mod common;
 
@@ -33,6 +33,22 @@ fn id_of(msg: &ControlToNode) -> RequestId {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_says_why_it_names_no_gpu_and_heartbeats_carry_the_capacity() {
+    let mut serve = dia_node("serve");
+    serve.args(["--device", "cpu", "--max-positions", "1100", "--max-batch", "3"]);
+    let mut session = Session::join(&mut serve).await;
+    assert_eq!(session.hello.gpu, None);
+    let reason = session.hello.gpu_unavailable.as_deref();
+    assert_eq!(reason, Some("no CUDA device: the node runs on the CPU"));
+    assert_eq!(session.hello.capacity, 3);
+    // The first heartbeat follows the welcome at once.
+    let Some(Ok(NodeToControl::Heartbeat { health, load })) = next(&mut session.ws).await else {
+        panic!("expected a heartbeat")
+    };
+    assert_eq!((health, load.capacity), (Health::Healthy, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_dials_again() {
     let mut session = Session::join(dia_node("serve").args(["--max-positions", "1100"])).await;
     let model = session.hello.models[0].id.clone();
@@ -44,8 +60,8 @@ async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_di
     let (mut unhealthy, mut late_refused, mut audio, mut finished) = (false, false, 0, false);
     while let Some(msg) = next(&mut session.ws).await {
         match msg {
-            Ok(NodeToControl::Heartbeat { health: Health::Unhealthy { reason }, .. }) => {
-                unhealthy = reason == "draining";
+            Ok(NodeToControl::Heartbeat { health: Health::Unhealthy { reason }, load }) => {
+                unhealthy = reason == "draining" && load.capacity == 0;
             }
             Ok(NodeToControl::Failed { request_id, retryable, .. }) => {
                 assert_eq!(request_id, id_of(&late), "only the late job is handed back");
@@ -62,7 +78,7 @@ async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_di
             Ok(_) => {}
         }
     }
-    assert!(unhealthy, "a draining node reports itself unhealthy");
+    assert!(unhealthy, "a draining node reports itself unhealthy, taking nothing");
     assert!(late_refused, "a job sent after the drain goes back, retryable");
     assert!(audio > 0 && finished, "the job in hand is delivered before the session closes");
 

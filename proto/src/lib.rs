@@ -1,10 +1,12 @@
 //! The contract between the control plane and GPU nodes.
 //!
 //! A node dials the control plane's WebSocket (`/v1/nodes/connect?token=<join token>`) and speaks
-//! first: [`NodeToControl::Hello`] with [`PROTOCOL_VERSION`], its id, models, features and capacity.
+//! first: [`NodeToControl::Hello`] with [`PROTOCOL_VERSION`], its id, models, features, capacity
+//! and GPU (or why it reports none).
 //! The control plane answers [`ControlToNode::Welcome`] (or [`ControlToNode::Rejected`] and closes).
-//! From then on the node sends [`NodeToControl::Heartbeat`]s; a node silent for longer than the
-//! control plane's heartbeat timeout is dropped and its jobs go to another node.
+//! From then on the node sends [`NodeToControl::Heartbeat`]s (its health, load and the jobs it
+//! takes now); a node silent for longer than the control plane's heartbeat timeout is dropped and
+//! its jobs go to another node.
 //!
 //! Text frames carry JSON messages, internally tagged by `type` in snake_case. Binary frames carry
 //! audio (see [`frames`]): the voice prompt of a job, sent right after its `submit`, and the
@@ -27,7 +29,8 @@ pub use error::{ErrorKind, WireError};
 pub use frames::{BinaryFrame, FrameError, FrameHeader, PcmEncoding, Stream};
 pub use ids::{NodeId, RequestId, VoiceId};
 pub use messages::{
-    ControlToNode, Finished, Health, Hello, Job, Load, ModelInfo, NodeToControl, Task, Welcome,
+    ControlToNode, Finished, GpuInfo, Health, Hello, Job, Load, ModelInfo, NodeToControl, Task,
+    Welcome,
 };
 pub use script::{Script, ScriptError, Speaker, Turn};
 pub use speech::{Sampling, SpeechTask, VoicePrompt};
@@ -41,7 +44,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Bumped on every incompatible change to the messages; a node with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Sample rate of every PCM payload on the wire, both directions (Dia's DAC runs at 44.1 kHz).
 pub const SAMPLE_RATE: u32 = 44_100;

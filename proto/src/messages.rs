@@ -137,12 +137,34 @@ pub struct Hello {
     pub models: Vec<ModelInfo>,
     /// How many jobs it runs at once (its batch slots).
     pub capacity: u32,
-    /// Free-form GPU description (e.g. "NVIDIA H100 80GB, driver 550"), for operators.
-    pub gpu: Option<String>,
+    /// The GPU the node runs on, as it reads it; null when it reads none, and then
+    /// `gpu_unavailable` says why. A hello carries exactly one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuInfo>,
+    /// Why `gpu` is null (no CUDA device, no readings), for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_unavailable: Option<String>,
+}
+
+/// A node's GPU, as the driver (NVML) reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GpuInfo {
+    /// Product name, e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// The GPU's UUID ("GPU-…"), which tells apart GPUs of the same name.
+    pub uuid: String,
+    /// Device memory, in bytes.
+    pub memory_total_bytes: u64,
+    /// NVIDIA driver version, e.g. "550.54.15".
+    pub driver_version: String,
+    /// The newest CUDA version the driver supports, e.g. "12.4".
+    pub cuda_version: String,
 }
 
 /// One model a node serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelInfo {
     /// Model id clients name in `model` (e.g. "dia-1.6b").
     pub id: String,
@@ -185,6 +207,10 @@ pub struct Load {
     pub queued: u32,
     /// GPU memory in use, if the node can read it.
     pub gpu_memory_used_bytes: Option<u64>,
+    /// Jobs it takes at once now, running ones included: its slots, fewer while part of it is
+    /// out of service (0 while its worker restarts). The control plane routes by the least of
+    /// this and the hello's `capacity`.
+    pub capacity: u32,
 }
 
 /// A finished job.

@@ -4,9 +4,13 @@ use proto::{ControlToNode, ErrorKind, Health, NodeToControl, Task, PROTOCOL_VERS
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-fn golden<T: Serialize + DeserializeOwned>(name: &str) -> T {
+fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn golden<T: Serialize + DeserializeOwned>(name: &str) -> T {
+    let json = fixture(name);
     let message: T = serde_json::from_value(json.clone()).unwrap();
     // Through a string: f32 fields print as written ("0.95"), while to_value would widen them.
     let back: Value = serde_json::from_str(&serde_json::to_string(&message).unwrap()).unwrap();
@@ -39,6 +43,32 @@ fn a_hello_names_models_features_and_capacity() {
     assert!(hello.models[0].languages.is_empty());
     assert_eq!(hello.models[1].features, [proto::FEATURE_TRANSCRIPTION]);
     assert_eq!(hello.models[1].languages, ["en", "de"]);
+    let gpu = hello.gpu.unwrap();
+    assert_eq!(
+        (gpu.name.as_str(), gpu.memory_total_bytes),
+        ("NVIDIA H100 80GB HBM3", 85_520_809_984)
+    );
+    assert_eq!((gpu.driver_version.as_str(), gpu.cuda_version.as_str()), ("550.54.15", "12.4"));
+    assert!(gpu.uuid.starts_with("GPU-"));
+    assert_eq!(hello.gpu_unavailable, None);
+}
+
+#[test]
+fn a_hello_without_a_gpu_says_why_and_sends_no_gpu_field() {
+    // The round trip checks that neither `gpu: null` nor an empty reason is written.
+    let NodeToControl::Hello(hello) = golden::<NodeToControl>("hello_without_gpu.json") else {
+        panic!("not a hello")
+    };
+    assert_eq!(hello.gpu, None);
+    assert_eq!(hello.gpu_unavailable.as_deref(), Some("no CUDA device: the node runs on the CPU"));
+}
+
+#[test]
+fn a_gpu_of_the_old_free_form_text_is_not_read_as_one() {
+    let mut old = fixture("hello.json");
+    old["gpu"] = "NVIDIA H100 80GB, driver 550".into();
+    let error = serde_json::from_value::<NodeToControl>(old).unwrap_err().to_string();
+    assert!(error.contains("expected struct GpuInfo"), "{error}");
 }
 
 #[test]
@@ -71,7 +101,15 @@ fn a_heartbeat_carries_health_and_load() {
         panic!("not a heartbeat")
     };
     assert_eq!(health, Health::Unhealthy { reason: "XID 79".into() });
-    assert_eq!(load.active, 3);
+    assert_eq!((load.active, load.capacity), (3, 0));
+}
+
+#[test]
+fn a_heartbeat_without_its_capacity_is_not_read() {
+    let json = r#"{"type": "heartbeat", "health": {"status": "healthy"},
+                   "load": {"active": 0, "queued": 0, "gpu_memory_used_bytes": null}}"#;
+    let error = serde_json::from_str::<NodeToControl>(json).unwrap_err().to_string();
+    assert!(error.contains("missing field `capacity`"), "{error}");
 }
 
 #[test]

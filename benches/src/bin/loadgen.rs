@@ -130,6 +130,7 @@ async fn echo_node(url: &str, id: &str) {
         }],
         capacity: 256,
         gpu: None,
+        gpu_unavailable: Some("a scripted load-generator node".into()),
     });
     ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
     let _welcome = ws.next().await;

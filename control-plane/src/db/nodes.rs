@@ -2,7 +2,7 @@
 
 use super::accounts::key_hash;
 use super::{now_ms, on_pool, Db};
-use proto::ModelInfo;
+use proto::{GpuInfo, ModelInfo};
 
 /// How a node credential starts: `dnc_<id>_<secret>`.
 pub const CREDENTIAL_PREFIX: &str = "dnc_";
@@ -27,7 +27,7 @@ pub struct NodeRow {
     pub id: String,
     /// JSON list of [`ModelInfo`].
     pub models: String,
-    /// Jobs it runs at once.
+    /// Jobs it takes at once now.
     pub capacity: i64,
     /// Jobs it runs now.
     pub active: i64,
@@ -46,7 +46,7 @@ pub struct NodeState<'a> {
     pub id: &'a str,
     /// Its models.
     pub models: &'a [ModelInfo],
-    /// Jobs it runs at once.
+    /// Jobs it takes at once now.
     pub capacity: u32,
     /// Jobs it runs now.
     pub active: u32,
@@ -54,22 +54,101 @@ pub struct NodeState<'a> {
     pub healthy: bool,
     /// Finishing, not taking new work.
     pub draining: bool,
-    /// GPU description.
-    pub gpu: Option<&'a str>,
+    /// Its GPU, stored as JSON.
+    pub gpu: Option<&'a GpuInfo>,
+    /// Why it reports no GPU.
+    pub gpu_unavailable: Option<&'a str>,
+}
+
+/// What an older replica wrote for a node: it stored no reason, and free text as the GPU.
+const NOT_REPORTED: &str = "not reported (the node joined a replica of an older version)";
+
+/// A node of the pool as operators see it (the admin API and the Pool page).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PoolNode {
+    /// Node id.
+    pub id: String,
+    /// The control-plane replica holding its session.
+    pub replica_id: String,
+    /// What it serves.
+    pub models: Vec<ModelInfo>,
+    /// Jobs it takes at once now: the least of its hello's capacity, its last heartbeat's and
+    /// `MAX_NODE_CAPACITY`.
+    pub capacity: i64,
+    /// Jobs it runs now.
+    pub active: i64,
+    /// Takes work.
+    pub healthy: bool,
+    /// Finishing its jobs, taking no new ones.
+    pub draining: bool,
+    /// Its GPU; null when it reads none.
+    pub gpu: Option<GpuInfo>,
+    /// Why `gpu` is null.
+    pub gpu_unavailable: Option<String>,
+    /// Epoch ms of its last heartbeat.
+    pub last_seen: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct PoolRow {
+    id: String,
+    replica_id: String,
+    models: String,
+    capacity: i64,
+    active: i64,
+    healthy: bool,
+    draining: bool,
+    gpu: Option<String>,
+    gpu_unavailable: Option<String>,
+    last_seen: i64,
+}
+
+impl From<PoolRow> for PoolNode {
+    fn from(r: PoolRow) -> Self {
+        let gpu: Option<GpuInfo> = r.gpu.and_then(|g| serde_json::from_str(&g).ok());
+        let gpu_unavailable = match &gpu {
+            Some(_) => None,
+            None => Some(r.gpu_unavailable.unwrap_or_else(|| NOT_REPORTED.into())),
+        };
+        Self {
+            id: r.id,
+            replica_id: r.replica_id,
+            models: serde_json::from_str(&r.models).unwrap_or_default(),
+            capacity: r.capacity,
+            active: r.active,
+            healthy: r.healthy,
+            draining: r.draining,
+            gpu,
+            gpu_unavailable,
+            last_seen: r.last_seen,
+        }
+    }
 }
 
 impl Db {
     /// Records (or refreshes) a node held by `replica`.
     pub async fn upsert_node(&self, replica: &str, n: &NodeState<'_>) -> Result<(), sqlx::Error> {
-        let sql = "INSERT INTO nodes (id, replica_id, models, capacity, active, healthy, draining, gpu, last_seen)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        let sql = "INSERT INTO nodes (id, replica_id, models, capacity, active, healthy, draining, gpu,
+                       gpu_unavailable, last_seen)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                    ON CONFLICT (id) DO UPDATE SET replica_id = $2, models = $3, capacity = $4, active = $5,
-                       healthy = $6, draining = $7, gpu = $8, last_seen = $9";
+                       healthy = $6, draining = $7, gpu = $8, gpu_unavailable = $9, last_seen = $10";
         let models = serde_json::to_string(n.models).expect("models serialise");
+        let gpu = n.gpu.map(|g| serde_json::to_string(g).expect("a GPU serialises"));
         on_pool!(self, p => sqlx::query(sql)
             .bind(n.id).bind(replica).bind(models).bind(i64::from(n.capacity)).bind(i64::from(n.active))
-            .bind(n.healthy).bind(n.draining).bind(n.gpu).bind(now_ms())
+            .bind(n.healthy).bind(n.draining).bind(&gpu).bind(n.gpu_unavailable).bind(now_ms())
             .execute(p).await.map(drop))
+    }
+
+    /// Nodes heard from within `fresh_ms`, on any replica, by id.
+    pub async fn pool_nodes(&self, fresh_ms: i64) -> Result<Vec<PoolNode>, sqlx::Error> {
+        let sql = "SELECT id, replica_id, models, capacity, active, healthy, draining, gpu,
+                          gpu_unavailable, last_seen
+                   FROM nodes WHERE last_seen > $1 ORDER BY id";
+        let rows: Vec<PoolRow> =
+            on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)?;
+        Ok(rows.into_iter().map(PoolNode::from).collect())
     }
 
     /// Forgets a node, unless another replica has taken it over since.
@@ -100,11 +179,12 @@ impl Db {
         Ok(row.is_some())
     }
 
-    /// Nodes seen within `fresh_ms` that are healthy and not draining, least loaded first.
+    /// Nodes seen within `fresh_ms` that are healthy and not draining, least loaded first; those
+    /// taking no jobs now (capacity 0) last.
     pub async fn available_nodes(&self, fresh_ms: i64) -> Result<Vec<NodeRow>, sqlx::Error> {
         let sql = "SELECT id, models, capacity, active FROM nodes
                    WHERE last_seen > $1 AND healthy AND NOT draining
-                   ORDER BY CAST(active AS DOUBLE PRECISION) / capacity, id";
+                   ORDER BY CAST(active AS DOUBLE PRECISION) / NULLIF(capacity, 0) NULLS LAST, id";
         on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)
     }
 
@@ -158,5 +238,41 @@ impl Db {
             "UPDATE node_credentials SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
         let n = on_pool!(self, p => sqlx::query(sql).bind(id).bind(now_ms()).execute(p).await?.rows_affected());
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(gpu: Option<&str>, gpu_unavailable: Option<&str>) -> PoolRow {
+        PoolRow {
+            id: "n".into(),
+            replica_id: "r".into(),
+            models: "[]".into(),
+            capacity: 1,
+            active: 0,
+            healthy: true,
+            draining: false,
+            gpu: gpu.map(Into::into),
+            gpu_unavailable: gpu_unavailable.map(Into::into),
+            last_seen: 0,
+        }
+    }
+
+    #[test]
+    fn a_stored_gpu_reads_back_and_a_row_without_one_says_why() {
+        let json = r#"{"name":"NVIDIA L4","uuid":"GPU-1","memory_total_bytes":24152899584,
+                       "driver_version":"550.54.15","cuda_version":"12.4"}"#;
+        let node = PoolNode::from(row(Some(json), None));
+        assert_eq!((node.gpu.unwrap().name.as_str(), node.gpu_unavailable), ("NVIDIA L4", None));
+        let cpu = PoolNode::from(row(None, Some("no CUDA device: the node runs on the CPU")));
+        assert_eq!(
+            cpu.gpu_unavailable.as_deref(),
+            Some("no CUDA device: the node runs on the CPU")
+        );
+        // An older replica's row: free text, no reason.
+        let old = PoolNode::from(row(Some("Cuda(0)"), None));
+        assert_eq!((old.gpu, old.gpu_unavailable.as_deref()), (None, Some(NOT_REPORTED)));
     }
 }

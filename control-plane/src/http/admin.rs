@@ -1,8 +1,8 @@
-//! Admin endpoints (their own token): accounts, API keys, and node credentials.
+//! Admin endpoints (their own token): accounts, API keys, node credentials, and the pool's nodes.
 
 use super::auth::Admin;
 use super::{ApiJson, ApiPath};
-use crate::db::nodes::NodeCredentialRow;
+use crate::db::nodes::{NodeCredentialRow, PoolNode};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::State;
@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/accounts", post(create_account))
         .route("/v1/admin/accounts/{id}/keys", post(create_key))
+        .route("/v1/admin/nodes", get(list_nodes))
         .route("/v1/admin/nodes/{node_id}/credentials", post(create_node_credential))
         .route("/v1/admin/node-credentials", get(list_node_credentials))
         .route("/v1/admin/node-credentials/{id}", delete(revoke_node_credential))
@@ -92,6 +93,26 @@ pub struct CreatedNodeCredential {
 pub struct NodeCredentialList {
     /// Newest first.
     pub data: Vec<NodeCredentialRow>,
+}
+
+/// The nodes online.
+#[derive(Serialize, ToSchema)]
+pub struct NodeList {
+    /// By id.
+    pub data: Vec<PoolNode>,
+}
+
+/// Lists the nodes online on every replica: models, load, health, and each one's GPU or why it
+/// reports none.
+#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", operation_id = "list_nodes",
+    responses((status = 200, body = NodeList)),
+    security(("admin_token" = [])))]
+pub async fn list_nodes(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<NodeList>, ApiError> {
+    let fresh = state.config.heartbeat_timeout().as_millis() as i64;
+    Ok(Json(NodeList { data: state.db.pool_nodes(fresh).await? }))
 }
 
 /// The longest node id; ids are pod or host names.

@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         super::voices::list, super::voices::upload, super::voices::fetch, super::voices::audio,
         super::voices::update, super::voices::remove,
         super::history::list, super::history::fetch, super::history::audio, super::history::cancel,
-        super::admin::create_account, super::admin::create_key,
+        super::admin::create_account, super::admin::create_key, super::admin::list_nodes,
         super::admin::create_node_credential, super::admin::list_node_credentials,
         super::admin::revoke_node_credential,
     ),
@@ -31,7 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "models", description = "What the online pool offers"),
         (name = "voices", description = "The account's voice library"),
         (name = "history", description = "Every accepted request and its audio"),
-        (name = "admin", description = "Accounts, API keys and node credentials (admin token)"),
+        (name = "admin", description = "Accounts, API keys, node credentials and the pool's nodes (admin token)"),
     ),
     modifiers(&BearerAuth, &CommonErrors)
 )]

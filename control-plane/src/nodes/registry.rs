@@ -1,4 +1,5 @@
-//! The nodes connected to this replica: their sockets, health, and the jobs each is running.
+//! The nodes connected to this replica: their sockets, health, capacity, and the jobs each is
+//! running.
 
 use proto::{BinaryFrame, ControlToNode, FrameHeader, Hello, ModelInfo, NodeId, RequestId};
 use std::collections::HashMap;
@@ -22,6 +23,9 @@ pub type NodeTx = Sender<Outbound>;
 struct Entry {
     session: u64,
     hello: Hello,
+    /// Jobs it takes at once now: its last heartbeat's capacity, never above its hello's (which
+    /// the session has capped at `MAX_NODE_CAPACITY`).
+    capacity: u32,
     tx: NodeTx,
     healthy: bool,
     draining: bool,
@@ -86,6 +90,8 @@ pub struct AlreadyConnected(pub NodeId);
 pub struct Snapshot {
     /// Its hello.
     pub hello: Hello,
+    /// Jobs it takes at once now.
+    pub capacity: u32,
     /// Jobs running.
     pub active: u32,
     /// Takes work.
@@ -111,6 +117,7 @@ impl Registry {
         let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = Entry {
             session,
+            capacity: hello.capacity,
             hello: hello.clone(),
             tx,
             healthy: true,
@@ -134,13 +141,14 @@ impl Registry {
     }
 
     /// Healthy, non-draining nodes with a free slot, least loaded (by fraction of capacity) first.
+    /// A node whose capacity fell below the jobs it runs gets none until they are fewer.
     pub fn candidates(&self) -> Vec<Candidate> {
         let nodes = self.nodes.lock().expect("registry lock");
         let mut free: Vec<(f64, Candidate)> = nodes
             .values()
-            .filter(|e| e.healthy && !e.draining && (e.jobs.len() as u32) < e.hello.capacity)
+            .filter(|e| e.healthy && !e.draining && (e.jobs.len() as u32) < e.capacity)
             .map(|e| {
-                let load = e.jobs.len() as f64 / f64::from(e.hello.capacity);
+                let load = e.jobs.len() as f64 / f64::from(e.capacity);
                 (load, Candidate { id: e.hello.node_id.clone(), models: e.hello.models.clone() })
             })
             .collect();
@@ -231,10 +239,11 @@ impl Registry {
         nodes.values_mut().find_map(|e| e.jobs.remove(&request).map(|_| e.tx.clone()))
     }
 
-    /// Records a heartbeat's health.
-    pub fn set_health(&self, id: &NodeId, healthy: bool) {
+    /// Records a heartbeat's health and capacity (bounded by the hello's).
+    pub fn heartbeat(&self, id: &NodeId, healthy: bool, capacity: u32) {
         if let Some(e) = self.nodes.lock().expect("registry lock").get_mut(id) {
             e.healthy = healthy;
+            e.capacity = capacity.min(e.hello.capacity);
         }
     }
 
@@ -255,6 +264,7 @@ impl Registry {
         let nodes = self.nodes.lock().expect("registry lock");
         nodes.get(id).map(|e| Snapshot {
             hello: e.hello.clone(),
+            capacity: e.capacity,
             active: e.jobs.len() as u32,
             healthy: e.healthy,
             draining: e.draining,

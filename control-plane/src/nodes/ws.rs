@@ -9,6 +9,7 @@ use crate::db::nodes::NodeState;
 use crate::db::requests::AttemptOutcome;
 use crate::error::ApiError;
 use crate::http::auth::NodeAuth;
+use crate::nodes::hello;
 use crate::nodes::registry::{AudioRefused, Outbound};
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -50,20 +51,13 @@ async fn connect(
 async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     let (mut sink, mut stream) = socket.split();
     let hello = match tokio::time::timeout(state.config.heartbeat_timeout(), stream.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<NodeToControl>(&text),
+        Ok(Some(Ok(Message::Text(text)))) => hello::read(&text),
         _ => return,
     };
     let mut hello = match hello {
-        Ok(NodeToControl::Hello(hello)) => hello,
-        _ => return reject(&mut sink, "the first message must be a hello").await,
+        Ok(hello) => hello,
+        Err(e) => return reject(&mut sink, &e.to_string()).await,
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let msg = format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version);
-        return reject(&mut sink, &msg).await;
-    }
-    if hello.capacity == 0 || hello.models.is_empty() {
-        return reject(&mut sink, "a node needs a capacity of at least 1 and a model").await;
-    }
     let credential = match auth {
         NodeAuth::Credential { id, node_id } if node_id == hello.node_id.0 => Some(id),
         NodeAuth::Credential { node_id, .. } => {
@@ -102,7 +96,13 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     {
         return finish(&state, &node, session).await;
     }
-    tracing::info!(node = %node, capacity = hello.capacity, gpu = ?hello.gpu, "node joined");
+    tracing::info!(
+        node = %node,
+        capacity = hello.capacity,
+        gpu = ?hello.gpu,
+        gpu_unavailable = hello.gpu_unavailable.as_deref(),
+        "node joined"
+    );
     state.queue.wake();
 
     let writer = async {
@@ -185,8 +185,9 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
             if let Health::Unhealthy { reason } = &health {
                 tracing::warn!(node = %node, reason, "node reports itself unhealthy");
             }
-            state.registry.set_health(node, healthy);
-            tracing::trace!(node = %node, active = load.active, queued = load.queued, "heartbeat");
+            state.registry.heartbeat(node, healthy, load.capacity);
+            let (active, queued, capacity) = (load.active, load.queued, load.capacity);
+            tracing::trace!(node = %node, active, queued, capacity, "heartbeat");
             if let Err(e) = publish(state, node).await {
                 tracing::error!(error = %e, "could not record a heartbeat");
             }
@@ -217,11 +218,12 @@ async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
     let row = NodeState {
         id: &s.hello.node_id.0,
         models: &s.hello.models,
-        capacity: s.hello.capacity,
+        capacity: s.capacity,
         active: s.active,
         healthy: s.healthy,
         draining: s.draining,
-        gpu: s.hello.gpu.as_deref(),
+        gpu: s.hello.gpu.as_ref(),
+        gpu_unavailable: s.hello.gpu_unavailable.as_deref(),
     };
     state.db.upsert_node(&state.replica_id, &row).await
 }

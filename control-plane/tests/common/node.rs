@@ -45,6 +45,18 @@ pub fn stt_model(id: &str) -> ModelInfo {
     }
 }
 
+/// The hello of a scripted node, which reads no GPU.
+pub fn hello(id: &str, capacity: u32, models: Vec<ModelInfo>) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id: NodeId(id.into()),
+        models,
+        capacity,
+        gpu: None,
+        gpu_unavailable: Some("a scripted node".into()),
+    }
+}
+
 /// What [`ScriptedNode::serve`] says it heard in a clip.
 pub fn heard(job: &Job) -> String {
     match &job.task {
@@ -56,6 +68,8 @@ pub fn heard(job: &Job) -> String {
 pub struct ScriptedNode {
     pub id: String,
     ws: Ws,
+    /// What its hello said it takes; its heartbeats report it unless told otherwise.
+    capacity: u32,
     /// What the welcome asked for.
     heartbeat_interval: std::time::Duration,
 }
@@ -78,41 +92,29 @@ impl ScriptedNode {
         capacity: u32,
         models: Vec<ModelInfo>,
     ) -> Self {
-        let ws = dial(ws_url, super::JOIN_TOKEN).await.unwrap();
-        Self::hello(ws, id, capacity, models).await.unwrap_or_else(|e| panic!("{e:?}"))
+        let hello = hello(id, capacity, models);
+        Self::join(ws_url, super::JOIN_TOKEN, hello).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Joins with `token` as `id`, with one voice-cloning model; the refusal when refused.
     pub async fn connect_as(ws_url: &str, token: &str, id: &str) -> Result<Self, String> {
-        let ws = dial(ws_url, token).await.map_err(|e| e.to_string())?;
-        Self::hello(ws, id, 1, vec![cloning_model(MODEL)]).await.map_err(|e| match e {
-            Some(ControlToNode::Rejected { error }) => error.message,
-            other => format!("{other:?}"),
-        })
+        Self::join(ws_url, token, hello(id, 1, vec![cloning_model(MODEL)])).await
     }
 
-    /// Says hello; the answer when it is not a welcome.
-    async fn hello(
-        mut ws: Ws,
-        id: &str,
-        capacity: u32,
-        models: Vec<ModelInfo>,
-    ) -> Result<Self, Option<ControlToNode>> {
-        let hello = NodeToControl::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node_id: NodeId(id.into()),
-            models,
-            capacity,
-            gpu: Some("scripted".into()),
-        });
+    /// Joins with `token`, saying `hello`; the refusal's message when refused.
+    pub async fn join(ws_url: &str, token: &str, hello: Hello) -> Result<Self, String> {
+        let mut ws = dial(ws_url, token).await.map_err(|e| e.to_string())?;
+        let (id, capacity) = (hello.node_id.0.clone(), hello.capacity);
+        let hello = NodeToControl::Hello(hello);
         ws.send(Message::text(serde_json::to_string(&hello).unwrap())).await.unwrap();
-        let mut node = Self { id: id.into(), ws, heartbeat_interval: Default::default() };
+        let mut node = Self { id, ws, capacity, heartbeat_interval: Default::default() };
         match node.next_control().await {
             Some(ControlToNode::Welcome(w)) => {
                 node.heartbeat_interval = std::time::Duration::from_millis(w.heartbeat_interval_ms);
                 Ok(node)
             }
-            other => Err(other),
+            Some(ControlToNode::Rejected { error }) => Err(error.message),
+            other => Err(format!("{other:?}")),
         }
     }
 
@@ -233,14 +235,21 @@ impl ScriptedNode {
         self.send(&failed).await;
     }
 
+    /// A heartbeat reporting the hello's capacity.
     pub async fn heartbeat(&mut self, healthy: bool) {
         let health =
             if healthy { Health::Healthy } else { Health::Unhealthy { reason: "scripted".into() } };
-        let beat = NodeToControl::Heartbeat {
-            health,
-            load: Load { active: 0, queued: 0, gpu_memory_used_bytes: None },
-        };
-        self.send(&beat).await;
+        self.beat(health, self.capacity).await;
+    }
+
+    /// A healthy heartbeat saying the node takes `capacity` jobs at once now.
+    pub async fn report_capacity(&mut self, capacity: u32) {
+        self.beat(Health::Healthy, capacity).await;
+    }
+
+    async fn beat(&mut self, health: Health, capacity: u32) {
+        let load = Load { active: 0, queued: 0, gpu_memory_used_bytes: None, capacity };
+        self.send(&NodeToControl::Heartbeat { health, load }).await;
     }
 
     async fn send(&mut self, msg: &NodeToControl) {
