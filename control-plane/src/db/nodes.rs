@@ -34,10 +34,15 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
-    /// Its models (a row that does not parse offers none).
+    /// Its models.
     pub fn models(&self) -> Vec<ModelInfo> {
-        serde_json::from_str(&self.models).unwrap_or_default()
+        models_of(&self.models)
     }
+}
+
+/// The models of a stored JSON list (a row that does not parse offers none).
+fn models_of(json: &str) -> Vec<ModelInfo> {
+    serde_json::from_str(json).unwrap_or_default()
 }
 
 /// What is written about a node.
@@ -113,7 +118,7 @@ impl From<PoolRow> for PoolNode {
         Self {
             id: r.id,
             replica_id: r.replica_id,
-            models: serde_json::from_str(&r.models).unwrap_or_default(),
+            models: models_of(&r.models),
             capacity: r.capacity,
             active: r.active,
             healthy: r.healthy,
