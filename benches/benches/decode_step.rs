@@ -61,6 +61,8 @@ struct Figures {
 /// Times `steps` decode steps of `batch` requests after the warm-up and counts the operators of
 /// one more.
 fn bench(model: &DiaModel, batch: i64, steps: usize) -> Figures {
+    // As the node's engine runs its steps.
+    let _mode = torch_shim::inference_mode();
     // Room for every step and no more, so the 1.6B caches of batch 16 stay small; nobody
     // finishes inside the window.
     let max_new_tokens = (WARMUP + steps + 3) as i64;

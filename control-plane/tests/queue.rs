@@ -30,6 +30,14 @@ struct FakeNode {
 
 impl FakeNode {
     async fn join(state: &AppState, id: &str, capacity: u32, model: ModelInfo) -> Self {
+        let node = Self::register(state, id, capacity, model).await;
+        state.registry.joined(&node.id, node.session);
+        state.queue.wake();
+        node
+    }
+
+    /// Stored and registered as a session does before it welcomes the node: not joined yet.
+    async fn register(state: &AppState, id: &str, capacity: u32, model: ModelInfo) -> Self {
         let (tx, outbox) = mpsc::channel(16);
         let models = vec![model];
         // Published as a session does: the dispatcher fails over the jobs of nodes the store
@@ -55,7 +63,6 @@ impl FakeNode {
             gpu_unavailable: Some("a fake node".into()),
         };
         let session = state.registry.register(hello, tx).unwrap();
-        state.queue.wake();
         Self { id: node_id, session, outbox }
     }
 
@@ -278,7 +285,24 @@ async fn a_node_is_given_no_more_jobs_than_its_capacity(backend: Backend) {
     assert!(![one.request_id, two.request_id].contains(&three.request_id));
 }
 
+async fn a_node_gets_work_and_counts_online_only_once_it_has_joined(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (state, account) = start(&db).await;
+    let mut node = FakeNode::register(&state, "joining", 2, cloning_model(MODEL)).await;
+    queue_speech(&state, &account, 0, 256).await;
+    state.queue.wake();
+    node.stays_idle().await;
+    assert_eq!(state.registry.online_by_feature().get("voice-cloning"), None);
+    state.registry.joined(&node.id, node.session);
+    state.queue.wake();
+    let job = node.next_submit().await;
+    assert_eq!(state.registry.online_by_feature().get("voice-cloning"), Some(&1));
+    node.complete(&state, &job, 100).await;
+    assert_eq!(ended(&state, &job).await.status, RequestStatus::Succeeded);
+}
+
 on_both_backends!(
+    a_node_gets_work_and_counts_online_only_once_it_has_joined,
     a_job_goes_to_a_node_with_its_feature_and_room_for_it,
     a_transcriptions_clip_follows_its_submit_as_a_frame,
     a_departed_nodes_job_goes_back_to_the_queue_and_then_to_another_node,

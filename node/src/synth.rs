@@ -75,6 +75,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         checkpoints.model_id,
         started.elapsed()
     );
+    let _mode = torch_shim::inference_mode();
 
     let (text, prompt_codes) = match (&args.prompt_audio, &args.prompt_transcript) {
         (Some(wav), Some(transcript)) => {

@@ -65,6 +65,7 @@ impl Transcriber {
             };
             let languages = whisper.tokenizer().languages().iter().map(|(_, c)| c.clone());
             let _ = ready_tx.send(Ok(languages.collect()));
+            let _mode = torch_shim::inference_mode();
             Worker { whisper, queue: VecDeque::new(), events, metrics }.run(&inbox);
         })?;
         let languages =

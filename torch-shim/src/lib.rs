@@ -1,7 +1,10 @@
 //! libtorch calls that tch does not expose, through `src/shim.cpp`: counting the operators a
-//! piece of code dispatches, for the decode-step benchmark. The one crate with `unsafe`.
+//! piece of code dispatches, for the decode-step benchmark, and inference mode. The one crate
+//! with `unsafe`.
 
 use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -10,6 +13,32 @@ extern "C" {
     fn torch_shim_op_count_end() -> u64;
     fn torch_shim_op_names_len() -> usize;
     fn torch_shim_op_names_copy(out: *mut u8, len: usize);
+    fn torch_shim_inference_mode_enter() -> *mut c_void;
+    fn torch_shim_inference_mode_exit(guard: *mut c_void);
+}
+
+/// Inference mode on this thread while the guard lives: like `no_grad`, and operators also skip
+/// autograd's and view tracking's dispatch keys, which is a part of every operator's fixed cost.
+/// Tensors made meanwhile are inference tensors: they cannot be changed in place outside it.
+#[must_use = "inference mode ends when the guard is dropped"]
+pub struct InferenceMode {
+    guard: *mut c_void,
+    // The mode is thread-local: the guard must end on the thread that began it.
+    _not_send: PhantomData<*mut ()>,
+}
+
+/// Enters inference mode on the calling thread until the guard is dropped.
+pub fn inference_mode() -> InferenceMode {
+    // SAFETY: allocates a c10::InferenceMode, released once by Drop on this same thread.
+    let guard = unsafe { torch_shim_inference_mode_enter() };
+    InferenceMode { guard, _not_send: PhantomData }
+}
+
+impl Drop for InferenceMode {
+    fn drop(&mut self) {
+        // SAFETY: `guard` came from enter, is dropped once, on its thread (the type is !Send).
+        unsafe { torch_shim_inference_mode_exit(self.guard) };
+    }
 }
 
 /// One count at a time: the callback and its counter are process-wide.
@@ -63,8 +92,23 @@ fn names_of_last_count() -> BTreeMap<String, u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_ops, count_ops_by_name};
+    use super::{count_ops, count_ops_by_name, inference_mode};
     use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn inference_mode_makes_inference_tensors_while_its_guard_lives() {
+        let weight = Tensor::ones([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let made = {
+            let _mode = inference_mode();
+            let made = &weight * 2.0;
+            assert!(!made.requires_grad(), "no graph is recorded in inference mode");
+            made
+        };
+        assert!(made.is_inference(), "a tensor made in inference mode is an inference tensor");
+        assert!((&weight * 2.0).requires_grad(), "the mode ends with its guard");
+        assert!(!(&weight * 2.0).is_inference());
+        assert_eq!(made.sum(Kind::Float).double_value(&[]), 8.0);
+    }
 
     #[test]
     fn counts_the_operators_a_closure_dispatches() {

@@ -1,7 +1,9 @@
 // Operator counting through libtorch's RecordFunction callbacks: a global callback on the
 // FUNCTION scope fires once per operator call that goes through the dispatcher (nested calls
-// included), which is what PyTorch's profiler lists as `aten::` events.
+// included), which is what PyTorch's profiler lists as `aten::` events. And inference mode,
+// which tch does not expose.
 #include <ATen/record_function.h>
+#include <c10/core/InferenceMode.h>
 
 #include <atomic>
 #include <cstdint>
@@ -58,4 +60,8 @@ size_t torch_shim_op_names_len() { return names_text.size(); }
 void torch_shim_op_names_copy(char* out, size_t len) {
   std::memcpy(out, names_text.data(), std::min(len, names_text.size()));
 }
+
+// Enters inference mode on the calling thread until the matching exit, on the same thread.
+void* torch_shim_inference_mode_enter() { return new c10::InferenceMode(true); }
+void torch_shim_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }
 }

@@ -27,6 +27,9 @@ struct Entry {
     /// the session has capped at `MAX_NODE_CAPACITY`).
     capacity: u32,
     tx: NodeTx,
+    /// Stored and welcomed ([`Registry::joined`]): until then it gets no work and is not
+    /// counted online, so nobody sees it online before `/v1/models` can list it.
+    joined: bool,
     healthy: bool,
     draining: bool,
     jobs: HashMap<RequestId, Running>,
@@ -108,7 +111,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a node; returns the session number its removal must present.
+    /// Adds a node, not yet joined; returns the session number its removal must present.
     pub fn register(&self, hello: Hello, tx: NodeTx) -> Result<u64, AlreadyConnected> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         if nodes.contains_key(&hello.node_id) {
@@ -120,12 +123,21 @@ impl Registry {
             capacity: hello.capacity,
             hello: hello.clone(),
             tx,
+            joined: false,
             healthy: true,
             draining: false,
             jobs: HashMap::new(),
         };
         nodes.insert(hello.node_id, entry);
         Ok(session)
+    }
+
+    /// Marks a node's session joined: its row is in the store and it was welcomed.
+    pub fn joined(&self, id: &NodeId, session: u64) {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        if let Some(e) = nodes.get_mut(id).filter(|e| e.session == session) {
+            e.joined = true;
+        }
     }
 
     /// Removes a node's session; returns the jobs it was running, to fail over.
@@ -140,13 +152,15 @@ impl Registry {
         }
     }
 
-    /// Healthy, non-draining nodes with a free slot, least loaded (by fraction of capacity) first.
+    /// Joined, healthy, non-draining nodes with a free slot, least loaded (by fraction of
+    /// capacity) first.
     /// A node whose capacity fell below the jobs it runs gets none until they are fewer.
     pub fn candidates(&self) -> Vec<Candidate> {
         let nodes = self.nodes.lock().expect("registry lock");
         let mut free: Vec<(f64, Candidate)> = nodes
             .values()
-            .filter(|e| e.healthy && !e.draining && (e.jobs.len() as u32) < e.capacity)
+            .filter(|e| e.joined && e.healthy && !e.draining)
+            .filter(|e| (e.jobs.len() as u32) < e.capacity)
             .map(|e| {
                 let load = e.jobs.len() as f64 / f64::from(e.capacity);
                 (load, Candidate { id: e.hello.node_id.clone(), models: e.hello.models.clone() })
@@ -271,10 +285,11 @@ impl Registry {
         })
     }
 
-    /// Healthy nodes per feature, for the `tts_nodes_online` gauge.
+    /// Joined, healthy nodes per feature, for the `tts_nodes_online` gauge.
     pub fn online_by_feature(&self) -> HashMap<String, i64> {
         let mut counts = HashMap::new();
-        for e in self.nodes.lock().expect("registry lock").values().filter(|e| e.healthy) {
+        let nodes = self.nodes.lock().expect("registry lock");
+        for e in nodes.values().filter(|e| e.joined && e.healthy) {
             let mut features: Vec<&String> =
                 e.hello.models.iter().flat_map(|m| &m.features).collect();
             features.sort();

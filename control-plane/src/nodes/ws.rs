@@ -96,6 +96,7 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     {
         return finish(&state, &node, session).await;
     }
+    state.registry.joined(&node, session);
     tracing::info!(
         node = %node,
         capacity = hello.capacity,

@@ -49,6 +49,7 @@ pub fn start(
         match Dac::load(&dir, device) {
             Ok(dac) => {
                 let _ = ready_tx.send(Ok(dac.hop_length()));
+                let _mode = torch_shim::inference_mode();
                 Codec { dac, engine, events, metrics }.run(work);
             }
             Err(e) => {

@@ -74,6 +74,8 @@ pub fn run(
             return;
         }
     };
+    // Loaded outside it: weights made in inference mode could not be changed in place outside it.
+    let _mode = torch_shim::inference_mode();
     let max_text = model.config.max_text_len();
     // A slot holds at least a second of audio beside its prompt.
     let min_positions = Generator::positions_needed(&model, 0, PROGRESS_EVERY);
