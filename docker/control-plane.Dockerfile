@@ -9,6 +9,6 @@ COPY --chown=65532:65532 state /data
 USER 65532:65532
 WORKDIR /data
 ENV DATABASE_URL=sqlite:///data/control-plane.db
+# Listens on 0.0.0.0:8080, metrics on 0.0.0.0:9090 (its defaults; LISTEN_ADDR, METRICS_ADDR).
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/control-plane"]
-CMD ["--listen", "0.0.0.0:8080", "--metrics-addr", "0.0.0.0:9090"]

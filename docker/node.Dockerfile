@@ -15,6 +15,8 @@ ENV LD_LIBRARY_PATH=/opt/dia/site-packages/torch/lib \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HF_HOME=/models
+# Metrics on 0.0.0.0:9091; the device, weights and control plane from `serve`'s defaults or
+# its variables (DEVICE, DIA_WEIGHTS, CONTROL_PLANE_URL, …), which flags here would override.
 EXPOSE 9091
 ENTRYPOINT ["/usr/local/bin/dia-node"]
-CMD ["serve", "--device", "auto", "--metrics-addr", "0.0.0.0:9091"]
+CMD ["serve"]

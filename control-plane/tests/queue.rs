@@ -290,7 +290,6 @@ async fn a_node_gets_work_and_counts_online_only_once_it_has_joined(backend: Bac
     let (state, account) = start(&db).await;
     let mut node = FakeNode::register(&state, "joining", 2, cloning_model(MODEL)).await;
     queue_speech(&state, &account, 0, 256).await;
-    state.queue.wake();
     node.stays_idle().await;
     assert_eq!(state.registry.online_by_feature().get("voice-cloning"), None);
     state.registry.joined(&node.id, node.session);

@@ -207,9 +207,8 @@ pub struct Load {
     pub queued: u32,
     /// GPU memory in use, if the node can read it.
     pub gpu_memory_used_bytes: Option<u64>,
-    /// Jobs it takes at once now, running ones included: its slots, fewer while part of it is
-    /// out of service (0 while its worker restarts). The control plane routes by the least of
-    /// this and the hello's `capacity`.
+    /// Jobs it takes at once now, running ones included: its slots, 0 while it drains. The
+    /// control plane routes by the least of this and the hello's `capacity`.
     pub capacity: u32,
 }
 
