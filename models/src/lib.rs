@@ -12,6 +12,7 @@ pub mod dia;
 pub mod error;
 pub mod hub;
 mod nn_ext;
+mod parallel;
 pub mod prompt;
 mod random;
 pub mod sampling;

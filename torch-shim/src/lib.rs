@@ -1,6 +1,6 @@
 //! libtorch calls that tch does not expose, through `src/shim.cpp`: counting the operators a
-//! piece of code dispatches, for the decode-step benchmark, and inference mode. The one crate
-//! with `unsafe`.
+//! piece of code dispatches, for the decode-step benchmark, inference mode, and a thread's own
+//! intra-op thread count. The one crate with `unsafe`.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -15,6 +15,17 @@ extern "C" {
     fn torch_shim_op_names_copy(out: *mut u8, len: usize);
     fn torch_shim_inference_mode_enter() -> *mut c_void;
     fn torch_shim_inference_mode_exit(guard: *mut c_void);
+    fn torch_shim_set_intra_op_threads(threads: i32);
+}
+
+/// Sets the calling thread's intra-op threads (read back by `tch::get_num_threads`). Unlike
+/// `tch::set_num_threads`, it leaves the process-wide count alone, which threads copy when
+/// they first run parallel work: a thread that narrows its own count for a while does not
+/// narrow a thread starting meanwhile for good.
+pub fn set_intra_op_threads(threads: i32) {
+    assert!(threads > 0, "{threads} intra-op threads");
+    // SAFETY: plain setters of the calling thread's counts, called with a positive count.
+    unsafe { torch_shim_set_intra_op_threads(threads) }
 }
 
 /// Inference mode on this thread while the guard lives: like `no_grad`, and operators also skip
@@ -92,7 +103,7 @@ fn names_of_last_count() -> BTreeMap<String, u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_ops, count_ops_by_name, inference_mode};
+    use super::{count_ops, count_ops_by_name, inference_mode, set_intra_op_threads};
     use tch::{Device, Kind, Tensor};
 
     #[test]
@@ -108,6 +119,26 @@ mod tests {
         assert!((&weight * 2.0).requires_grad(), "the mode ends with its guard");
         assert!(!(&weight * 2.0).is_inference());
         assert_eq!(made.sum(Kind::Float).double_value(&[]), 8.0);
+    }
+
+    #[test]
+    fn a_threads_own_count_does_not_become_the_default_of_new_threads() {
+        tch::set_num_threads(2);
+        set_intra_op_threads(1);
+        assert_eq!(tch::get_num_threads(), 1);
+        let (a, b) = (
+            Tensor::ones([64, 64], (Kind::Float, Device::Cpu)),
+            Tensor::ones([64], (Kind::Float, Device::Cpu)),
+        );
+        assert_eq!(
+            a.mv(&b).sum(Kind::Float).double_value(&[]),
+            4096.0,
+            "products run on one thread"
+        );
+        let fresh = std::thread::spawn(tch::get_num_threads).join().expect("the thread ends");
+        assert_eq!(fresh, 2, "a new thread starts from the process-wide count");
+        set_intra_op_threads(2);
+        assert_eq!(tch::get_num_threads(), 2);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 // Operator counting through libtorch's RecordFunction callbacks: a global callback on the
 // FUNCTION scope fires once per operator call that goes through the dispatcher (nested calls
 // included), which is what PyTorch's profiler lists as `aten::` events. And inference mode,
-// which tch does not expose.
+// which tch does not expose, and a thread's own intra-op thread count.
+#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <dlfcn.h>
 #include <map>
 #include <mutex>
 #include <string>
@@ -64,4 +66,19 @@ void torch_shim_op_names_copy(char* out, size_t len) {
 // Enters inference mode on the calling thread until the matching exit, on the same thread.
 void* torch_shim_inference_mode_enter() { return new c10::InferenceMode(true); }
 void torch_shim_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }
+
+// Sets the calling thread's intra-op threads, OpenMP's and MKL's, as at::set_num_threads does,
+// without also setting the process-wide count that other threads copy when they first run
+// parallel work. Both setters are looked up in the loaded libraries (libgomp, and MKL inside
+// libtorch_cpu: the C name, by value; the lower-case names are Fortran's, by pointer); a
+// build without one skips it.
+void torch_shim_set_intra_op_threads(int threads) {
+  static const auto omp = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  static const auto mkl =
+      reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+  // The thread's lazy first setting, which would overwrite ours, happens here if not yet.
+  at::get_num_threads();
+  if (omp != nullptr) omp(threads);
+  if (mkl != nullptr) mkl(threads);
+}
 }

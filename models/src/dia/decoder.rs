@@ -14,7 +14,8 @@ use super::layers::{
     attention, head_rotations, heads_to_rows, Attention, AttentionDims, DecodeKv, Mlp,
     RotaryEmbedding,
 };
-use crate::nn_ext::{transposed, Linear, RmsNorm};
+use crate::nn_ext::{by_columns, transposed, Linear, RmsNorm};
+use crate::parallel;
 
 /// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
 #[derive(Debug)]
@@ -165,6 +166,8 @@ pub struct Decoder {
     channel_offsets_c: Tensor,
     channels: i64,
     vocab: i64,
+    /// Multiply-adds per row of a layer's largest product (the MLP's gate and up).
+    layer_product: i64,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -188,25 +191,34 @@ impl Decoder {
             channel_offsets_c: Tensor::arange(c, (Kind::Int64, vs.device())) * v,
             channels: c,
             vocab: v,
+            layer_product: d * 2 * cfg.intermediate_size,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
         }
     }
 
-    /// Lays the attention projections out for `mm`, fuses each layer's self-attention
-    /// projections and folds every norm's weight into the projections that read it (after
-    /// loading); the MLP and the head keep the checkpoint's layout.
+    /// Lays the attention projections out for `mm` and the MLPs and the head for their size
+    /// ([`by_columns`]), fuses each layer's self-attention projections and folds every norm's
+    /// weight into the projections that read it (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.relayout();
             layer.self_attention.fuse_qkv();
             layer.cross_attention.relayout();
+            layer.mlp.relayout();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.pre_ca_norm.fold_into(&mut [layer.cross_attention.query_input_projection()]);
             layer.pre_mlp_norm.fold_into(&mut [layer.mlp.input_projection()]);
         }
+        if !self.head_by_columns() {
+            self.logits_dense.relayout();
+        }
         self.norm.fold_into(&mut [&mut self.logits_dense]);
+    }
+
+    fn head_by_columns(&self) -> bool {
+        by_columns(self.logits_dense.weight().numel() as i64)
     }
 
     /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.
@@ -285,16 +297,25 @@ impl Decoder {
             ),
         };
         let mut xs = self.embed(tokens_nxc);
-        for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.decode(&xs, &step, &cache.self_kv[i], windows, i);
-        }
+        parallel::sized(n * self.layer_product, || {
+            for (i, layer) in self.layers.iter().enumerate() {
+                xs = layer.decode(&xs, &step, &cache.self_kv[i], windows, i);
+            }
+        });
         self.norm.forward(&xs)
     }
 
     /// Logits `[N, C, V]` in f32 of final-norm states `[N, D]`.
     pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
-        let logits =
-            transposed(&self.logits_dense.mm_t(states_nxd)).view([-1, self.channels, self.vocab]);
+        let (n, d) = states_nxd.size2().expect("final-norm states are [N, D]");
+        let logits = parallel::sized(n * d * self.channels * self.vocab, || {
+            if self.head_by_columns() {
+                transposed(&self.logits_dense.mm_t(states_nxd))
+            } else {
+                self.logits_dense.mm(states_nxd)
+            }
+        })
+        .view([-1, self.channels, self.vocab]);
         if logits.kind() == Kind::Float {
             logits
         } else {

@@ -79,14 +79,15 @@ impl Encoder {
         }
     }
 
-    /// Lays the attention projections out for `mm`, fuses each layer's self-attention
-    /// projections and folds the layers' norm weights into the projections that read them
-    /// (after loading); the MLP keeps the checkpoint's layout. The final norm's output feeds
+    /// Lays the attention projections out for `mm` and the MLPs for their size, fuses each
+    /// layer's self-attention projections and folds the layers' norm weights into the
+    /// projections that read them (after loading). The final norm's output feeds
     /// every decoder layer's cross-attention, so it multiplies its weight in.
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.relayout();
             layer.self_attention.fuse_qkv();
+            layer.mlp.relayout();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.post_sa_norm.fold_into(&mut [layer.mlp.input_projection()]);
         }

@@ -8,7 +8,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn_ext::{fuse_linears, interleave_halves, transposed, Linear};
+use crate::nn_ext::{by_columns, fuse_linears, interleave_halves, transposed, Linear};
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -59,28 +59,32 @@ fn rotate(qkv_rxf: &Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Te
     }
 }
 
-/// Gated SiLU MLP with the gate and up projections fused, gate first. Its weights keep the
-/// checkpoint's `[out, in]` layout for [`Linear::mm_t`]: the MLP holds most of the bytes a step
-/// reads.
+/// Gated SiLU MLP with the gate and up projections fused, gate first. The MLP holds most of
+/// the bytes a step reads: a large one keeps the checkpoint's `[out, in]` weights for
+/// [`Linear::mm_t`], a small one is laid out for [`Linear::mm`] ([`by_columns`]).
 #[derive(Debug)]
 pub struct Mlp {
     gate_up_proj: Linear,
     down_proj: Linear,
     intermediate: i64,
-    /// Whether the hidden activations are written by rows `[R, I]` for the down projection.
-    hidden_by_rows: bool,
+    by_columns: bool,
 }
 
 impl Mlp {
-    /// Down projections of this many weights and up have their input written by rows.
-    const ROWS_FIRST_FROM: i64 = 1 << 18;
-
     pub fn new(vs: nn::Path, dim: i64, intermediate: i64) -> Self {
         Self {
             gate_up_proj: Linear::new(&vs / "gate_up_proj", dim, 2 * intermediate),
             down_proj: Linear::new(&vs / "down_proj", intermediate, dim),
             intermediate,
-            hidden_by_rows: dim * intermediate >= Self::ROWS_FIRST_FROM,
+            by_columns: by_columns(dim * intermediate),
+        }
+    }
+
+    /// Lays the weights out for the form their size takes (after loading).
+    pub fn relayout(&mut self) {
+        if !self.by_columns {
+            self.gate_up_proj.relayout();
+            self.down_proj.relayout();
         }
     }
 
@@ -89,23 +93,26 @@ impl Mlp {
         &mut self.gate_up_proj
     }
 
-    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]` (a
-    /// transposed view: the sum is made `[D, R]`).
+    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]` (by
+    /// columns, a transposed view: the sum is made `[D, R]`).
     pub fn add_to(&self, residual_rxd: &Tensor, xs_rxd: &Tensor) -> Tensor {
         let (i, r) = (self.intermediate, xs_rxd.size()[0]);
-        // `[2I, R]`: the gate's rows, then the up projection's, each a view by strides.
+        if !self.by_columns {
+            // `[R, 2I]`: the gate's columns, then the up projection's, each a view by strides.
+            let gate_up = self.gate_up_proj.mm(xs_rxd);
+            let gate = gate_up.as_strided([r, i], [2 * i, 1], 0).silu();
+            let up = gate_up.as_strided([r, i], [2 * i, 1], i);
+            return self.down_proj.addmm(residual_rxd, &(gate * up));
+        }
+        // `[2I, R]`: the gate's rows, then the up projection's.
         let gate_up = self.gate_up_proj.mm_t(xs_rxd);
         let gate = gate_up.as_strided([i, r], [r, 1], 0).silu();
         let up = gate_up.as_strided([i, r], [r, 1], i * r);
         // MKL's `W xᵀ` is fast at a few rows only where x is stored by rows (the 1.6B model's
-        // down projection at 2 rows: 15 GB/s against 6 for x stored `[I, R]`), so a large
-        // MLP writes the product by rows, at the cost of one allocation.
-        let hidden_ixr = if self.hidden_by_rows {
-            let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
-            gate.mul_out(&transposed(&hidden_rxi), &up)
-        } else {
-            gate * up
-        };
+        // down projection at 2 rows: 15 GB/s against 6 for x stored `[I, R]`), so the product
+        // is written by rows, at the cost of one allocation.
+        let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
+        let hidden_ixr = gate.mul_out(&transposed(&hidden_rxi), &up);
         transposed(&self.down_proj.addmm_t(&transposed(residual_rxd), &hidden_ixr))
     }
 }
@@ -309,29 +316,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mlp_is_the_same_with_its_hidden_activations_written_by_rows() {
+    fn the_mlp_is_the_same_by_rows_and_by_columns() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(3);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let (dim, inner, rows) = (512, 512, 3);
-        let mut mlp = Mlp::new(vs.root(), dim, inner);
-        assert!(mlp.hidden_by_rows, "a 512 × 512 down projection is written by rows");
-        for (_, mut var) in vs.variables() {
-            var.copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.05));
-        }
-        let xs = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
-        let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
-        let w = |name: &str| vs.variables()[name].shallow_clone();
-        let gate_up = xs.mm(&w("gate_up_proj.weight").tr());
-        let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
-        let expected = &residual + hidden.mm(&w("down_proj.weight").tr());
-        let by_rows = mlp.add_to(&residual, &xs);
-        mlp.hidden_by_rows = false;
-        let by_columns = mlp.add_to(&residual, &xs);
-        for (form, out) in [("by rows", by_rows), ("by columns", by_columns)] {
+        // 512 × 512 is multiplied by columns, 64 × 128 by rows.
+        for (dim, inner, columns) in [(512, 512, true), (64, 128, false)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let rows = 3;
+            let mut mlp = Mlp::new(vs.root(), dim, inner);
+            assert_eq!(mlp.by_columns, columns, "{dim} × {inner}");
+            for (_, mut var) in vs.variables() {
+                var.copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.05));
+            }
+            let w = |name: &str| vs.variables()[name].copy();
+            let (gate_up_w, down_w) = (w("gate_up_proj.weight"), w("down_proj.weight"));
+            mlp.relayout();
+            let xs = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
+            let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
+            let gate_up = xs.mm(&gate_up_w.tr());
+            let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
+            let expected = &residual + hidden.mm(&down_w.tr());
+            let out = mlp.add_to(&residual, &xs);
             assert_eq!(out.size(), [rows, dim]);
             let diff = (&out - &expected).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "the MLP {form} is off by {diff}");
+            assert!(diff < 1e-4, "the MLP {dim} × {inner} is off by {diff}");
         }
     }
 
