@@ -36,9 +36,34 @@ impl Linear {
     /// `[R, in] → [out, R]`: `W xᵀ`, outputs by rows. For large weights at a few rows MKL
     /// runs this form up to twice as fast as `x Wᵀ` in either weight layout (the 1.6B model's
     /// MLP and head at 2 rows: 18–21 GB/s against 9–10), so those keep the `[out, in]` layout
-    /// (see [`by_columns`]).
+    /// (see [`by_columns`]). It is fast only with x stored by rows (15 GB/s against 6 for x
+    /// stored `[in, R]`), so an input that is not is copied to rows first (a few KB).
     pub fn mm_t(&self, xs_rxi: &Tensor) -> Tensor {
-        self.weight.mm(&transposed(xs_rxi))
+        self.weight.mm(&transposed(&by_rows(xs_rxi)))
+    }
+
+    /// `[R, in] → [R, out]` in the form the weight's size takes ([`by_columns`]), contiguous.
+    pub fn rows(&self, xs_rxi: &Tensor) -> Tensor {
+        if self.by_columns() {
+            by_rows(&transposed(&self.mm_t(xs_rxi)))
+        } else {
+            self.mm(xs_rxi)
+        }
+    }
+
+    /// `residual + x Wᵀ` for `[R, in]` inputs in the form the weight's size takes, as rows
+    /// `[R, out]` (by columns, a transposed view: the sum is made `[out, R]`).
+    pub fn add_rows(&self, residual_rxo: &Tensor, xs_rxi: &Tensor) -> Tensor {
+        if self.by_columns() {
+            transposed(&self.addmm_t(&transposed(residual_rxo), &transposed(&by_rows(xs_rxi))))
+        } else {
+            self.addmm(residual_rxo, xs_rxi)
+        }
+    }
+
+    /// Whether this linear multiplies as `W xᵀ` ([`by_columns`] of its size).
+    pub fn by_columns(&self) -> bool {
+        by_columns(self.weight.numel() as i64)
     }
 
     /// `residual + W x` for inputs `[in, R]` and a residual `[out, R]`, as `[out, R]`.
@@ -52,11 +77,28 @@ impl Linear {
     }
 
     /// Stores the weight `[in, out]` in memory (the `[out, in]` weight a strided view of it):
-    /// MKL multiplies by an untransposed right operand faster (10–20 % for the 1.6B model's
-    /// projections at a few rows). For after loading.
+    /// `x W` runs faster with an untransposed right operand. For after loading.
     pub fn relayout(&mut self) {
         self.weight.set_data(&self.weight.tr().contiguous().tr());
         self.weight_t = self.weight.tr();
+    }
+
+    /// Lays the weight out for the form its size takes ([`by_columns`]). For after loading.
+    pub fn relayout_for_size(&mut self) {
+        if !self.by_columns() {
+            self.relayout();
+        }
+    }
+}
+
+/// `xs` stored by rows: itself where it is, else a contiguous copy.
+fn by_rows(xs: &Tensor) -> Tensor {
+    if xs.is_contiguous() {
+        xs.shallow_clone()
+    } else {
+        let mut rows = Tensor::empty(xs.size(), (xs.kind(), xs.device()));
+        rows.copy_(xs);
+        rows
     }
 }
 
@@ -82,11 +124,12 @@ pub fn transposed(t: &Tensor) -> Tensor {
 }
 
 /// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`),
-/// laid out as `relayout` does; each part is re-pointed at its rows of it, so one matmul serves
-/// them all and the weights are not held twice.
+/// laid out for its size as `relayout_for_size` does; each part is re-pointed at its rows of
+/// it, so one matmul serves them all and the weights are not held twice.
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
     let stacked = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
-    let fused = stacked.tr().contiguous().tr();
+    let fused =
+        if by_columns(stacked.numel() as i64) { stacked } else { stacked.tr().contiguous().tr() };
     let mut row = 0;
     for linear in parts.iter_mut() {
         let rows = linear.weight.size()[0];
@@ -215,6 +258,61 @@ pub fn fold_weight_norm(g: &Tensor, v: &Tensor) -> Tensor {
 mod tests {
     use super::*;
     use tch::Device;
+
+    fn random_linear(vs: &nn::VarStore, name: &str, in_dim: i64, out_dim: i64) -> (Linear, Tensor) {
+        let mut linear = Linear::new(&vs.root() / name, in_dim, out_dim);
+        let weight = Tensor::randn([out_dim, in_dim], (Kind::Float, Device::Cpu)) * 0.05;
+        linear.weight.copy_(&weight);
+        (linear, weight)
+    }
+
+    fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+        assert_eq!(got.size(), want.size(), "{what}");
+        let diff = (got - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{what} is off by {diff}");
+    }
+
+    #[test]
+    fn a_linear_gives_the_same_rows_in_either_form_from_inputs_in_either_layout() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        // 64 × 96 is multiplied by rows, 512 × 768 by columns.
+        for (in_dim, out_dim, columns) in [(64, 96, false), (512, 768, true)] {
+            let (mut linear, weight) = random_linear(&vs, &format!("l{in_dim}"), in_dim, out_dim);
+            linear.relayout_for_size();
+            assert_eq!(linear.by_columns(), columns, "{in_dim} × {out_dim}");
+            let rows = Tensor::randn([3, in_dim], (Kind::Float, Device::Cpu));
+            // The residual stream after a product by columns: a transposed view.
+            let columns_view = transposed(&Tensor::randn([in_dim, 3], (Kind::Float, Device::Cpu)));
+            for (layout, xs) in [("rows", rows), ("columns", columns_view)] {
+                let what = format!("{in_dim} × {out_dim} from {layout}");
+                let expected = xs.mm(&weight.tr());
+                let got = linear.rows(&xs);
+                assert!(got.is_contiguous(), "{what}: rows are contiguous");
+                assert_close(&got, &expected, &what);
+                let residual = Tensor::randn([3, out_dim], (Kind::Float, Device::Cpu));
+                assert_close(&linear.add_rows(&residual, &xs), &(&residual + &expected), &what);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_linears_multiply_as_their_parts_in_either_form() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(12);
+        let vs = nn::VarStore::new(Device::Cpu);
+        for (in_dim, outs) in [(32, [32, 16]), (512, [512, 128])] {
+            let (mut a, wa) = random_linear(&vs, &format!("a{in_dim}"), in_dim, outs[0]);
+            let (mut b, wb) = random_linear(&vs, &format!("b{in_dim}"), in_dim, outs[1]);
+            let fused = fuse_linears(&mut [&mut a, &mut b]);
+            let xs = Tensor::randn([2, in_dim], (Kind::Float, Device::Cpu));
+            let expected = Tensor::cat(&[xs.mm(&wa.tr()), xs.mm(&wb.tr())], 1);
+            assert_close(&fused.rows(&xs), &expected, &format!("fused {in_dim}"));
+            assert_close(&a.mm(&xs), &xs.mm(&wa.tr()), "a part after fusing");
+            assert_close(&b.mm(&xs), &xs.mm(&wb.tr()), "b part after fusing");
+        }
+    }
 
     #[test]
     fn rms_norm_is_the_formula_with_its_weight_multiplied_or_folded() {

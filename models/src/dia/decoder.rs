@@ -14,7 +14,7 @@ use super::layers::{
     attention, head_rotations, heads_to_rows, Attention, AttentionDims, DecodeKv, Mlp,
     RotaryEmbedding,
 };
-use crate::nn_ext::{by_columns, transposed, Linear, RmsNorm};
+use crate::nn_ext::{transposed, Linear, RmsNorm};
 use crate::parallel;
 
 /// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
@@ -198,9 +198,9 @@ impl Decoder {
         }
     }
 
-    /// Lays the attention projections out for `mm` and the MLPs and the head for their size
-    /// ([`by_columns`]), fuses each layer's self-attention projections and folds every norm's
-    /// weight into the projections that read it (after loading).
+    /// Lays every projection out for the form its size takes ([`crate::nn_ext::by_columns`]), fuses each
+    /// layer's self-attention projections and folds every norm's weight into the projections
+    /// that read it (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.relayout();
@@ -211,14 +211,8 @@ impl Decoder {
             layer.pre_ca_norm.fold_into(&mut [layer.cross_attention.query_input_projection()]);
             layer.pre_mlp_norm.fold_into(&mut [layer.mlp.input_projection()]);
         }
-        if !self.head_by_columns() {
-            self.logits_dense.relayout();
-        }
+        self.logits_dense.relayout_for_size();
         self.norm.fold_into(&mut [&mut self.logits_dense]);
-    }
-
-    fn head_by_columns(&self) -> bool {
-        by_columns(self.logits_dense.weight().numel() as i64)
     }
 
     /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.
@@ -309,7 +303,7 @@ impl Decoder {
     pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
         let (n, d) = states_nxd.size2().expect("final-norm states are [N, D]");
         let logits = parallel::sized(n * d * self.channels * self.vocab, || {
-            if self.head_by_columns() {
+            if self.logits_dense.by_columns() {
                 transposed(&self.logits_dense.mm_t(states_nxd))
             } else {
                 self.logits_dense.mm(states_nxd)

@@ -79,8 +79,8 @@ impl Encoder {
         }
     }
 
-    /// Lays the attention projections out for `mm` and the MLPs for their size, fuses each
-    /// layer's self-attention projections and folds the layers' norm weights into the
+    /// Lays every projection out for the form its size takes, fuses each layer's
+    /// self-attention projections and folds the layers' norm weights into the
     /// projections that read them (after loading). The final norm's output feeds
     /// every decoder layer's cross-attention, so it multiplies its weight in.
     pub fn prepare_projections(&mut self) {

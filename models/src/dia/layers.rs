@@ -153,10 +153,10 @@ impl Attention {
         }
     }
 
-    /// Lays the projections out for `mm` (after loading).
+    /// Lays the projections out for the form their size takes (after loading).
     pub fn relayout(&mut self) {
         for linear in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj] {
-            linear.relayout();
+            linear.relayout_for_size();
         }
     }
 
@@ -181,7 +181,7 @@ impl Attention {
     /// `[R, (H + 2K)·E]`, laid out q | k | v, contiguous.
     pub fn qkv(&self, xs_rxd: &Tensor, head_rotations_rxhxe2: &Tensor) -> Tensor {
         let fused = self.qkv.as_ref().expect("self-attention projections are fused at load");
-        rotate(&fused.mm(xs_rxd), self.dims.head_dim, head_rotations_rxhxe2)
+        rotate(&fused.rows(xs_rxd), self.dims.head_dim, head_rotations_rxhxe2)
     }
 
     /// Fused projections `[N·T, (H + 2K)·E]` as head-major q `[N, H, T, E]`, k and v
@@ -193,9 +193,9 @@ impl Attention {
         (part(0, heads), part(heads, kv_heads), part(heads + kv_heads, kv_heads))
     }
 
-    /// `[R, D] → [R, H·E]` queries (RoPE not applied).
+    /// `[R, D] → [R, H·E]` queries (RoPE not applied), contiguous.
     pub fn query(&self, xs_rxd: &Tensor) -> Tensor {
-        self.q_proj.mm(xs_rxd)
+        self.q_proj.rows(xs_rxd)
     }
 
     /// `[N, S, D] → ([N, S, K, E], [N, S, K, E])` keys and values (RoPE not applied).
@@ -207,7 +207,7 @@ impl Attention {
 
     /// `residual + o_proj(heads)` for attention outputs as rows `[R, H·E]`.
     pub fn project_add(&self, residual_rxd: &Tensor, heads_rxf: &Tensor) -> Tensor {
-        self.o_proj.addmm(residual_rxd, heads_rxf)
+        self.o_proj.add_rows(residual_rxd, heads_rxf)
     }
 }
 
