@@ -28,11 +28,6 @@ impl Linear {
         xs_rxi.mm(&self.weight_t)
     }
 
-    /// `residual + x Wᵀ` for `[R, in]` inputs, in one operator.
-    pub fn addmm(&self, residual_rxo: &Tensor, xs_rxi: &Tensor) -> Tensor {
-        residual_rxo.addmm(xs_rxi, &self.weight_t)
-    }
-
     /// `[R, in] → [out, R]`: `W xᵀ`, outputs by rows. For large weights at a few rows MKL
     /// runs this form up to twice as fast as `x Wᵀ` in either weight layout (the 1.6B model's
     /// MLP and head at 2 rows: 18–21 GB/s against 9–10), so those keep the `[out, in]` layout
@@ -52,12 +47,14 @@ impl Linear {
     }
 
     /// `residual + x Wᵀ` for `[R, in]` inputs in the form the weight's size takes, as rows
-    /// `[R, out]` (by columns, a transposed view: the sum is made `[out, R]`).
-    pub fn add_rows(&self, residual_rxo: &Tensor, xs_rxi: &Tensor) -> Tensor {
+    /// `[R, out]`. By rows the sum is made in the residual's storage, one operator without a
+    /// copy, so the caller hands over a residual it no longer needs; by columns it is made
+    /// `[out, R]`, seen as rows through a transposed view.
+    pub fn add_rows(&self, mut residual_rxo: Tensor, xs_rxi: &Tensor) -> Tensor {
         if self.by_columns() {
-            transposed(&self.addmm_t(&transposed(residual_rxo), &transposed(&by_rows(xs_rxi))))
+            transposed(&self.addmm_t(&transposed(&residual_rxo), &transposed(&by_rows(xs_rxi))))
         } else {
-            self.addmm(residual_rxo, xs_rxi)
+            residual_rxo.addmm_(xs_rxi, &self.weight_t)
         }
     }
 
@@ -292,7 +289,8 @@ mod tests {
                 assert!(got.is_contiguous(), "{what}: rows are contiguous");
                 assert_close(&got, &expected, &what);
                 let residual = Tensor::randn([3, out_dim], (Kind::Float, Device::Cpu));
-                assert_close(&linear.add_rows(&residual, &xs), &(&residual + &expected), &what);
+                let sum = &residual + &expected;
+                assert_close(&linear.add_rows(residual, &xs), &sum, &what);
             }
         }
     }

@@ -78,7 +78,7 @@ impl DecoderLayer {
     /// One frame of rows `[n, D]`, reading layer `layer` of `windows`.
     fn decode(
         &self,
-        xs_nxd: &Tensor,
+        xs_nxd: Tensor,
         step: &StepContext,
         self_kv: &KvCache,
         windows: &Windows,
@@ -87,7 +87,7 @@ impl DecoderLayer {
         let n = xs_nxd.size()[0];
         let AttentionDims { heads, kv_heads, head_dim, .. } = self.self_attention.dims;
         let (group, e) = (heads / kv_heads, head_dim);
-        let h = self.pre_sa_norm.forward(xs_nxd);
+        let h = self.pre_sa_norm.forward(&xs_nxd);
         let qkv = self.self_attention.qkv(&h, &step.head_rotations_nxhxe2);
         // Views of the fused rows `[n, F]` by strides, one operator each where narrow + view
         // take four. This frame's keys and values `[2, n, K, 1, E]` go to each row's position,
@@ -110,21 +110,23 @@ impl DecoderLayer {
             cross.head_dim,
         ]);
         let out = windows.cross_kv[layer].attend(&q, windows.cross_mask.as_ref(), None);
-        let xs = self.cross_attention.project_add(&xs, &out);
-        self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
+        let xs = self.cross_attention.project_add(xs, &out);
+        let normed = self.pre_mlp_norm.forward(&xs);
+        self.mlp.add_to(xs, &normed)
     }
 
     /// Frames `0..t` of rows `first_row..first_row + n` (`[n·t, D]`), causal as the reference's
     /// prefill; their keys and values are written to the cache.
     fn prefill(
         &self,
-        xs_rxd: &Tensor,
+        xs_rxd: Tensor,
         input: &PrefillInput,
         self_kv: &KvCache,
         cross_kv: &KvCache,
     ) -> Tensor {
         let PrefillInput { n, t, first_row, text_len, ref head_rotations_rxhxe2 } = *input;
-        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
+        let qkv =
+            self.self_attention.qkv(&self.pre_sa_norm.forward(&xs_rxd), head_rotations_rxhxe2);
         let (q, k, v) = self.self_attention.split_heads(&qkv, n);
         for (cache, new) in [(&self_kv.k, &k), (&self_kv.v, &v)] {
             cache.narrow(0, first_row, n).narrow(2, 0, t).copy_(new);
@@ -141,8 +143,9 @@ impl DecoderLayer {
         // Both rows of a request hold its text, so the window has no padding to mask.
         let window = |c: &Tensor| c.narrow(0, first_row, n).narrow(2, 0, text_len);
         let out = attention(&q, &window(&cross_kv.k), &window(&cross_kv.v), None, false);
-        let xs = self.cross_attention.project_add(&xs, &heads_to_rows(&out));
-        self.mlp.add_to(&xs, &self.pre_mlp_norm.forward(&xs))
+        let xs = self.cross_attention.project_add(xs, &heads_to_rows(&out));
+        let normed = self.pre_mlp_norm.forward(&xs);
+        self.mlp.add_to(xs, &normed)
     }
 }
 
@@ -267,7 +270,7 @@ impl Decoder {
         };
         let mut xs = self.embed(&tokens_nxtxc.view([n * t, c]));
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.prefill(&xs, &input, &cache.self_kv[i], &cache.cross_kv[i]);
+            xs = layer.prefill(xs, &input, &cache.self_kv[i], &cache.cross_kv[i]);
         }
     }
 
@@ -290,11 +293,11 @@ impl Decoder {
                 self.heads / self.kv_heads,
             ),
         };
-        let mut xs = self.embed(tokens_nxc);
-        parallel::sized(n * self.layer_product, || {
-            for (i, layer) in self.layers.iter().enumerate() {
-                xs = layer.decode(&xs, &step, &cache.self_kv[i], windows, i);
-            }
+        let xs = parallel::sized(n * self.layer_product, || {
+            let embedded = self.embed(tokens_nxc);
+            self.layers.iter().enumerate().fold(embedded, |xs, (i, layer)| {
+                layer.decode(xs, &step, &cache.self_kv[i], windows, i)
+            })
         });
         self.norm.forward(&xs)
     }

@@ -39,16 +39,18 @@ impl EncoderLayer {
     /// Rows `[N·S, D]` of `n` texts.
     fn forward(
         &self,
-        xs_rxd: &Tensor,
+        xs_rxd: Tensor,
         n: i64,
         head_rotations_rxhxe2: &Tensor,
         mask_nx1xsxs: &Tensor,
     ) -> Tensor {
-        let qkv = self.self_attention.qkv(&self.pre_sa_norm.forward(xs_rxd), head_rotations_rxhxe2);
+        let qkv =
+            self.self_attention.qkv(&self.pre_sa_norm.forward(&xs_rxd), head_rotations_rxhxe2);
         let (q, k, v) = self.self_attention.split_heads(&qkv, n);
         let heads = heads_to_rows(&attention(&q, &k, &v, Some(mask_nx1xsxs), false));
         let xs = self.self_attention.project_add(xs_rxd, &heads);
-        self.mlp.add_to(&xs, &self.post_sa_norm.forward(&xs))
+        let normed = self.post_sa_norm.forward(&xs);
+        self.mlp.add_to(xs, &normed)
     }
 }
 
@@ -106,7 +108,7 @@ impl Encoder {
         );
         let mut xs = Tensor::embedding(&self.embedding, &ids_nxs.view([n * s]), -1, false, false);
         for layer in &self.layers {
-            xs = layer.forward(&xs, n, &rotations, mask_nx1xsxs);
+            xs = layer.forward(xs, n, &rotations, mask_nx1xsxs);
         }
         self.norm.forward(&xs).view([n, s, -1])
     }

@@ -42,20 +42,17 @@ pub fn head_rotations(rotations_rxe2: &Tensor, rotated: i64, plain: i64) -> Tens
     Tensor::cat(&[rotations_rxe2.unsqueeze(1).expand([r, rotated, e2], false), ones], 1)
 }
 
-/// Fused projections `[R, F]` rotated by `head_rotations_rxhxe2`, as a new contiguous tensor.
+/// Fused projections `[R, F]` rotated by `head_rotations_rxhxe2`, in place where they are f32.
 /// The weights put each head's rotate-half pairs side by side (`interleave_halves` at load), so
 /// the rotation is one complex product, in f32 whatever the dtype as the reference rotates.
-fn rotate(qkv_rxf: &Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Tensor {
-    let r = qkv_rxf.size()[0];
-    let kind = qkv_rxf.kind();
-    let x =
-        if kind == Kind::Float { qkv_rxf.shallow_clone() } else { qkv_rxf.to_kind(Kind::Float) };
-    let pairs = x.view([r, -1, head_dim / 2, 2]).view_as_complex();
-    let rotated = (pairs * head_rotations_rxhxe2).view_as_real().view([r, -1]);
+fn rotate(qkv_rxf: Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Tensor {
+    let (r, kind) = (qkv_rxf.size()[0], qkv_rxf.kind());
+    let x = if kind == Kind::Float { qkv_rxf } else { qkv_rxf.to_kind(Kind::Float) };
+    let _ = x.view([r, -1, head_dim / 2, 2]).view_as_complex().g_mul_(head_rotations_rxhxe2);
     if kind == Kind::Float {
-        rotated
+        x
     } else {
-        rotated.to_kind(kind)
+        x.to_kind(kind)
     }
 }
 
@@ -93,16 +90,17 @@ impl Mlp {
         &mut self.gate_up_proj
     }
 
-    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]` (by
-    /// columns, a transposed view: the sum is made `[D, R]`).
-    pub fn add_to(&self, residual_rxd: &Tensor, xs_rxd: &Tensor) -> Tensor {
+    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]`: by rows in
+    /// the residual's storage (see [`Linear::add_rows`]), by columns a transposed view (the sum
+    /// is made `[D, R]`).
+    pub fn add_to(&self, residual_rxd: Tensor, xs_rxd: &Tensor) -> Tensor {
         let (i, r) = (self.intermediate, xs_rxd.size()[0]);
         if !self.by_columns {
             // `[R, 2I]`: the gate's columns, then the up projection's, each a view by strides.
             let gate_up = self.gate_up_proj.mm(xs_rxd);
             let gate = gate_up.as_strided([r, i], [2 * i, 1], 0).silu();
             let up = gate_up.as_strided([r, i], [2 * i, 1], i);
-            return self.down_proj.addmm(residual_rxd, &(gate * up));
+            return self.down_proj.add_rows(residual_rxd, &(gate * up));
         }
         // `[2I, R]`: the gate's rows, then the up projection's.
         let gate_up = self.gate_up_proj.mm_t(xs_rxd);
@@ -113,7 +111,7 @@ impl Mlp {
         // is written by rows, at the cost of one allocation.
         let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
         let hidden_ixr = gate.mul_out(&transposed(&hidden_rxi), &up);
-        transposed(&self.down_proj.addmm_t(&transposed(residual_rxd), &hidden_ixr))
+        transposed(&self.down_proj.addmm_t(&transposed(&residual_rxd), &hidden_ixr))
     }
 }
 
@@ -181,7 +179,7 @@ impl Attention {
     /// `[R, (H + 2K)·E]`, laid out q | k | v, contiguous.
     pub fn qkv(&self, xs_rxd: &Tensor, head_rotations_rxhxe2: &Tensor) -> Tensor {
         let fused = self.qkv.as_ref().expect("self-attention projections are fused at load");
-        rotate(&fused.rows(xs_rxd), self.dims.head_dim, head_rotations_rxhxe2)
+        rotate(fused.rows(xs_rxd), self.dims.head_dim, head_rotations_rxhxe2)
     }
 
     /// Fused projections `[N·T, (H + 2K)·E]` as head-major q `[N, H, T, E]`, k and v
@@ -205,8 +203,9 @@ impl Attention {
         (self.k_proj.forward(xs).view(shape), self.v_proj.forward(xs).view(shape))
     }
 
-    /// `residual + o_proj(heads)` for attention outputs as rows `[R, H·E]`.
-    pub fn project_add(&self, residual_rxd: &Tensor, heads_rxf: &Tensor) -> Tensor {
+    /// `residual + o_proj(heads)` for attention outputs as rows `[R, H·E]` (by rows in the
+    /// residual's storage: [`Linear::add_rows`]).
+    pub fn project_add(&self, residual_rxd: Tensor, heads_rxf: &Tensor) -> Tensor {
         self.o_proj.add_rows(residual_rxd, heads_rxf)
     }
 }
@@ -336,7 +335,7 @@ mod tests {
             let gate_up = xs.mm(&gate_up_w.tr());
             let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
             let expected = &residual + hidden.mm(&down_w.tr());
-            let out = mlp.add_to(&residual, &xs);
+            let out = mlp.add_to(residual, &xs);
             assert_eq!(out.size(), [rows, dim]);
             let diff = (&out - &expected).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "the MLP {dim} × {inner} is off by {diff}");
