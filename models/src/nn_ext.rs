@@ -2,7 +2,7 @@
 //! conventions, each in one named helper.
 
 use tch::nn::{self, Init, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `y = x Wᵀ` with a transformers-layout `[out, in]` weight and no bias (Dia has none).
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl Linear {
 
     /// Whether this linear multiplies as `W xᵀ` ([`by_columns`] of its size).
     pub fn by_columns(&self) -> bool {
-        by_columns(self.weight.numel() as i64)
+        by_columns(self.weight.numel() as i64, self.weight.device())
     }
 
     /// `residual + W x` for inputs `[in, R]` and a residual `[out, R]`, as `[out, R]`.
@@ -105,12 +105,14 @@ impl Module for Linear {
     }
 }
 
-/// Whether a weight of `elements` is multiplied as `W xᵀ` ([`Linear::mm_t`], `[out, in]` in
-/// memory) rather than `x W` ([`Linear::mm`] after [`Linear::relayout`]). Measured with MKL at 2
-/// to 32 rows: from 2¹⁸ elements `W xᵀ` is 1.2–1.8× faster; below, the small product's fixed
-/// cost decides and `x W` is 1.3–2× faster (`[64, 256]` at 2 rows: 2.1 against 3.6 µs).
-pub fn by_columns(elements: i64) -> bool {
-    elements >= 1 << 18
+/// Whether a weight of `elements` on `device` is multiplied as `W xᵀ` ([`Linear::mm_t`],
+/// `[out, in]` in memory) rather than `x W` ([`Linear::mm`] after [`Linear::relayout`]).
+/// Measured with MKL at 2 to 32 rows: from 2¹⁸ elements `W xᵀ` is 1.2–1.8× faster; below, the
+/// small product's fixed cost decides and `x W` is 1.3–2× faster (`[64, 256]` at 2 rows: 2.1
+/// against 3.6 µs). On CUDA every product is `x W`: the rows a consumer needs would cost
+/// kernel launches, which bound a step there.
+pub fn by_columns(elements: i64, device: Device) -> bool {
+    elements >= 1 << 18 && !device.is_cuda()
 }
 
 /// The transpose of a 2-D tensor as one `as_strided` view, where `t()` dispatches three
@@ -125,8 +127,11 @@ pub fn transposed(t: &Tensor) -> Tensor {
 /// it, so one matmul serves them all and the weights are not held twice.
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
     let stacked = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
-    let fused =
-        if by_columns(stacked.numel() as i64) { stacked } else { stacked.tr().contiguous().tr() };
+    let fused = if by_columns(stacked.numel() as i64, stacked.device()) {
+        stacked
+    } else {
+        stacked.tr().contiguous().tr()
+    };
     let mut row = 0;
     for linear in parts.iter_mut() {
         let rows = linear.weight.size()[0];

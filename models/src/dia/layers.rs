@@ -73,7 +73,7 @@ impl Mlp {
             gate_up_proj: Linear::new(&vs / "gate_up_proj", dim, 2 * intermediate),
             down_proj: Linear::new(&vs / "down_proj", intermediate, dim),
             intermediate,
-            by_columns: by_columns(dim * intermediate),
+            by_columns: by_columns(dim * intermediate, vs.device()),
         }
     }
 
