@@ -7,8 +7,8 @@
 //! Both run on the CPU in f32 at batch 1, 4 and 16. A step is the whole production step: decoder
 //! forward for 2·B CFG rows, CFG, sampling, and the one `[B, 9]` id transfer to the host; times are
 //! medians over the timed steps, after warm-up, and beside them the fastest step of each side
-//! (its ratio moves less when the machine is shared: a neighbour slows steps, never speeds one). Operators are ATen calls through the dispatcher,
-//! nested calls included: ours through libtorch's record-function callbacks (`torch-shim`), the
+//! (its ratio moves less when the machine is shared: a neighbour slows steps, never speeds one).
+//! Operators are ATen calls through the dispatcher, nested calls included: ours through libtorch's record-function callbacks (`torch-shim`), the
 //! reference's through PyTorch's profiler (`reference_ops.py`), one step each. Where CUDA is
 //! present, ours also runs in bf16 at batch 1, 8, 32 and 64.
 //!

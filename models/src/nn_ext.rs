@@ -37,13 +37,19 @@ impl Linear {
         self.weight.mm(&transposed(&by_rows(xs_rxi)))
     }
 
-    /// `[R, in] → [R, out]` in the form the weight's size takes ([`by_columns`]), contiguous.
-    pub fn rows(&self, xs_rxi: &Tensor) -> Tensor {
+    /// `[R, in] → [R, out]` in the form the weight's size takes ([`by_columns`]): by columns a
+    /// transposed view of the `[out, R]` product.
+    pub fn product(&self, xs_rxi: &Tensor) -> Tensor {
         if self.by_columns() {
-            by_rows(&transposed(&self.mm_t(xs_rxi)))
+            transposed(&self.mm_t(xs_rxi))
         } else {
             self.mm(xs_rxi)
         }
+    }
+
+    /// [`Linear::product`] stored by rows, for consumers that need `[R, out]` contiguous.
+    pub fn rows(&self, xs_rxi: &Tensor) -> Tensor {
+        by_rows(&self.product(xs_rxi))
     }
 
     /// `residual + x Wᵀ` for `[R, in]` inputs in the form the weight's size takes, as rows
@@ -111,7 +117,7 @@ impl Module for Linear {
 /// small product's fixed cost decides and `x W` is 1.3–2× faster (`[64, 256]` at 2 rows: 2.1
 /// against 3.6 µs). On CUDA every product is `x W`: the rows a consumer needs would cost
 /// kernel launches, which bound a step there.
-pub fn by_columns(elements: i64, device: Device) -> bool {
+fn by_columns(elements: i64, device: Device) -> bool {
     elements >= 1 << 18 && !device.is_cuda()
 }
 

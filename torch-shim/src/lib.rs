@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(
             a.mv(&b).sum(Kind::Float).double_value(&[]),
             4096.0,
-            "products run on one thread"
+            "products still run on the narrowed thread"
         );
         let fresh = std::thread::spawn(tch::get_num_threads).join().expect("the thread ends");
         assert_eq!(fresh, 2, "a new thread starts from the process-wide count");

@@ -14,7 +14,7 @@ use super::layers::{
     attention, head_rotations, heads_to_rows, Attention, AttentionDims, DecodeKv, Mlp,
     RotaryEmbedding,
 };
-use crate::nn_ext::{transposed, Linear, RmsNorm};
+use crate::nn_ext::{Linear, RmsNorm};
 use crate::parallel;
 
 /// One decode step: rows `0..n` of the cache, one frame each, at their own positions.
@@ -201,9 +201,9 @@ impl Decoder {
         }
     }
 
-    /// Lays every projection out for the form its size takes ([`crate::nn_ext::by_columns`]), fuses each
-    /// layer's self-attention projections and folds every norm's weight into the projections
-    /// that read it (after loading).
+    /// Lays every projection out for the form its size takes ([`Linear::by_columns`]),
+    /// fuses each layer's self-attention projections and folds every norm's weight into the
+    /// projections that read it (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.relayout();
@@ -306,11 +306,7 @@ impl Decoder {
     pub fn logits(&self, states_nxd: &Tensor) -> Tensor {
         let (n, d) = states_nxd.size2().expect("final-norm states are [N, D]");
         let logits = parallel::sized(n * d * self.channels * self.vocab, || {
-            if self.logits_dense.by_columns() {
-                transposed(&self.logits_dense.mm_t(states_nxd))
-            } else {
-                self.logits_dense.mm(states_nxd)
-            }
+            self.logits_dense.product(states_nxd)
         })
         .view([-1, self.channels, self.vocab]);
         if logits.kind() == Kind::Float {

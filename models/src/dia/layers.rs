@@ -8,7 +8,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn_ext::{by_columns, fuse_linears, interleave_halves, transposed, Linear};
+use crate::nn_ext::{fuse_linears, interleave_halves, transposed, Linear};
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -58,13 +58,12 @@ fn rotate(qkv_rxf: Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Ten
 
 /// Gated SiLU MLP with the gate and up projections fused, gate first. The MLP holds most of
 /// the bytes a step reads: a large one keeps the checkpoint's `[out, in]` weights for
-/// [`Linear::mm_t`], a small one is laid out for [`Linear::mm`] ([`by_columns`]).
+/// [`Linear::mm_t`], a small one is laid out for [`Linear::mm`] ([`Linear::by_columns`]).
 #[derive(Debug)]
 pub struct Mlp {
     gate_up_proj: Linear,
     down_proj: Linear,
     intermediate: i64,
-    by_columns: bool,
 }
 
 impl Mlp {
@@ -73,13 +72,18 @@ impl Mlp {
             gate_up_proj: Linear::new(&vs / "gate_up_proj", dim, 2 * intermediate),
             down_proj: Linear::new(&vs / "down_proj", intermediate, dim),
             intermediate,
-            by_columns: by_columns(dim * intermediate, vs.device()),
         }
+    }
+
+    /// Both projections take the down projection's form ([`Linear::by_columns`]): the hidden
+    /// activations pass between them in one layout.
+    fn by_columns(&self) -> bool {
+        self.down_proj.by_columns()
     }
 
     /// Lays the weights out for the form their size takes (after loading).
     pub fn relayout(&mut self) {
-        if !self.by_columns {
+        if !self.by_columns() {
             self.gate_up_proj.relayout();
             self.down_proj.relayout();
         }
@@ -95,7 +99,7 @@ impl Mlp {
     /// is made `[D, R]`).
     pub fn add_to(&self, residual_rxd: Tensor, xs_rxd: &Tensor) -> Tensor {
         let (i, r) = (self.intermediate, xs_rxd.size()[0]);
-        if !self.by_columns {
+        if !self.by_columns() {
             // `[R, 2I]`: the gate's columns, then the up projection's, each a view by strides.
             let gate_up = self.gate_up_proj.mm(xs_rxd);
             let gate = gate_up.as_strided([r, i], [2 * i, 1], 0).silu();
@@ -323,7 +327,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let rows = 3;
             let mut mlp = Mlp::new(vs.root(), dim, inner);
-            assert_eq!(mlp.by_columns, columns, "{dim} × {inner}");
+            assert_eq!(mlp.by_columns(), columns, "{dim} × {inner}");
             for (_, mut var) in vs.variables() {
                 var.copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.05));
             }
