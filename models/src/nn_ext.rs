@@ -2,16 +2,20 @@
 //! conventions, each in one named helper.
 
 use tch::nn::{self, Init, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-/// `y = x Wᵀ` with a transformers-layout `[out, in]` weight and no bias (Dia has none).
+use crate::product_plan::{self, Plan};
+
+/// `y = x Wᵀ` with a transformers-layout `[out, in]` weight and no bias (Dia has none), stored
+/// and multiplied as its [`Plan`] says once [`Linear::choose_plan`] has run.
 #[derive(Debug)]
 pub struct Linear {
     weight: Tensor,
     /// `Wᵀ` as a view, taken once: a 2D input then costs one `mm` and no transpose per call.
-    /// Loading copies into the weight in place, so the view stays valid; `relayout` and
+    /// Loading copies into the weight in place, so the view stays valid; `set_plan` and
     /// `fuse_linears`, which replace the weight, take it again.
     weight_t: Tensor,
+    plan: Plan,
 }
 
 impl Linear {
@@ -19,28 +23,28 @@ impl Linear {
         Self::from_weight(vs.var("weight", &[out_dim, in_dim], Init::Const(0.)))
     }
 
+    /// As loaded: `[out, in]`, products by rows.
     fn from_weight(weight: Tensor) -> Self {
-        Self { weight_t: weight.tr(), weight }
+        Self { weight_t: weight.tr(), weight, plan: Plan::OutIn { columns_from: i64::MAX } }
     }
 
-    /// `[R, in] → [R, out]`.
+    /// `[R, in] → [R, out]`: `x·W` or `x·Wᵀ` as the weight is stored.
     pub fn mm(&self, xs_rxi: &Tensor) -> Tensor {
         xs_rxi.mm(&self.weight_t)
     }
 
-    /// `[R, in] → [out, R]`: `W xᵀ`, outputs by rows. For large weights at a few rows MKL
-    /// runs this form up to twice as fast as `x Wᵀ` in either weight layout (the 1.6B model's
-    /// MLP and head at 2 rows: 18–21 GB/s against 9–10), so those keep the `[out, in]` layout
-    /// (see [`by_columns`]). It is fast only with x stored by rows (15 GB/s against 6 for x
-    /// stored `[in, R]`), so an input that is not is copied to rows first (a few KB).
-    pub fn mm_t(&self, xs_rxi: &Tensor) -> Tensor {
+    /// `[R, in] → [out, R]`: `W xᵀ`, outputs by rows. With BLASes that run it faster than
+    /// `x Wᵀ` at some row counts, the plan takes it there ([`crate::product_plan`]). MKL runs
+    /// it fast only with x stored by rows (15 GB/s against 6 for x stored `[in, R]`, the 1.6B
+    /// model's MLP at 2 rows), so an input that is not is copied to rows first (a few KB).
+    fn mm_t(&self, xs_rxi: &Tensor) -> Tensor {
         self.weight.mm(&transposed(&by_rows(xs_rxi)))
     }
 
-    /// `[R, in] → [R, out]` in the form the weight's size takes ([`by_columns`]): by columns a
-    /// transposed view of the `[out, R]` product.
+    /// `[R, in] → [R, out]` in the form the plan takes for R rows: by columns a transposed
+    /// view of the `[out, R]` product.
     pub fn product(&self, xs_rxi: &Tensor) -> Tensor {
-        if self.by_columns() {
+        if self.by_columns(xs_rxi.size()[0]) {
             transposed(&self.mm_t(xs_rxi))
         } else {
             self.mm(xs_rxi)
@@ -52,25 +56,25 @@ impl Linear {
         by_rows(&self.product(xs_rxi))
     }
 
-    /// `residual + x Wᵀ` for `[R, in]` inputs in the form the weight's size takes, as rows
-    /// `[R, out]`. By rows the sum is made in the residual's storage, one operator without a
-    /// copy, so the caller hands over a residual it no longer needs; by columns it is made
-    /// `[out, R]`, seen as rows through a transposed view.
+    /// `residual + x Wᵀ` for `[R, in]` inputs in the form the plan takes, as rows `[R, out]`.
+    /// By rows the sum is made in the residual's storage, one operator without a copy, so the
+    /// caller hands over a residual it no longer needs; by columns it is made `[out, R]`, seen
+    /// as rows through a transposed view.
     pub fn add_rows(&self, mut residual_rxo: Tensor, xs_rxi: &Tensor) -> Tensor {
-        if self.by_columns() {
+        if self.by_columns(xs_rxi.size()[0]) {
             transposed(&self.addmm_t(&transposed(&residual_rxo), &transposed(&by_rows(xs_rxi))))
         } else {
             residual_rxo.addmm_(xs_rxi, &self.weight_t)
         }
     }
 
-    /// Whether this linear multiplies as `W xᵀ` ([`by_columns`] of its size).
-    pub fn by_columns(&self) -> bool {
-        by_columns(self.weight.numel() as i64, self.weight.device())
+    /// Whether a product of `rows` rows is made as `W xᵀ` ([`Plan::by_columns`]).
+    pub fn by_columns(&self, rows: i64) -> bool {
+        self.plan.by_columns(rows)
     }
 
     /// `residual + W x` for inputs `[in, R]` and a residual `[out, R]`, as `[out, R]`.
-    pub fn addmm_t(&self, residual_oxr: &Tensor, xs_ixr: &Tensor) -> Tensor {
+    fn addmm_t(&self, residual_oxr: &Tensor, xs_ixr: &Tensor) -> Tensor {
         residual_oxr.addmm(&self.weight, xs_ixr)
     }
 
@@ -79,18 +83,28 @@ impl Linear {
         &self.weight
     }
 
-    /// Stores the weight `[in, out]` in memory (the `[out, in]` weight a strided view of it):
-    /// `x W` runs faster with an untransposed right operand. For after loading.
-    pub fn relayout(&mut self) {
-        self.weight.set_data(&self.weight.tr().contiguous().tr());
+    /// Stores the weight as `plan` wants it (the `[out, in]` weight a strided view where it is
+    /// `[in, out]` in memory) and multiplies by it from now on.
+    pub fn set_plan(&mut self, plan: Plan) {
+        let stored = match plan {
+            Plan::InOut => self.weight.tr().contiguous().tr(),
+            Plan::OutIn { .. } => self.weight.contiguous(),
+        };
+        self.weight.set_data(&stored);
         self.weight_t = self.weight.tr();
+        self.plan = plan;
     }
 
-    /// Lays the weight out for the form its size takes ([`by_columns`]). For after loading.
-    pub fn relayout_for_size(&mut self) {
-        if !self.by_columns() {
-            self.relayout();
-        }
+    /// Sets the plan this machine runs the weight's shape fastest with
+    /// ([`product_plan::plan`]). For after loading.
+    pub fn choose_plan(&mut self) {
+        let (out_dim, in_dim) = self.weight.size2().expect("a linear weight is [out, in]");
+        self.set_plan(product_plan::plan(
+            in_dim,
+            out_dim,
+            self.weight.kind(),
+            self.weight.device(),
+        ));
     }
 }
 
@@ -111,41 +125,29 @@ impl Module for Linear {
     }
 }
 
-/// Whether a weight of `elements` on `device` is multiplied as `W xᵀ` ([`Linear::mm_t`],
-/// `[out, in]` in memory) rather than `x W` ([`Linear::mm`] after [`Linear::relayout`]).
-/// Measured with MKL at 2 to 32 rows: from 2¹⁸ elements `W xᵀ` is 1.2–1.8× faster; below, the
-/// small product's fixed cost decides and `x W` is 1.3–2× faster (`[64, 256]` at 2 rows: 2.1
-/// against 3.6 µs). On CUDA every product is `x W`: the rows a consumer needs would cost
-/// kernel launches, which bound a step there.
-fn by_columns(elements: i64, device: Device) -> bool {
-    elements >= 1 << 18 && !device.is_cuda()
-}
-
 /// The transpose of a 2-D tensor as one `as_strided` view, where `t()` dispatches three
 /// operators (`t`, `transpose`, `as_strided`).
-pub fn transposed(t: &Tensor) -> Tensor {
+fn transposed(t: &Tensor) -> Tensor {
     let (size, stride) = (t.size(), t.stride());
     t.as_strided([size[1], size[0]], [stride[1], stride[0]], None)
 }
 
 /// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`),
-/// laid out for its size as `relayout_for_size` does; each part is re-pointed at its rows of
-/// it, so one matmul serves them all and the weights are not held twice.
+/// with the plan of its own shape; each part is re-pointed at its rows of it, so one matmul
+/// serves them all and the weights are not held twice.
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
     let stacked = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
-    let fused = if by_columns(stacked.numel() as i64, stacked.device()) {
-        stacked
-    } else {
-        stacked.tr().contiguous().tr()
-    };
+    let mut fused = Linear::from_weight(stacked);
+    fused.choose_plan();
     let mut row = 0;
     for linear in parts.iter_mut() {
         let rows = linear.weight.size()[0];
-        linear.weight.set_data(&fused.narrow(0, row, rows));
+        linear.weight.set_data(&fused.weight.narrow(0, row, rows));
         linear.weight_t = linear.weight.tr();
+        linear.plan = fused.plan;
         row += rows;
     }
-    Linear::from_weight(fused)
+    fused
 }
 
 /// RMSNorm, `x · (ε + Σx²/D)^−½ · w`, in f32 whatever the dtype as the reference does. On the
@@ -281,33 +283,43 @@ mod tests {
     }
 
     #[test]
-    fn a_linear_gives_the_same_rows_in_either_form_from_inputs_in_either_layout() {
+    fn a_linear_gives_the_same_rows_in_every_plan_from_inputs_in_either_layout() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
-        // 64 × 96 is multiplied by rows, 512 × 768 by columns.
-        for (in_dim, out_dim, columns) in [(64, 96, false), (512, 768, true)] {
+        let plans = [
+            Plan::InOut,
+            Plan::OutIn { columns_from: i64::MAX },
+            Plan::OutIn { columns_from: 1 },
+            // By rows at 3 rows, by columns at 4.
+            Plan::OutIn { columns_from: 4 },
+        ];
+        for (in_dim, out_dim) in [(64, 96), (512, 768)] {
             let (mut linear, weight) = random_linear(&vs, &format!("l{in_dim}"), in_dim, out_dim);
-            linear.relayout_for_size();
-            assert_eq!(linear.by_columns(), columns, "{in_dim} × {out_dim}");
-            let rows = Tensor::randn([3, in_dim], (Kind::Float, Device::Cpu));
-            // The residual stream after a product by columns: a transposed view.
-            let columns_view = transposed(&Tensor::randn([in_dim, 3], (Kind::Float, Device::Cpu)));
-            for (layout, xs) in [("rows", rows), ("columns", columns_view)] {
-                let what = format!("{in_dim} × {out_dim} from {layout}");
-                let expected = xs.mm(&weight.tr());
-                let got = linear.rows(&xs);
-                assert!(got.is_contiguous(), "{what}: rows are contiguous");
-                assert_close(&got, &expected, &what);
-                let residual = Tensor::randn([3, out_dim], (Kind::Float, Device::Cpu));
-                let sum = &residual + &expected;
-                assert_close(&linear.add_rows(residual, &xs), &sum, &what);
+            for plan in plans {
+                linear.set_plan(plan);
+                for n in [3, 4] {
+                    let rows = Tensor::randn([n, in_dim], (Kind::Float, Device::Cpu));
+                    // The residual stream after a product by columns: a transposed view.
+                    let columns_view =
+                        transposed(&Tensor::randn([in_dim, n], (Kind::Float, Device::Cpu)));
+                    for (layout, xs) in [("rows", rows), ("columns", columns_view)] {
+                        let what = format!("{in_dim} × {out_dim}, {plan:?}, {n} {layout}");
+                        let expected = xs.mm(&weight.tr());
+                        let got = linear.rows(&xs);
+                        assert!(got.is_contiguous(), "{what}: rows are contiguous");
+                        assert_close(&got, &expected, &what);
+                        let residual = Tensor::randn([n, out_dim], (Kind::Float, Device::Cpu));
+                        let sum = &residual + &expected;
+                        assert_close(&linear.add_rows(residual, &xs), &sum, &what);
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn fused_linears_multiply_as_their_parts_in_either_form() {
+    fn fused_linears_multiply_as_their_parts() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(12);
         let vs = nn::VarStore::new(Device::Cpu);

@@ -201,20 +201,20 @@ impl Decoder {
         }
     }
 
-    /// Lays every projection out for the form its size takes ([`Linear::by_columns`]),
+    /// Stores every projection as this machine multiplies it fastest ([`Linear::choose_plan`]),
     /// fuses each layer's self-attention projections and folds every norm's weight into the
     /// projections that read it (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
-            layer.self_attention.relayout();
+            layer.self_attention.choose_plans();
             layer.self_attention.fuse_qkv();
-            layer.cross_attention.relayout();
-            layer.mlp.relayout();
+            layer.cross_attention.choose_plans();
+            layer.mlp.choose_plans();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.pre_ca_norm.fold_into(&mut [layer.cross_attention.query_input_projection()]);
             layer.pre_mlp_norm.fold_into(&mut [layer.mlp.input_projection()]);
         }
-        self.logits_dense.relayout_for_size();
+        self.logits_dense.choose_plan();
         self.norm.fold_into(&mut [&mut self.logits_dense]);
     }
 

@@ -8,7 +8,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn_ext::{fuse_linears, interleave_halves, transposed, Linear};
+use crate::nn_ext::{fuse_linears, interleave_halves, Linear};
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -56,9 +56,7 @@ fn rotate(qkv_rxf: Tensor, head_dim: i64, head_rotations_rxhxe2: &Tensor) -> Ten
     }
 }
 
-/// Gated SiLU MLP with the gate and up projections fused, gate first. The MLP holds most of
-/// the bytes a step reads: a large one keeps the checkpoint's `[out, in]` weights for
-/// [`Linear::mm_t`], a small one is laid out for [`Linear::mm`] ([`Linear::by_columns`]).
+/// Gated SiLU MLP with the gate and up projections fused, gate first.
 #[derive(Debug)]
 pub struct Mlp {
     gate_up_proj: Linear,
@@ -75,18 +73,10 @@ impl Mlp {
         }
     }
 
-    /// Both projections take the down projection's form ([`Linear::by_columns`]): the hidden
-    /// activations pass between them in one layout.
-    fn by_columns(&self) -> bool {
-        self.down_proj.by_columns()
-    }
-
-    /// Lays the weights out for the form their size takes (after loading).
-    pub fn relayout(&mut self) {
-        if !self.by_columns() {
-            self.gate_up_proj.relayout();
-            self.down_proj.relayout();
-        }
+    /// Chooses how each projection is stored and multiplied (after loading).
+    pub fn choose_plans(&mut self) {
+        self.gate_up_proj.choose_plan();
+        self.down_proj.choose_plan();
     }
 
     /// The projection that reads the MLP's input.
@@ -94,28 +84,25 @@ impl Mlp {
         &mut self.gate_up_proj
     }
 
-    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]`: by rows in
-    /// the residual's storage (see [`Linear::add_rows`]), by columns a transposed view (the sum
-    /// is made `[D, R]`).
+    /// `residual + down(silu(gate(x)) · up(x))` for rows `[R, D]`, as rows `[R, D]` (in the
+    /// residual's storage or a transposed view: [`Linear::add_rows`]).
     pub fn add_to(&self, residual_rxd: Tensor, xs_rxd: &Tensor) -> Tensor {
         let (i, r) = (self.intermediate, xs_rxd.size()[0]);
-        if !self.by_columns() {
-            // `[R, 2I]`: the gate's columns, then the up projection's, each a view by strides.
-            let gate_up = self.gate_up_proj.mm(xs_rxd);
-            let gate = gate_up.as_strided([r, i], [2 * i, 1], 0).silu();
-            let up = gate_up.as_strided([r, i], [2 * i, 1], i);
-            return self.down_proj.add_rows(residual_rxd, &(gate * up));
-        }
-        // `[2I, R]`: the gate's rows, then the up projection's.
-        let gate_up = self.gate_up_proj.mm_t(xs_rxd);
-        let gate = gate_up.as_strided([i, r], [r, 1], 0).silu();
-        let up = gate_up.as_strided([i, r], [r, 1], i * r);
-        // MKL's `W xᵀ` is fast at a few rows only where x is stored by rows (the 1.6B model's
-        // down projection at 2 rows: 15 GB/s against 6 for x stored `[I, R]`), so the product
-        // is written by rows, at the cost of one allocation.
-        let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
-        let hidden_ixr = gate.mul_out(&transposed(&hidden_rxi), &up);
-        transposed(&self.down_proj.addmm_t(&transposed(&residual_rxd), &hidden_ixr))
+        // `[R, 2I]`, by rows or a transposed view: the gate's columns, then the up
+        // projection's, each a view by strides.
+        let gate_up = self.gate_up_proj.product(xs_rxd);
+        let stride = gate_up.stride();
+        let gate = gate_up.as_strided([r, i], stride.as_slice(), 0).silu();
+        let up = gate_up.as_strided([r, i], stride.as_slice(), i * stride[1]);
+        let hidden_rxi = if self.gate_up_proj.by_columns(r) {
+            // Written by rows (`gate · up` would follow the inputs' `[I, R]` storage): MKL's
+            // `W xᵀ` and `x W` both read them fastest so.
+            let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
+            gate.mul_out(&hidden_rxi, &up)
+        } else {
+            gate * up
+        };
+        self.down_proj.add_rows(residual_rxd, &hidden_rxi)
     }
 }
 
@@ -155,11 +142,12 @@ impl Attention {
         }
     }
 
-    /// Lays the projections out for the form their size takes (after loading).
-    pub fn relayout(&mut self) {
-        for linear in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj] {
-            linear.relayout_for_size();
-        }
+    /// Chooses how the query and output projections are stored and multiplied (after
+    /// loading); keys and values of cross-attention are projected once per request, with
+    /// libtorch's `linear`, and those of self-attention are fused ([`Attention::fuse_qkv`]).
+    pub fn choose_plans(&mut self) {
+        self.q_proj.choose_plan();
+        self.o_proj.choose_plan();
     }
 
     /// Fuses the q, k and v projections once the weights are loaded (self-attention reads one
@@ -317,32 +305,36 @@ pub fn heads_to_rows(out_nxhxtxe: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::product_plan::Plan;
 
     #[test]
-    fn the_mlp_is_the_same_by_rows_and_by_columns() {
+    fn the_mlp_is_the_same_in_every_plan_of_its_projections() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(3);
-        // 512 × 512 is multiplied by columns, 64 × 128 by rows.
-        for (dim, inner, columns) in [(512, 512, true), (64, 128, false)] {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let rows = 3;
-            let mut mlp = Mlp::new(vs.root(), dim, inner);
-            assert_eq!(mlp.by_columns(), columns, "{dim} × {inner}");
-            for (_, mut var) in vs.variables() {
-                var.copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.05));
+        let (dim, inner, rows) = (64, 96, 3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut mlp = Mlp::new(vs.root(), dim, inner);
+        for (_, mut var) in vs.variables() {
+            var.copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.05));
+        }
+        let w = |name: &str| vs.variables()[name].copy();
+        let (gate_up_w, down_w) = (w("gate_up_proj.weight"), w("down_proj.weight"));
+        let xs = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
+        let gate_up = xs.mm(&gate_up_w.tr());
+        let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
+        let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
+        let expected = &residual + hidden.mm(&down_w.tr());
+        let plans =
+            [Plan::InOut, Plan::OutIn { columns_from: i64::MAX }, Plan::OutIn { columns_from: 1 }];
+        for gate_up_plan in plans {
+            for down_plan in plans {
+                mlp.gate_up_proj.set_plan(gate_up_plan);
+                mlp.down_proj.set_plan(down_plan);
+                let out = mlp.add_to(residual.copy(), &xs);
+                assert_eq!(out.size(), [rows, dim]);
+                let diff = (&out - &expected).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "gate/up {gate_up_plan:?}, down {down_plan:?}: off by {diff}");
             }
-            let w = |name: &str| vs.variables()[name].copy();
-            let (gate_up_w, down_w) = (w("gate_up_proj.weight"), w("down_proj.weight"));
-            mlp.relayout();
-            let xs = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
-            let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
-            let gate_up = xs.mm(&gate_up_w.tr());
-            let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
-            let expected = &residual + hidden.mm(&down_w.tr());
-            let out = mlp.add_to(residual, &xs);
-            assert_eq!(out.size(), [rows, dim]);
-            let diff = (&out - &expected).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "the MLP {dim} × {inner} is off by {diff}");
         }
     }
 
