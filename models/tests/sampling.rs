@@ -57,6 +57,84 @@ fn sampled_seed_parity_filters_reproduce_the_reference_draws_on_its_logits() {
     }
 }
 
+/// The reference's filters (`_sample_next_token` and the CFG top-k before it) for one request,
+/// written as it writes them: over the whole vocabulary, with its sort for top-p. Returns the
+/// final logits `[C, V]`, or the greedy ids `[C]` at temperature 0.
+fn reference_filters(cond_cxv: &Tensor, uncond_cxv: &Tensor, s: Sampling, eos: i64) -> Tensor {
+    let (c, v) = cond_cxv.size2().unwrap();
+    let top_k_mask = |x: &Tensor| {
+        let (_, idx) = x.topk(s.top_k, -1, true, true);
+        x.ones_like().to_kind(Kind::Bool).scatter_value(-1, &idx, 0)
+    };
+    let guided = cond_cxv + (cond_cxv - uncond_cxv) * s.cfg_scale;
+    let logits = cond_cxv.masked_fill(&top_k_mask(&guided), f64::NEG_INFINITY);
+    let _ = logits.narrow(1, eos + 1, v - eos - 1).fill_(f64::NEG_INFINITY);
+    let _ = logits.narrow(0, 1, c - 1).narrow(1, eos, v - eos).fill_(f64::NEG_INFINITY);
+    if s.temperature == 0.0 {
+        return logits.argmax(-1, false);
+    }
+    let logits = logits / s.temperature;
+    let top: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).unwrap();
+    for (ch, &top) in top.iter().enumerate() {
+        let row = logits.get(ch as i64);
+        let banned = if top == eos { row.narrow(0, 0, eos) } else { row.narrow(0, eos, 1) };
+        let _ = banned.shallow_clone().fill_(f64::NEG_INFINITY);
+    }
+    let logits = logits.masked_fill(&top_k_mask(&logits), f64::NEG_INFINITY);
+    if s.top_p >= 1.0 {
+        return logits;
+    }
+    let (sorted, sorted_idx) = logits.softmax(-1, Kind::Float).sort(-1, true);
+    let remove_sorted = sorted.cumsum(-1, Kind::Float).gt(s.top_p).roll([1], [-1]);
+    let _ = remove_sorted.narrow(1, 0, 1).fill_(0);
+    let remove = remove_sorted.zeros_like().scatter(-1, &sorted_idx, &remove_sorted);
+    logits.masked_fill(&remove, f64::NEG_INFINITY)
+}
+
+/// Rows of one batch with parameters of their own, each filtered as the reference filters a
+/// request alone: the same candidates, the same logits. Logits spread wide enough for top-p to
+/// cut inside the candidates, and EOS made the top choice of channel 0 in one row.
+#[test]
+fn batched_filters_equal_the_reference_filters_row_by_row() {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(21);
+    let (c, v, eos) = (9, 1028, 1024);
+    let rows = [
+        Sampling { temperature: 1.8, top_p: 0.95, top_k: 45, cfg_scale: 3.0 },
+        Sampling { temperature: 0.7, top_p: 0.3, top_k: 5, cfg_scale: 1.0 },
+        Sampling { temperature: 1.0, top_p: 1.0, top_k: 100, cfg_scale: 5.0 },
+        Sampling { temperature: 0.0, top_p: 0.8, top_k: 20, cfg_scale: 2.0 },
+        Sampling { temperature: 1.2, top_p: 0.5, top_k: 1, cfg_scale: 1.5 },
+    ];
+    let b = rows.len() as i64;
+    let cond = Tensor::randn([b, c, v], (Kind::Float, Device::Cpu)) * 3.0;
+    let uncond = &cond + Tensor::randn([b, c, v], (Kind::Float, Device::Cpu));
+    for t in [&cond, &uncond] {
+        let _ = t.get(0).get(0).get(eos).fill_(40.0);
+    }
+    let mask = sampling::special_id_mask(c, v, eos, Device::Cpu);
+    let filtered =
+        sampling::filter(&cond, &uncond, &mask, eos, &SamplingBatch::new(&rows, Device::Cpu));
+    for (i, s) in rows.iter().enumerate() {
+        let i = i as i64;
+        let expected = reference_filters(&cond.get(i), &uncond.get(i), *s, eos);
+        if s.temperature == 0.0 {
+            assert_same(&format!("row {i}: greedy ids"), &filtered.greedy_bxc.get(i), &expected);
+            continue;
+        }
+        let got = filtered.logits_bxcxv.get(i);
+        assert_same(&format!("row {i}: candidates"), &got.isfinite(), &expected.isfinite());
+        let kept = expected.isfinite();
+        let diff = (got.masked_select(&kept) - expected.masked_select(&kept)).abs().max();
+        assert!(diff.double_value(&[]) < 1e-6, "row {i}: logits differ by {diff}");
+        let survivors = kept.sum(Kind::Int64).int64_value(&[]);
+        assert!(survivors >= c, "row {i}: every channel keeps a candidate");
+    }
+    let eos_row: Vec<bool> = Vec::try_from(filtered.logits_bxcxv.get(0).get(0).isfinite()).unwrap();
+    assert_eq!(eos_row.iter().filter(|&&f| f).count(), 1, "EOS on top stands alone");
+    assert!(eos_row[eos as usize]);
+}
+
 fn request(text: &str, seed: u64, sampling: Sampling, max_new_tokens: i64) -> GenerationRequest {
     GenerationRequest { text: text.into(), prompt_codes: None, sampling, seed, max_new_tokens }
 }
