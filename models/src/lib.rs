@@ -13,7 +13,7 @@ pub mod error;
 pub mod hub;
 mod nn_ext;
 mod parallel;
-mod product_plan;
+pub mod product_plan;
 pub mod prompt;
 mod random;
 pub mod sampling;

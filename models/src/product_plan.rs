@@ -57,6 +57,9 @@ pub fn plan(in_dim: i64, out_dim: i64, kind: Kind, device: Device) -> Plan {
     if device.is_cuda() {
         return Plan::InOut;
     }
+    if let Some(plan) = *PINNED.lock().expect("pin lock") {
+        return plan;
+    }
     let key = (in_dim, out_dim, kind);
     if let Some(plan) = plans().lock().expect("plans lock").get(&key) {
         return *plan;
@@ -64,6 +67,16 @@ pub fn plan(in_dim: i64, out_dim: i64, kind: Kind, device: Device) -> Plan {
     let plan = choose(&time_forms(in_dim, out_dim, kind));
     tracing::debug!(in_dim, out_dim, ?kind, ?plan, "product plan");
     *plans().lock().expect("plans lock").entry(key).or_insert(plan)
+}
+
+/// The plan every CPU weight takes while one is pinned ([`pin`]).
+static PINNED: Mutex<Option<Plan>> = Mutex::new(None);
+
+/// Pins the plan of every CPU weight prepared from now on, untimed (`None`: timed again), for
+/// the same forms on every machine and at every start: results of different forms can differ
+/// in their last bits. Weights already prepared keep theirs.
+pub fn pin(plan: Option<Plan>) {
+    *PINNED.lock().expect("pin lock") = plan;
 }
 
 /// A weight's shape and dtype: `(in, out, kind)`.

@@ -11,6 +11,7 @@ use common::{assert_close, assert_same, case_names, dac_dir, dia_dir, Case};
 use models::audio;
 use models::dac::Dac;
 use models::dia::{BatchLimits, DiaModel, FinishReason, GenerationRequest, Generator};
+use models::product_plan::{self, Plan};
 use models::prompt::{prefill_rows, text_tokens};
 use models::sampling::Sampling;
 use tch::{Device, Kind, Tensor};
@@ -208,6 +209,25 @@ fn greedy_generation_parity_of_a_mixed_batch_admitted_as_one_group() {
 #[test]
 fn greedy_generation_parity_of_a_batch_whose_requests_end_at_different_steps() {
     check_generation_case(&model(), &codec(), "batch_eos");
+}
+
+/// Parity in every product plan, whichever this machine's timings choose: each pinned before the
+/// model loads. `From 4 rows` takes both forms in one generation (decode steps of 2 rows by
+/// rows, the prompt's prefill and the encoder by columns).
+#[test]
+fn greedy_generation_parity_in_every_product_plan() {
+    let dac = codec();
+    for plan in
+        [Plan::InOut, Plan::OutIn { columns_from: i64::MAX }, Plan::OutIn { columns_from: 4 }]
+    {
+        product_plan::pin(Some(plan));
+        let model = model();
+        for case in ["greedy_prompt", "batch_mixed"] {
+            eprintln!("{case} with {plan:?}");
+            check_generation_case(&model, &dac, case);
+        }
+    }
+    product_plan::pin(None);
 }
 
 /// The same checks on CUDA in f32, and a bf16 run that must end like the f32 one within the
