@@ -206,8 +206,8 @@ impl Decoder {
     /// projections that read it (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
-            layer.self_attention.choose_plans();
             layer.self_attention.fuse_qkv();
+            layer.self_attention.choose_plans();
             layer.cross_attention.choose_plans();
             layer.mlp.choose_plans();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);

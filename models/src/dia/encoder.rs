@@ -87,8 +87,8 @@ impl Encoder {
     /// every decoder layer's cross-attention, so it multiplies its weight in.
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
-            layer.self_attention.choose_plans();
             layer.self_attention.fuse_qkv();
+            layer.self_attention.choose_plans();
             layer.mlp.choose_plans();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.post_sa_norm.fold_into(&mut [layer.mlp.input_projection()]);

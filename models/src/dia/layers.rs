@@ -142,11 +142,14 @@ impl Attention {
         }
     }
 
-    /// Chooses how the query and output projections are stored and multiplied (after
-    /// loading); keys and values of cross-attention are projected once per request, with
-    /// libtorch's `linear`, and those of self-attention are fused ([`Attention::fuse_qkv`]).
+    /// Chooses how the query and output projections are stored and multiplied (after loading
+    /// and [`Attention::fuse_qkv`], whose fused projection has its plan and whose parts are views
+    /// of it); keys and values of cross-attention are projected once per request, with
+    /// libtorch's `linear`.
     pub fn choose_plans(&mut self) {
-        self.q_proj.choose_plan();
+        if self.qkv.is_none() {
+            self.q_proj.choose_plan();
+        }
         self.o_proj.choose_plan();
     }
 
