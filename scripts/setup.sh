@@ -10,8 +10,10 @@ while read -r pkg; do
   [ -z "$pkg" ] || dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done < <(grep -v '^#' scripts/system-packages.txt)
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"
+  # Another apt (an unattended upgrade, a second setup) may hold the lock: wait for it.
+  apt=(apt-get -o DPkg::Lock::Timeout=600)
+  [ "$(id -u)" = 0 ] || apt=(sudo "${apt[@]}")
+  "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${missing[@]}"
 fi
 if [ ! -e .venv/libtorch/lib/libtorch_cpu.so ]; then
   python3 -m venv .venv
