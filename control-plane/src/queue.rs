@@ -118,10 +118,17 @@ impl Queue {
     pub async fn wait(&self, waiter: &Waiter<'_>) -> Result<Outcome, sqlx::Error> {
         let deadline = Instant::now() + self.config.queue_timeout();
         loop {
+            // Up to the deadline, and a poll interval at a time once it has passed (the request
+            // may be running then, and runs to its job timeout).
             let until_deadline = deadline.saturating_duration_since(Instant::now());
+            let nap = if until_deadline.is_zero() {
+                self.config.poll_interval()
+            } else {
+                self.config.poll_interval().min(until_deadline)
+            };
             tokio::select! {
                 () = waiter.notify.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval().min(until_deadline)) => {}
+                () = tokio::time::sleep(nap) => {}
             }
             let outcome = self.db.outcome(&waiter.id).await?.ok_or(sqlx::Error::RowNotFound)?;
             match outcome.status {
@@ -132,6 +139,11 @@ impl Queue {
                 _ => {}
             }
         }
+    }
+
+    /// Requests accepted before this instant (epoch ms) are past their deadline.
+    fn deadline_passed_before(&self) -> i64 {
+        crate::db::now_ms() - self.config.queue_timeout().as_millis() as i64
     }
 
     fn overdue(&self) -> WireError {
@@ -178,6 +190,19 @@ impl Queue {
                     tx.try_send(Outbound::Control(ControlToNode::Cancel { request_id: request }));
             }
         }
+    }
+
+    /// Ends a node's session here: out of the store, then out of the registry with its jobs
+    /// failed over ([`Queue::node_left`]). Its socket closes at its next heartbeat, if it is
+    /// still open ([`Registry::holds`]).
+    pub async fn drop_node(&self, node: &NodeId, session: u64) {
+        if !self.registry.holds(node, session) {
+            return;
+        }
+        if let Err(e) = self.db.remove_node(&self.replica_id, &node.0).await {
+            tracing::error!(error = %e, "could not remove a node from the store");
+        }
+        self.node_left(node, session).await;
     }
 
     /// Takes a node's session out of the registry and fails its unfinished jobs over: back to the
@@ -436,10 +461,12 @@ impl Queue {
     }
 
     async fn claim_for(&self, node: &Candidate) -> Result<Option<Claimed>, sqlx::Error> {
+        let created_after = self.deadline_passed_before();
         for model in &node.models {
             for feature in &model.features {
+                let (node_id, replica) = (&node.id.0, &self.replica_id);
                 if let Some(job) =
-                    self.db.claim(model, feature, &node.id.0, &self.replica_id).await?
+                    self.db.claim(model, feature, node_id, replica, created_after).await?
                 {
                     return Ok(Some(job));
                 }
@@ -465,29 +492,32 @@ impl Queue {
                 clip_seconds: t.clip.samples as f64 / f64::from(SAMPLE_RATE),
             },
         };
-        let assigned = self.registry.assign(node, request_id, attempt, kind, max_audio_bytes);
-        let sent = assigned.is_some_and(|tx| {
-            let attached = task.attached_audio();
-            let job =
-                ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
-            let mut ok = tx.try_send(Outbound::Control(job)).is_ok();
-            if let (Some((stream, clip)), Some(pcm)) = (attached, claimed.prompt_audio) {
-                let header =
-                    FrameHeader { request_id, attempt, stream, chunk: 0, encoding: clip.encoding };
-                ok &= tx.try_send(Outbound::Frame(BinaryFrame { header, payload: pcm })).is_ok();
-            }
-            ok
-        });
-        if !sent {
-            self.registry.take(node, request_id, attempt);
+        let Some((tx, session)) =
+            self.registry.assign(node, request_id, attempt, kind, max_audio_bytes)
+        else {
             let lost = WireError::new(ErrorKind::UpstreamError, format!("node {node} went away"));
             self.attempt_failed(request_id, attempt, AttemptOutcome::NodeLost, &lost, true).await;
+            return;
+        };
+        let attached = task.attached_audio();
+        let job = ControlToNode::Submit(Job { request_id, attempt, model: claimed.model, task });
+        let mut sent = tx.try_send(Outbound::Control(job)).is_ok();
+        if let (Some((stream, clip)), Some(pcm)) = (attached, claimed.prompt_audio) {
+            let header =
+                FrameHeader { request_id, attempt, stream, chunk: 0, encoding: clip.encoding };
+            sent &= tx.try_send(Outbound::Frame(BinaryFrame { header, payload: pcm })).is_ok();
+        }
+        if !sent {
+            // Its outbox is full (it stopped reading) or its session is ending: the node is lost,
+            // this job and the others it holds fail over, and it gets no more.
+            tracing::warn!(node = %node, "outbox full: node dropped");
+            self.drop_node(node, session).await;
         }
     }
 
     async fn sweep(&self) -> Result<(), sqlx::Error> {
         // Queued past its deadline with no handler left to notice (its replica went away).
-        let created_before = crate::db::now_ms() - self.config.queue_timeout().as_millis() as i64;
+        let created_before = self.deadline_passed_before();
         for id in self.db.fail_overdue_queued(created_before, &self.overdue()).await? {
             self.announce_done(&id).await;
         }

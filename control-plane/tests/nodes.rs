@@ -356,8 +356,8 @@ async fn a_request_sent_back_to_the_queue_after_its_deadline_fails_then(backend:
     let request = spawn_generate(&server, &key, "[S1] Late.");
     let job = node.next_job().await.job;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    // Out of the pool, then the attempt fails: the request is queued again, past its deadline.
-    node.heartbeat(false).await;
+    // The attempt fails, retryable, past the deadline: the request goes back to the queue, and
+    // the node, healthy and free, is the first to claim from it.
     node.fail(&job, true).await;
     let res = tokio::time::timeout(std::time::Duration::from_secs(10), request)
         .await
@@ -365,6 +365,8 @@ async fn a_request_sent_back_to_the_queue_after_its_deadline_fails_then(backend:
         .unwrap();
     let message = expect_error(res, 502, "upstream_error").await;
     assert!(message.contains("within 1 s"), "{message}");
+    let again = tokio::time::timeout(std::time::Duration::from_millis(700), node.next_control());
+    assert!(again.await.is_err(), "a request past its deadline was run again");
 }
 
 on_both_backends!(

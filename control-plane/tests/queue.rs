@@ -300,7 +300,32 @@ async fn a_node_gets_work_and_counts_online_only_once_it_has_joined(backend: Bac
     assert_eq!(ended(&state, &job).await.status, RequestStatus::Succeeded);
 }
 
+async fn a_node_whose_outbox_fills_is_dropped_and_its_jobs_fail_over(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (state, account) = start(&db).await;
+    // Room for 32 jobs, and an outbox of 16 it never reads: the 17th submit does not fit.
+    let stalled = FakeNode::join(&state, "a-stalled", 32, cloning_model(MODEL)).await;
+    for _ in 0..17 {
+        queue_speech(&state, &account, 0, 256).await;
+    }
+    common::eventually(async || !state.registry.holds(&stalled.id, stalled.session)).await;
+    let mut steady = FakeNode::join(&state, "b-steady", 32, cloning_model(MODEL)).await;
+    for _ in 0..17 {
+        let job = steady.next_submit().await;
+        assert_eq!(job.attempt, 2, "every job the stalled node held fails over, once");
+        steady.complete(&state, &job, 10).await;
+        let attempts = state.db.attempts(&job.request_id.to_string()).await.unwrap();
+        let tried: Vec<_> = attempts.iter().map(|a| (a.node_id.as_str(), a.outcome)).collect();
+        assert_eq!(
+            tried,
+            [("a-stalled", AttemptOutcome::NodeLost), ("b-steady", AttemptOutcome::Succeeded)]
+        );
+    }
+    steady.stays_idle().await;
+}
+
 on_both_backends!(
+    a_node_whose_outbox_fills_is_dropped_and_its_jobs_fail_over,
     a_node_gets_work_and_counts_online_only_once_it_has_joined,
     a_job_goes_to_a_node_with_its_feature_and_room_for_it,
     a_transcriptions_clip_follows_its_submit_as_a_frame,

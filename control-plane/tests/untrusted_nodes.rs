@@ -101,6 +101,31 @@ async fn audio_past_what_the_request_allows_fails_the_attempt_over(backend: Back
     assert_eq!((history[1].0.as_str(), history[1].1.as_str()), ("calm", "succeeded"));
 }
 
+async fn audio_in_another_encoding_than_16_bit_fails_the_attempt_over(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let key = server.api_key().await;
+    let mut floats = ScriptedNode::connect(&server.ws_url(), "floats", 1).await;
+    let request = server.spawn_generate(&key, json!({"input": "[S1] In floats."}));
+    let job = floats.next_job().await.job;
+    let _calm = ScriptedNode::connect(&server.ws_url(), "calm", 1).await.serve(1000);
+    let header = proto::FrameHeader {
+        encoding: proto::PcmEncoding::F32Le,
+        ..proto::FrameHeader::audio(job.request_id, job.attempt, 0)
+    };
+    let frame = proto::BinaryFrame { header, payload: vec![0; 4 * 500] };
+    floats.raw(Message::binary(frame.encode())).await;
+    match floats.next_control().await {
+        Some(ControlToNode::Cancel { request_id }) => assert_eq!(request_id, job.request_id),
+        other => panic!("expected the job cancelled, got {other:?}"),
+    }
+    let res = request.await.unwrap();
+    assert_eq!(res.headers()["x-node-id"], "calm");
+    let history = attempts(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("floats", "failed"));
+    assert!(history[0].2.contains("F32Le, not 16-bit PCM"), "{history:?}");
+}
+
 async fn an_oversized_message_ends_the_session_and_its_job_fails_over(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -116,6 +141,44 @@ async fn an_oversized_message_ends_the_session_and_its_job_fails_over(backend: B
     assert_eq!(res.headers()["x-node-id"], "steady");
     let history = attempts(&server, &key, &job.request_id.to_string()).await;
     assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("huge", "node_lost"));
+}
+
+async fn a_node_that_sends_anything_but_heartbeats_is_dropped(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.heartbeat_interval_ms = 100;
+    let server = Server::start_with(config).await;
+    let key = server.api_key().await;
+    let mut chatty = ScriptedNode::connect(&server.ws_url(), "chatty", 1).await;
+    let request = server.spawn_generate(&key, json!({"input": "[S1] Still there?"}));
+    let job = chatty.next_job().await.job;
+    let _steady = ScriptedNode::connect(&server.ws_url(), "steady", 1).await.serve(1000);
+    // Progress and pings, many times a heartbeat interval, and never a heartbeat.
+    let progress = serde_json::to_string(&proto::NodeToControl::Progress {
+        request_id: job.request_id,
+        attempt: job.attempt,
+        generated_seconds: 0.5,
+    })
+    .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(30), chatty.next_control()).await {
+                Ok(None) => break,
+                Ok(Some(ControlToNode::Submit(other))) => panic!("it got more work: {other:?}"),
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    chatty.raw(Message::text(progress.clone())).await;
+                    chatty.raw(Message::Ping(vec![1].into())).await;
+                }
+            }
+        }
+    });
+    closed.await.expect("the session of a node that never heartbeats ends");
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-node-id"], "steady");
+    let history = attempts(&server, &key, &job.request_id.to_string()).await;
+    assert_eq!((history[0].0.as_str(), history[0].1.as_str()), ("chatty", "node_lost"));
 }
 
 async fn a_small_text_window_bounds_only_its_own_node(backend: Backend) {
@@ -213,4 +276,6 @@ on_both_backends!(
     a_node_error_reaches_the_client_as_upstream_error_with_a_bounded_message,
     audio_past_what_the_request_allows_fails_the_attempt_over,
     an_oversized_message_ends_the_session_and_its_job_fails_over,
+    a_node_that_sends_anything_but_heartbeats_is_dropped,
+    audio_in_another_encoding_than_16_bit_fails_the_attempt_over,
 );

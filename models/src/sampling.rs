@@ -163,13 +163,17 @@ pub fn filter(
 pub fn draw(filtered: &Filtered, uniforms_bxc: &Tensor, p: &SamplingBatch) -> Tensor {
     let cdf = filtered.logits_bxcxv.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
     let vocab = cdf.size()[2];
-    let target = uniforms_bxc.unsqueeze(-1) * cdf.narrow(-1, vocab - 1, 1);
+    let total_bxcx1 = cdf.narrow(-1, vocab - 1, 1);
+    let target = uniforms_bxc.unsqueeze(-1) * &total_bxcx1;
     let sampled =
         cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1);
+    // A sampled row's distribution can still overflow (a tiny temperature): NaN compares false
+    // everywhere, which would read as id 0.
+    let mut drawable_bxc = total_bxcx1.squeeze_dim(-1).isfinite().logical_or_(&p.greedy_bx1);
     filtered
         .greedy_bxc
         .where_self(&p.greedy_bx1, &sampled)
-        .masked_fill_(&filtered.valid_bxc.logical_not(), INVALID)
+        .masked_fill_(&drawable_bxc.logical_and_(&filtered.valid_bxc).logical_not_(), INVALID)
 }
 
 /// The id [`draw`] returns for a row without a valid draw.

@@ -351,6 +351,31 @@ fn a_request_with_nan_logits_fails_alone_and_its_batch_mates_are_unaffected() {
 }
 
 #[test]
+fn a_temperature_that_overflows_the_distribution_fails_the_request_instead_of_drawing_id_0() {
+    let _guard = tch::no_grad_guard();
+    let model = model();
+    let limits = BatchLimits { max_batch: 2, max_positions: 256, max_text: 256 };
+    let mut g = Generator::new(&model, limits);
+    // Finite, so admitted; the logits divided by it overflow f32.
+    let tiny = Sampling { temperature: 1e-40, ..Sampling::default() };
+    let bad_id = g.admit(&model, vec![request("[S1] Too sharp.", 1, tiny, 40)]).unwrap()[0];
+    let ok_id =
+        g.admit(&model, vec![request("[S1] Fine.", 2, Sampling::default(), 40)]).unwrap()[0];
+    let out = g.step(&model).unwrap();
+    assert_eq!(out.failed, [bad_id], "the overflowing request fails at its first draw");
+    assert_eq!(out.ids, [bad_id, ok_id]);
+    assert_eq!(g.active(), 1);
+
+    for temperature in [f64::INFINITY, f64::NAN] {
+        let sampling = Sampling { temperature, ..Sampling::default() };
+        let refused = g.admit(&model, vec![request("[S1] Hot.", 3, sampling, 40)]);
+        assert!(refused.is_err(), "temperature {temperature} admitted");
+    }
+    let sampling = Sampling { top_p: f64::INFINITY, ..Sampling::default() };
+    assert!(g.admit(&model, vec![request("[S1] Wide.", 3, sampling, 40)]).is_err());
+}
+
+#[test]
 fn a_cleared_generator_reuses_its_caches_and_later_requests_are_unaffected() {
     let _guard = tch::no_grad_guard();
     let model = model();

@@ -2,7 +2,7 @@
 //! frame that follows a transcription's submit, and voice prompts asked for when the engine holds
 //! no codes for them), audio and transcripts out; dialled again with backoff whenever it drops.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use proto::frames::{f32_from_le_bytes, i16_from_le_bytes, i16_le_bytes};
 use proto::{
     BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
-    NodeId, NodeToControl, PcmEncoding, RequestId, Stream, WireError, PROTOCOL_VERSION,
+    NodeId, NodeToControl, PcmEncoding, RequestId, Stream, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
@@ -21,6 +21,8 @@ use crate::workers::{Event, Refused, Workers};
 
 /// Samples per audio frame on the wire (one second).
 const CHUNK_SAMPLES: usize = proto::SAMPLE_RATE as usize;
+/// Longest wait for the control plane to answer a dial with its welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who this node is to the control plane.
 #[derive(Debug, Clone)]
@@ -94,9 +96,31 @@ async fn session(
     let mut request = identity.url.as_str().into_client_request()?;
     let bearer = format!("Bearer {}", identity.join_token).parse().context("the join token")?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .with_context(|| format!("connecting to {}", identity.url))?;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+            .await
+            .with_context(|| format!("connecting to {}", identity.url))?;
+        let welcome = join(&mut ws, identity, workers).await?;
+        anyhow::Ok((ws, welcome))
+    });
+    let (mut ws, welcome) = handshake.await.map_err(|_| {
+        anyhow::anyhow!("no welcome from {} within {HANDSHAKE_TIMEOUT:?}", identity.url)
+    })??;
+    tracing::info!(url = %identity.url, node = %identity.node_id, "joined the pool");
+
+    // Jobs of this session and their attempts: whatever is left when it ends is dropped, since
+    // the control plane gives those to other nodes.
+    let mut jobs: HashMap<RequestId, u32> = HashMap::new();
+    let result =
+        serve(&mut ws, workers, events, drain, &mut jobs, welcome.heartbeat_interval_ms).await;
+    for id in jobs.into_keys() {
+        workers.cancel(id);
+    }
+    result
+}
+
+/// Says hello; the welcome, or why there is none.
+async fn join(ws: &mut Ws, identity: &Identity, workers: &Workers) -> anyhow::Result<Welcome> {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId(identity.node_id.clone()),
@@ -106,22 +130,11 @@ async fn session(
         gpu_unavailable: Some(identity.gpu_unavailable.clone()),
     };
     ws.send(text(&NodeToControl::Hello(hello))).await?;
-    let welcome = match next_control(&mut ws).await? {
-        Some(ControlToNode::Welcome(w)) => w,
+    match next_control(ws).await? {
+        Some(ControlToNode::Welcome(w)) => Ok(w),
         Some(ControlToNode::Rejected { error }) => bail!("rejected: {}", error.message),
         other => bail!("expected a welcome, got {other:?}"),
-    };
-    tracing::info!(url = %identity.url, node = %identity.node_id, "joined the pool");
-
-    // Jobs of this session: whatever is left when it ends is dropped, since the control plane
-    // gives those to other nodes.
-    let mut jobs: HashSet<RequestId> = HashSet::new();
-    let result =
-        serve(&mut ws, workers, events, drain, &mut jobs, welcome.heartbeat_interval_ms).await;
-    for id in jobs {
-        workers.cancel(id);
     }
-    result
 }
 
 /// A job whose audio is still to come: a transcription's clip (the frame right after its
@@ -188,7 +201,7 @@ async fn serve(
     workers: &Workers,
     events: &mut UnboundedReceiver<Event>,
     drain: &mut watch::Receiver<bool>,
-    jobs: &mut HashSet<RequestId>,
+    jobs: &mut HashMap<RequestId, u32>,
     heartbeat_ms: u64,
 ) -> anyhow::Result<SessionEnd> {
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
@@ -205,8 +218,9 @@ async fn serve(
             msg = ws.next() => {
                 let Some(msg) = msg else { return Ok(SessionEnd::Closed) };
                 match msg? {
-                    Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t)? {
-                        ControlToNode::Submit(job) => {
+                    Message::Text(t) => match serde_json::from_str::<ControlToNode>(&t) {
+                        Err(e) => unreadable(ws, &t, &e).await?,
+                        Ok(ControlToNode::Submit(job)) => {
                             // A clip comes right after its submit: one still awaited is missing.
                             let missing: Vec<RequestId> = awaiting.iter()
                                 .filter(|(_, a)| a.stream == Stream::Clip).map(|(id, _)| *id).collect();
@@ -221,17 +235,17 @@ async fn serve(
                                 None => start(ws, workers, jobs, draining, job, None).await?,
                             }
                         }
-                        ControlToNode::Cancel { request_id } => {
+                        Ok(ControlToNode::Cancel { request_id }) => {
                             awaiting.remove(&request_id);
                             jobs.remove(&request_id);
                             workers.cancel(request_id);
                         }
-                        ControlToNode::Drain if !draining => {
+                        Ok(ControlToNode::Drain) if !draining => {
                             draining = true;
                             start_draining(ws, workers, jobs.len(), "the control plane asked").await?;
                         }
-                        ControlToNode::Drain => {}
-                        other => tracing::warn!(?other, "unexpected message"),
+                        Ok(ControlToNode::Drain) => {}
+                        Ok(other) => tracing::warn!(?other, "unexpected message"),
                     },
                     // A frame that does not fit its job fails that job alone.
                     Message::Binary(bytes) => {
@@ -240,7 +254,10 @@ async fn serve(
                             Ok((Some(a), frame)) => match a.audio(frame) {
                                 Ok(pcm) => start(ws, workers, jobs, draining, a.job, Some(pcm)).await?,
                                 Err(e) => {
-                                    jobs.remove(&a.job.request_id);
+                                    // A voice prompt's job waits in the engine for it.
+                                    if jobs.remove(&a.job.request_id).is_some() {
+                                        workers.cancel(a.job.request_id);
+                                    }
                                     ws.send(a.fail(e)).await?
                                 }
                             },
@@ -259,7 +276,7 @@ async fn serve(
             event = events.recv() => {
                 match event {
                     None => bail!("the workers stopped"),
-                    Some(Event::NeedVoicePrompt { request_id, attempt, task }) if jobs.contains(&request_id) => {
+                    Some(Event::NeedVoicePrompt { request_id, attempt, task }) if jobs.get(&request_id) == Some(&attempt) => {
                         let Some(prompt) = task.voice_prompt.clone() else { continue };
                         let model = workers.speech_model().unwrap_or_default().to_owned();
                         let job = Job { request_id, attempt, model, task: proto::Task::Speech(task) };
@@ -277,25 +294,49 @@ async fn serve(
 }
 
 /// Hands a job to its worker, or hands it back at once, retryable, where another node may take
-/// it: this one drains, or does not serve that model and task.
+/// it: this one drains, is full, or does not serve that model and task. A submit for a request
+/// the node already runs is a new attempt of it (the control plane gave up the old one), which
+/// replaces the old.
 async fn start(
     ws: &mut Ws,
     workers: &Workers,
-    jobs: &mut HashSet<RequestId>,
+    jobs: &mut HashMap<RequestId, u32>,
     draining: bool,
     job: Job,
     audio: Option<Vec<f32>>,
 ) -> anyhow::Result<()> {
     let (request_id, attempt) = (job.request_id, job.attempt);
-    let taken = if draining { Err(Refused::Draining) } else { workers.submit(job, audio) };
+    if jobs.remove(&request_id).is_some() {
+        workers.cancel(request_id);
+    }
+    let capacity = workers.capacity();
+    let taken = if draining {
+        Err(Refused::Draining)
+    } else if jobs.len() >= capacity as usize {
+        Err(Refused::Full { capacity })
+    } else {
+        workers.submit(job, audio)
+    };
     match taken {
         Ok(()) => {
-            jobs.insert(request_id);
+            jobs.insert(request_id, attempt);
         }
-        Err(e) => {
-            jobs.remove(&request_id);
-            ws.send(failed(request_id, attempt, e.to_string(), true)).await?
-        }
+        Err(e) => ws.send(failed(request_id, attempt, e.to_string(), true)).await?,
+    }
+    Ok(())
+}
+
+/// A text message that is no control message: logged and dropped. Where it names a request
+/// and an attempt (a submit of a newer protocol, say) that attempt is refused, not retryable,
+/// so that it does not wait for a timeout; the session goes on.
+async fn unreadable(ws: &mut Ws, text: &str, error: &serde_json::Error) -> anyhow::Result<()> {
+    tracing::warn!(%error, "an unreadable message from the control plane; dropped");
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let request_id = value["request_id"].as_str().and_then(|id| id.parse().ok());
+    let attempt = value["attempt"].as_u64().and_then(|a| u32::try_from(a).ok());
+    if let (Some(request_id), Some(attempt)) = (request_id, attempt) {
+        let why = format!("the node cannot read this message: {error}");
+        ws.send(failed(request_id, attempt, why, false)).await?;
     }
     Ok(())
 }
@@ -319,34 +360,39 @@ async fn start_draining(
 }
 
 /// Liveness, load and capacity; a draining node reports itself unhealthy and taking nothing, so
-/// that no work is routed to it.
+/// that no work is routed to it, and one whose decode steps keep failing unhealthy with why
+/// ([`crate::health`]).
 async fn send_heartbeat(ws: &mut Ws, workers: &Workers, draining: bool) -> anyhow::Result<()> {
     let metrics = workers.metrics();
     let (active, queued) = metrics.load();
     let capacity = if draining { 0 } else { workers.capacity() };
     let load = Load { active, queued, gpu_memory_used_bytes: None, capacity };
-    metrics.healthy.set(i64::from(!draining));
-    let health =
-        if draining { Health::Unhealthy { reason: "draining".into() } } else { Health::Healthy };
+    let unhealthy = if draining {
+        Some("draining".to_owned())
+    } else {
+        metrics.steps.unhealthy(std::time::Instant::now())
+    };
+    metrics.healthy.set(i64::from(unhealthy.is_none()));
+    let health = unhealthy.map_or(Health::Healthy, |reason| Health::Unhealthy { reason });
     ws.send(text(&NodeToControl::Heartbeat { health, load })).await?;
     Ok(())
 }
 
-/// Forwards one worker event, if its job still belongs to this session.
+/// Forwards one worker event, if its job (that attempt of it) still belongs to this session.
 async fn send_event(
     ws: &mut Ws,
-    jobs: &mut HashSet<RequestId>,
+    jobs: &mut HashMap<RequestId, u32>,
     event: Event,
 ) -> anyhow::Result<()> {
     match event {
         Event::Progress { request_id, attempt, generated_seconds }
-            if jobs.contains(&request_id) =>
+            if jobs.get(&request_id) == Some(&attempt) =>
         {
             ws.send(text(&NodeToControl::Progress { request_id, attempt, generated_seconds }))
                 .await?;
         }
         Event::Generated { request_id, attempt, pcm, inference_seconds }
-            if jobs.remove(&request_id) =>
+            if take(jobs, request_id, attempt) =>
         {
             for (chunk, samples) in pcm.chunks(CHUNK_SAMPLES).enumerate() {
                 let header = FrameHeader::audio(request_id, attempt, chunk as u32);
@@ -359,19 +405,30 @@ async fn send_event(
             ws.send(text(&NodeToControl::Finished(done))).await?;
         }
         Event::Transcribed { request_id, attempt, transcript, inference_seconds }
-            if jobs.remove(&request_id) =>
+            if take(jobs, request_id, attempt) =>
         {
             let transcript = Some(transcript);
             let done = Finished { request_id, attempt, samples: 0, inference_seconds, transcript };
             ws.send(text(&NodeToControl::Finished(done))).await?;
         }
-        Event::Failed { request_id, attempt, message, retryable } if jobs.remove(&request_id) => {
+        Event::Failed { request_id, attempt, message, retryable }
+            if take(jobs, request_id, attempt) =>
+        {
             ws.send(failed(request_id, attempt, message, retryable)).await?;
         }
-        // A job of an earlier session, or cancelled meanwhile.
+        // A job of an earlier session or attempt, or cancelled meanwhile.
         _ => {}
     }
     Ok(())
+}
+
+/// Ends the job where `attempt` is its current one; false otherwise.
+fn take(jobs: &mut HashMap<RequestId, u32>, id: RequestId, attempt: u32) -> bool {
+    let current = jobs.get(&id) == Some(&attempt);
+    if current {
+        jobs.remove(&id);
+    }
+    current
 }
 
 async fn next_control(ws: &mut Ws) -> anyhow::Result<Option<ControlToNode>> {

@@ -4,6 +4,7 @@
 mod client;
 mod device;
 mod engine;
+mod health;
 mod metrics;
 pub mod serve;
 pub mod synth;

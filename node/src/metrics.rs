@@ -5,6 +5,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::health::StepFailures;
+
 /// How a job ended: the values of the `outcome` label of `dia_node_jobs_total` and
 /// `dia_node_transcriptions_total`.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +57,8 @@ pub struct NodeMetrics {
     pub memory_budget: IntGauge,
     /// `dia_node_memory_reserved_bytes`: device memory the requests' caches take.
     pub memory_reserved: IntGauge,
+    /// The engine's failed decode steps, for the health rule (not a metric).
+    pub steps: StepFailures,
 }
 
 impl NodeMetrics {
@@ -152,6 +156,7 @@ impl NodeMetrics {
             transcribed_seconds,
             memory_budget,
             memory_reserved,
+            steps: StepFailures::default(),
         }
     }
 

@@ -41,6 +41,8 @@ pub enum Event {
 pub enum Refused {
     #[error("the node is draining")]
     Draining,
+    #[error("the node already runs as many jobs as it takes ({capacity})")]
+    Full { capacity: u32 },
     #[error("this node serves no model `{model}` with the `{feature}` feature")]
     NotServed { model: String, feature: &'static str },
     #[error("the node's {0} stopped")]

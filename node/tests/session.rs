@@ -5,7 +5,9 @@ mod common;
 
 use common::dia_node;
 use common::scripted::{accept, next, Session};
+use futures_util::SinkExt;
 use proto::{ControlToNode, Health, Job, NodeToControl, RequestId, Sampling, SpeechTask, Task};
+use tokio_tungstenite::tungstenite::Message;
 
 fn job(model: &str, seed: u64) -> ControlToNode {
     let task = SpeechTask {
@@ -86,6 +88,52 @@ async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_di
     let mut again = accept(&session.listener).await;
     assert!(matches!(next(&mut again).await, Some(Ok(NodeToControl::Hello(_)))));
     assert!(session.node.try_wait().unwrap().is_none(), "the node is still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_control_plane_costs_single_jobs_never_the_session() {
+    let mut serve = dia_node("serve");
+    serve.args(["--device", "cpu", "--max-positions", "1100", "--max-batch", "2"]);
+    let mut session = Session::join(&mut serve).await;
+    let model = session.hello.models[0].id.clone();
+    // Not a control message at all, and a submit of a task kind this node cannot read.
+    session.ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    let unknown = RequestId::new();
+    let submit = serde_json::json!({"type": "submit", "request_id": unknown, "attempt": 1,
+                                    "model": model, "task": {"kind": "teleport"}});
+    session.ws.send(Message::text(submit.to_string())).await.unwrap();
+    // Three jobs for two slots; then the first again, as the control plane's second attempt.
+    let (first, second, third) = (job(&model, 1), job(&model, 2), job(&model, 3));
+    for j in [&first, &second, &third] {
+        session.send(j).await;
+    }
+    let ControlToNode::Submit(mut retry) = first.clone() else { unreachable!() };
+    retry.attempt = 2;
+    session.send(&ControlToNode::Submit(retry)).await;
+
+    let mut finished = Vec::new();
+    let mut failed = Vec::new();
+    while finished.len() < 2 {
+        match session.next_job_message().await.expect("the session stays open") {
+            Ok(NodeToControl::Finished(f)) => finished.push((f.request_id, f.attempt)),
+            Ok(NodeToControl::Failed { request_id, attempt, retryable, error }) => {
+                failed.push((request_id, attempt, retryable, error.message))
+            }
+            Ok(NodeToControl::Progress { request_id, attempt, .. }) => {
+                assert!(request_id != id_of(&first) || attempt == 2, "progress of a stale attempt")
+            }
+            _ => {}
+        }
+    }
+    finished.sort();
+    let mut expected = [(id_of(&first), 2), (id_of(&second), 1)];
+    expected.sort();
+    assert_eq!(finished, expected, "the first job's new attempt replaced its old one");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1, failed[0].2), (unknown, 1, false));
+    assert!(failed[0].3.starts_with("the node cannot read this message"), "{failed:?}");
+    assert_eq!((failed[1].0, failed[1].1, failed[1].2), (id_of(&third), 1, true));
+    assert_eq!(failed[1].3, "the node already runs as many jobs as it takes (2)");
 }
 
 /// Bytes of one request's slot, from the checkpoint's config: two rows (CFG) of f32

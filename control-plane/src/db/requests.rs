@@ -289,7 +289,8 @@ impl Db {
 
     /// Claims the oldest queued request for `model` and `feature` that fits the node's text window,
     /// decoder frames and new frames (the rule of [`crate::routing::Needs::fits`]), for a node of
-    /// this replica, and opens its attempt. On PostgreSQL `SKIP LOCKED`
+    /// this replica, and opens its attempt. Requests accepted before `created_after` (epoch ms)
+    /// are past their deadline: they are left to fail, not run again. On PostgreSQL `SKIP LOCKED`
     /// lets replicas claim side by side; SQLite serialises writers, so the plain sub-select is
     /// already atomic.
     pub async fn claim(
@@ -298,6 +299,7 @@ impl Db {
         feature: &str,
         node: &str,
         replica: &str,
+        created_after: i64,
     ) -> Result<Option<Claimed>, sqlx::Error> {
         let lock = if matches!(self, Db::Postgres(_)) { "FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
@@ -307,6 +309,7 @@ impl Db {
                  queue_seconds = COALESCE(queue_seconds, CAST($3 - created_at AS DOUBLE PRECISION) / 1000)
              WHERE seq = (SELECT seq FROM requests WHERE status = 'queued' AND model = $4 AND feature = $5
                               AND text_tokens <= $6 AND frames <= $7 AND new_frames <= $8
+                              AND created_at >= $9
                           ORDER BY seq LIMIT 1 {lock})
              RETURNING id, attempts, model, task, prompt_audio, queue_seconds"
         );
@@ -319,7 +322,7 @@ impl Db {
             let claimed: Option<Claimed> = sqlx::query_as(&sql)
                 .bind(node).bind(replica).bind(now).bind(&model.id).bind(feature)
                 .bind(i64::from(model.max_input_chars)).bind(i64::from(model.max_frames))
-                .bind(i64::from(model.max_new_tokens))
+                .bind(i64::from(model.max_new_tokens)).bind(created_after)
                 .fetch_optional(&mut *tx).await?;
             if let Some(c) = &claimed {
                 sqlx::query(attempt_sql).bind(&c.id).bind(c.attempts).bind(node).bind(replica).bind(now)

@@ -8,6 +8,17 @@ use serde_json::Value;
 /// has the store keep and the pages show stays small.
 pub const MAX_GPU_TEXT_CHARS: usize = 256;
 
+/// What one hello may name, at most: the store keeps it, every dispatch walks its models and
+/// features, and every heartbeat writes it again.
+const MAX_NODE_ID_CHARS: usize = 128;
+const MAX_MODELS: usize = 16;
+const MAX_MODEL_ID_CHARS: usize = 256;
+const MAX_FEATURES: usize = 8;
+const MAX_FEATURE_CHARS: usize = 64;
+/// Whisper speaks 100 languages.
+const MAX_LANGUAGES: usize = 128;
+const MAX_LANGUAGE_CHARS: usize = 8;
+
 /// Why a hello is refused.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum Refused {
@@ -37,6 +48,30 @@ pub enum Refused {
     /// A GPU text that is empty or too long.
     #[error("`{0}` must be 1 to {MAX_GPU_TEXT_CHARS} characters")]
     GpuText(&'static str),
+    /// An id or a list past its bound.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// At most `max` items (`what`, for the message), each 1 to `max_chars` characters (`field`).
+fn bounded<'a>(
+    field: &str,
+    what: &str,
+    items: impl ExactSizeIterator<Item = &'a String>,
+    (max, max_chars): (usize, usize),
+) -> Result<(), Refused> {
+    if items.len() > max {
+        return Err(Refused::TooLarge(format!("a hello names at most {max} {what}")));
+    }
+    for item in items {
+        if item.is_empty() || item.chars().count() > max_chars {
+            let shown: String = item.chars().take(40).collect();
+            return Err(Refused::TooLarge(format!(
+                "`{field}` must be 1 to {max_chars} characters; got \"{shown}\""
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The hello in a session's first text frame, if the node may join with it.
@@ -53,6 +88,15 @@ pub fn read(text: &str) -> Result<Hello, Refused> {
         serde_json::from_value(value).map_err(|e| Refused::Unreadable(e.to_string()))?;
     if hello.capacity == 0 || hello.models.is_empty() {
         return Err(Refused::Empty);
+    }
+    bounded("node_id", "ids", std::iter::once(&hello.node_id.0), (1, MAX_NODE_ID_CHARS))?;
+    let ids = hello.models.iter().map(|m| &m.id);
+    bounded("models[].id", "models", ids, (MAX_MODELS, MAX_MODEL_ID_CHARS))?;
+    for model in &hello.models {
+        let features = (MAX_FEATURES, MAX_FEATURE_CHARS);
+        bounded("models[].features[]", "features per model", model.features.iter(), features)?;
+        let languages = (MAX_LANGUAGES, MAX_LANGUAGE_CHARS);
+        bounded("models[].languages[]", "languages per model", model.languages.iter(), languages)?;
     }
     let texts = match (&hello.gpu, &hello.gpu_unavailable) {
         (None, None) => return Err(Refused::NoGpuNorReason),
@@ -147,6 +191,35 @@ mod tests {
         old.as_object_mut().unwrap().remove("gpu_unavailable");
         let Err(Refused::Unreadable(why)) = read_value(old) else { panic!("read") };
         assert!(why.contains("expected struct GpuInfo"), "{why}");
+    }
+
+    #[test]
+    fn ids_and_lists_are_bounded() {
+        let refusal = |v: Value| match read_value(v) {
+            Err(Refused::TooLarge(why)) => why,
+            other => panic!("read {other:?}"),
+        };
+        let mut long_id = hello();
+        long_id["node_id"] = "n".repeat(MAX_NODE_ID_CHARS + 1).into();
+        assert!(refusal(long_id).starts_with("`node_id` must be 1 to 128 characters; got \"nnn"));
+        let mut blank_id = hello();
+        blank_id["node_id"] = "".into();
+        assert!(refusal(blank_id).starts_with("`node_id` must be 1 to"));
+        let mut many = hello();
+        let model = many["models"][0].clone();
+        many["models"] = Value::Array(vec![model; MAX_MODELS + 1]);
+        assert_eq!(refusal(many.clone()), "a hello names at most 16 models");
+        many["models"].as_array_mut().unwrap().truncate(MAX_MODELS);
+        assert!(read_value(many).is_ok(), "16 models are allowed");
+        let mut features = hello();
+        features["models"][0]["features"] = json!(vec!["voice-cloning"; MAX_FEATURES + 1]);
+        assert_eq!(refusal(features), "a hello names at most 8 features per model");
+        let mut languages = hello();
+        languages["models"][0]["languages"] = json!(["en", "x".repeat(9)]);
+        assert!(refusal(languages).starts_with("`models[].languages[]` must be 1 to 8 characters"));
+        let mut model_id = hello();
+        model_id["models"][0]["id"] = "m".repeat(MAX_MODEL_ID_CHARS + 1).into();
+        assert!(refusal(model_id).starts_with("`models[].id` must be 1 to 256 characters"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The nodes connected to this replica: their sockets, health, capacity, and the jobs each is
 //! running.
 
-use proto::{BinaryFrame, ControlToNode, FrameHeader, Hello, ModelInfo, NodeId, RequestId};
+use proto::{
+    BinaryFrame, ControlToNode, FrameHeader, Hello, ModelInfo, NodeId, PcmEncoding, RequestId,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc::Sender;
@@ -74,6 +76,8 @@ pub enum AudioRefused {
     NotExpected,
     /// More audio than the job's bound allows: the attempt must end.
     TooLong,
+    /// Audio comes back as 16-bit PCM; another encoding ends the attempt.
+    NotI16,
 }
 
 /// A node that can take a job now.
@@ -171,7 +175,7 @@ impl Registry {
     }
 
     /// Books a job of `kind` that may produce up to `max_audio_bytes` on a node; returns the
-    /// socket to send it on, or `None` if the node is gone.
+    /// socket to send it on and the node's session, or `None` if the node is gone.
     pub fn assign(
         &self,
         id: &NodeId,
@@ -179,7 +183,7 @@ impl Registry {
         attempt: u32,
         kind: JobKind,
         max_audio_bytes: usize,
-    ) -> Option<NodeTx> {
+    ) -> Option<(NodeTx, u64)> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let entry = nodes.get_mut(id)?;
         let job = Running {
@@ -191,7 +195,12 @@ impl Registry {
             prompt_sent: false,
         };
         entry.jobs.insert(request, job);
-        Some(entry.tx.clone())
+        Some((entry.tx.clone(), entry.session))
+    }
+
+    /// Whether `session` is still the node's: false once it was dropped ([`Registry::remove`]).
+    pub fn holds(&self, id: &NodeId, session: u64) -> bool {
+        self.nodes.lock().expect("registry lock").get(id).is_some_and(|e| e.session == session)
     }
 
     /// Appends an audio chunk of the job's current attempt, in order and within its bound.
@@ -207,6 +216,9 @@ impl Registry {
             .and_then(|e| e.jobs.get_mut(&header.request_id))
             .filter(|job| job.attempt == header.attempt && job.next_chunk == header.chunk)
             .ok_or(AudioRefused::NotExpected)?;
+        if header.encoding != PcmEncoding::I16Le {
+            return Err(AudioRefused::NotI16);
+        }
         if job.audio.len() + payload.len() > job.max_audio_bytes {
             return Err(AudioRefused::TooLong);
         }

@@ -113,12 +113,22 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
             }
         }
     };
+    // Only a heartbeat keeps the node: its jobs fail over once its row in the store goes stale,
+    // whatever else (pings, progress, audio) it keeps sending.
     let reader = async {
+        let mut deadline = tokio::time::Instant::now() + state.config.heartbeat_timeout();
         loop {
-            match tokio::time::timeout(state.config.heartbeat_timeout(), stream.next()).await {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => break tracing::warn!(node = %node, "node missed its heartbeats"),
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
-                Ok(Some(Ok(message))) => on_message(&state, &node, message).await,
+                Ok(Some(Ok(message))) => {
+                    if on_message(&state, &node, message).await == Heard::Heartbeat {
+                        if !state.registry.holds(&node, session) {
+                            break tracing::warn!(node = %node, "session dropped: closing it");
+                        }
+                        deadline = tokio::time::Instant::now() + state.config.heartbeat_timeout();
+                    }
+                }
             }
         }
     };
@@ -141,11 +151,22 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     finish(&state, &node, session).await;
 }
 
+/// Whether a message was a heartbeat.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    Heartbeat,
+    Other,
+}
+
 /// Handles one message from a node. Bad frames are logged and dropped: the job they belonged to
 /// then fails over when its `finished` does not add up.
-async fn on_message(state: &AppState, node: &NodeId, message: Message) {
+async fn on_message(state: &AppState, node: &NodeId, message: Message) -> Heard {
     match message {
         Message::Text(text) => match serde_json::from_str::<NodeToControl>(&text) {
+            Ok(msg @ NodeToControl::Heartbeat { .. }) => {
+                on_node_message(state, node, msg).await;
+                return Heard::Heartbeat;
+            }
             Ok(msg) => on_node_message(state, node, msg).await,
             Err(e) => tracing::warn!(node = %node, error = %e, "unreadable message from node"),
         },
@@ -157,12 +178,18 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) {
                     Err(AudioRefused::NotExpected) => {
                         tracing::warn!(node = %node, request = %request, "audio for no current job")
                     }
-                    Err(AudioRefused::TooLong) => {
+                    Err(refused) => {
                         state.queue.stop_attempt(node, request, attempt).await;
-                        let msg = format!(
-                            "node {node} sent more audio than the request's max_new_tokens and \
-                             speed_factor allow"
-                        );
+                        let msg = match refused {
+                            AudioRefused::NotI16 => format!(
+                                "node {node} sent audio as {:?}, not 16-bit PCM",
+                                frame.header.encoding
+                            ),
+                            _ => format!(
+                                "node {node} sent more audio than the request's max_new_tokens \
+                                 and speed_factor allow"
+                            ),
+                        };
                         let error = WireError::new(ErrorKind::UpstreamError, msg);
                         state
                             .queue
@@ -176,6 +203,7 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) {
         },
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
     }
+    Heard::Other
 }
 
 async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
@@ -229,12 +257,9 @@ async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
     state.db.upsert_node(&state.replica_id, &row).await
 }
 
-/// Removes the node and fails over what it was running.
+/// Removes the node and fails over what it was running, unless that was done already.
 async fn finish(state: &AppState, node: &NodeId, session: u64) {
-    if let Err(e) = state.db.remove_node(&state.replica_id, &node.0).await {
-        tracing::error!(error = %e, "could not remove a node from the store");
-    }
-    state.queue.node_left(node, session).await;
+    state.queue.drop_node(node, session).await;
 }
 
 async fn reject<S: SinkExt<Message> + Unpin>(sink: &mut S, message: &str) {

@@ -314,7 +314,9 @@ impl Generator {
         }
         let s = &r.sampling;
         if !(s.temperature >= 0.0
+            && s.temperature.is_finite()
             && s.top_p > 0.0
+            && s.top_p.is_finite()
             && s.top_k >= 1
             && s.top_k <= cfg.decoder_config.vocab_size
             && s.cfg_scale.is_finite())

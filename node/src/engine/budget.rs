@@ -35,6 +35,12 @@ pub fn plan(
     min_positions: i64,
     slot_bytes: impl Fn(i64) -> i64,
 ) -> anyhow::Result<MemoryPlan> {
+    if max_positions < min_positions {
+        bail!(
+            "--max-positions {max_positions} holds no request: a second of audio takes \
+             {min_positions} positions"
+        );
+    }
     let budget = i64::try_from(budget).unwrap_or(i64::MAX);
     let full = slot_bytes(max_positions);
     let slots = usize::try_from(budget / full.max(1)).unwrap_or(usize::MAX).min(max_batch);
@@ -93,5 +99,12 @@ mod tests {
         let err = plan(1_099, 8, 100, 10, cost).unwrap_err().to_string();
         assert!(err.contains("fits no request") && err.contains("1.1 KiB"), "{err}");
         assert!(plan(1_100, 8, 100, 10, cost).is_ok());
+    }
+
+    #[test]
+    fn a_position_bound_below_a_second_of_audio_is_refused_whatever_the_budget() {
+        let err = plan(1 << 40, 8, 9, 10, cost).unwrap_err().to_string();
+        assert_eq!(err, "--max-positions 9 holds no request: a second of audio takes 10 positions");
+        assert!(plan(1 << 40, 8, 10, 10, cost).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! leaves. Work is done in arrival order; encodes come back to the engine, decoded audio goes
 //! straight to the session.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ struct Codec {
 
 impl Codec {
     fn run(self, inbox: Receiver<Work>) {
-        let mut backlog = std::collections::VecDeque::new();
+        let mut backlog = VecDeque::new();
         loop {
             if backlog.is_empty() {
                 match inbox.recv() {
@@ -78,23 +78,10 @@ impl Codec {
                     Err(_) => return,
                 }
             }
-            // Cancels overtake the work queued before them.
             backlog.extend(inbox.try_iter());
-            let cancelled: HashSet<RequestId> = backlog
-                .iter()
-                .filter_map(|w| match w {
-                    Work::Cancel(id) => Some(*id),
-                    _ => None,
-                })
-                .collect();
-            backlog.retain(|w| match w {
-                Work::Cancel(_) => false,
-                Work::Decode { request_id, .. } if cancelled.contains(request_id) => {
-                    self.metrics.job_ended(Outcome::Cancelled);
-                    false
-                }
-                _ => true,
-            });
+            for _ in 0..apply_cancels(&mut backlog) {
+                self.metrics.job_ended(Outcome::Cancelled);
+            }
             if let Some(work) = backlog.pop_front() {
                 self.work(work);
             }
@@ -136,11 +123,66 @@ impl Codec {
     }
 }
 
+/// Applies the cancels in `backlog`: each drops the decodes of its request queued before it,
+/// not after (a request cancelled and then run again, as a new attempt, is decoded), and goes.
+/// Returns how many decodes were dropped.
+fn apply_cancels(backlog: &mut VecDeque<Work>) -> usize {
+    let mut cancelled: HashSet<RequestId> = HashSet::new();
+    let mut dropped = 0;
+    let mut kept = Vec::with_capacity(backlog.len());
+    for work in backlog.drain(..).rev() {
+        match work {
+            Work::Cancel(id) => {
+                cancelled.insert(id);
+            }
+            Work::Decode { request_id, .. } if cancelled.contains(&request_id) => dropped += 1,
+            work => kept.push(work),
+        }
+    }
+    backlog.extend(kept.into_iter().rev());
+    dropped
+}
+
 /// Runs `f`; its error or panic becomes the job's failure.
 fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>, what: &str) -> Result<T, Failure> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(Failure::from(e)),
         Err(_) => Err(Failure { message: format!("the codec panicked {what}"), retryable: true }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(request_id: RequestId, attempt: u32) -> Work {
+        let codes = Tensor::zeros([1, 9], (tch::Kind::Int64, tch::Device::Cpu));
+        Work::Decode { request_id, attempt, codes, speed: 1.0, started: Instant::now() }
+    }
+
+    fn left(backlog: &VecDeque<Work>) -> Vec<(RequestId, u32)> {
+        let decode = |w: &Work| match w {
+            Work::Decode { request_id, attempt, .. } => Some((*request_id, *attempt)),
+            _ => None,
+        };
+        backlog.iter().filter_map(decode).collect()
+    }
+
+    #[test]
+    fn a_cancel_drops_the_decodes_before_it_and_not_a_later_attempts() {
+        let (a, b) = (RequestId::new(), RequestId::new());
+        let mut backlog = VecDeque::from([
+            decode(a, 1),
+            decode(b, 1),
+            Work::Encode { key: "k".into(), pcm: vec![0.0] },
+            Work::Cancel(a),
+            decode(a, 2),
+            Work::Cancel(RequestId::new()),
+        ]);
+        assert_eq!(apply_cancels(&mut backlog), 1);
+        assert_eq!(left(&backlog), [(b, 1), (a, 2)]);
+        assert_eq!(backlog.len(), 3, "the encode stays, the cancels go");
+        assert!(matches!(backlog[1], Work::Encode { .. }));
     }
 }

@@ -263,6 +263,7 @@ impl Worker {
             Ok(Err(e)) => return self.reset(e.to_string()),
             Err(_) => return self.reset("the model panicked".into()),
         };
+        self.metrics.steps.succeeded();
         self.metrics.frames.inc_by(batch as u64);
         for seq in out.failed {
             let Some(run) = self.running.remove(&seq) else { continue };
@@ -298,6 +299,7 @@ impl Worker {
 
     fn reset(&mut self, message: String) {
         tracing::error!(%message, "decode step failed; failing the running jobs");
+        self.metrics.steps.failed(&message);
         for (_, run) in std::mem::take(&mut self.running) {
             self.fail(&run.job, Failure::retryable(&message));
         }
