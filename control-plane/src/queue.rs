@@ -23,7 +23,7 @@ use proto::{
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const CHANNEL_QUEUED: &str = "tts_queued";
@@ -531,14 +531,23 @@ impl Queue {
             self.attempt_failed(id, attempt, AttemptOutcome::NodeLost, &lost, true).await;
         }
         let limit = self.config.job_timeout_secs;
+        let late = |node: &NodeId| {
+            let msg = format!("node {node} did not finish within {limit} s");
+            WireError::new(ErrorKind::UpstreamError, msg)
+        };
+        // This replica's nodes: it stops their overdue attempts itself, whichever replica
+        // records the timeout first (recording twice is a no-op).
+        for (node, id, attempt) in self.registry.overdue(Duration::from_secs(limit)) {
+            self.stop_attempt(&node, id, attempt).await;
+            let late = late(&node);
+            self.attempt_failed(id, attempt, AttemptOutcome::TimedOut, &late, true).await;
+        }
+        // The store's, for nodes of other replicas: recorded here, stopped by their replica.
         let started_before = crate::db::now_ms() - (limit * 1000) as i64;
         for (id, attempt, node) in self.db.overdue_running(started_before).await? {
             let (Ok(id), Ok(attempt)) = (id.parse(), u32::try_from(attempt)) else { continue };
-            // The replica holding the node stops it; the others only record the failure.
             let node = NodeId(node);
-            self.stop_attempt(&node, id, attempt).await;
-            let msg = format!("node {node} did not finish within {limit} s");
-            let late = WireError::new(ErrorKind::UpstreamError, msg);
+            let late = late(&node);
             self.attempt_failed(id, attempt, AttemptOutcome::TimedOut, &late, true).await;
         }
         Ok(())

@@ -52,7 +52,7 @@ impl FakeNode {
             gpu: None,
             gpu_unavailable: Some("a fake node"),
         };
-        state.db.upsert_node(&state.replica_id, &row).await.unwrap();
+        assert!(state.db.upsert_node(&state.replica_id, &row, 15_000).await.unwrap());
         let node_id = NodeId(id.into());
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -324,7 +324,66 @@ async fn a_node_whose_outbox_fills_is_dropped_and_its_jobs_fail_over(backend: Ba
     steady.stays_idle().await;
 }
 
+async fn a_node_id_is_held_by_one_replica_until_its_row_goes_stale(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (state, _) = start(&db).await;
+    let models = vec![cloning_model(MODEL)];
+    let row = NodeState {
+        id: "contested",
+        models: &models,
+        capacity: 1,
+        active: 0,
+        healthy: true,
+        draining: false,
+        gpu: None,
+        gpu_unavailable: Some("a fake node"),
+    };
+    let fresh = 60_000;
+    assert!(state.db.upsert_node("replica-a", &row, fresh).await.unwrap());
+    assert!(!state.db.upsert_node("replica-b", &row, fresh).await.unwrap(), "held by a");
+    assert!(state.db.upsert_node("replica-a", &row, fresh).await.unwrap(), "a refreshes it");
+    let pool = state.db.pool_nodes(fresh).await.unwrap();
+    assert_eq!(pool.iter().map(|n| n.replica_id.as_str()).collect::<Vec<_>>(), ["replica-a"]);
+    // Once a's row is older than what counts as fresh, b may take the id over.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(state.db.upsert_node("replica-b", &row, 10).await.unwrap(), "stale: b takes it");
+    assert!(!state.db.upsert_node("replica-a", &row, fresh).await.unwrap(), "held by b now");
+}
+
+async fn an_overdue_attempt_is_stopped_on_its_node_even_when_another_replica_recorded_it(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let mut config = common::config(&db.url);
+    config.job_timeout_secs = 1;
+    let state = AppState::start(config).await.unwrap();
+    let account = state.db.create_account("test").await.unwrap();
+    let mut node = FakeNode::join(&state, "slow", 1, cloning_model(MODEL)).await;
+    queue_speech(&state, &account, 0, 256).await;
+    let job = node.next_submit().await;
+    // Another replica's sweep records the timeout first: the request goes back to the queue.
+    let late = WireError::new(ErrorKind::UpstreamError, "late, as another replica saw it");
+    state.queue.attempt_failed(job.request_id, 1, AttemptOutcome::TimedOut, &late, true).await;
+    // This replica still stops the attempt on its node (at its next sweep, within a heartbeat
+    // interval), which frees the node's one slot for the retry.
+    let within = Duration::from_secs(12);
+    match tokio::time::timeout(within, node.outbox.recv()).await.expect("a cancel").unwrap() {
+        Outbound::Control(ControlToNode::Cancel { request_id }) => {
+            assert_eq!(request_id, job.request_id)
+        }
+        other => panic!("expected the overdue attempt cancelled, got {other:?}"),
+    }
+    match tokio::time::timeout(within, node.outbox.recv()).await.expect("the retry").unwrap() {
+        Outbound::Control(ControlToNode::Submit(retry)) => {
+            assert_eq!((retry.request_id, retry.attempt), (job.request_id, 2))
+        }
+        other => panic!("expected the retry, got {other:?}"),
+    }
+}
+
 on_both_backends!(
+    an_overdue_attempt_is_stopped_on_its_node_even_when_another_replica_recorded_it,
+    a_node_id_is_held_by_one_replica_until_its_row_goes_stale,
     a_node_whose_outbox_fills_is_dropped_and_its_jobs_fail_over,
     a_node_gets_work_and_counts_online_only_once_it_has_joined,
     a_job_goes_to_a_node_with_its_feature_and_room_for_it,

@@ -242,7 +242,7 @@ async fn serve(
                         }
                         Ok(ControlToNode::Drain) if !draining => {
                             draining = true;
-                            start_draining(ws, workers, jobs.len(), "the control plane asked").await?;
+                            start_draining(ws, workers, jobs, &mut awaiting, "the control plane asked").await?;
                         }
                         Ok(ControlToNode::Drain) => {}
                         Ok(other) => tracing::warn!(?other, "unexpected message"),
@@ -271,7 +271,7 @@ async fn serve(
             }
             _ = drain.changed(), if !draining => {
                 draining = true;
-                start_draining(ws, workers, jobs.len(), "shutting down").await?;
+                start_draining(ws, workers, jobs, &mut awaiting, "shutting down").await?;
             }
             event = events.recv() => {
                 match event {
@@ -348,15 +348,29 @@ fn failed(request_id: RequestId, attempt: u32, message: String, retryable: bool)
 }
 
 /// Draining: the jobs in hand are finished, none are taken; the unhealthy heartbeat stops the
-/// control plane routing here.
+/// control plane routing here. Jobs still waiting for their audio (a clip, a voice prompt) have
+/// not started: they go back, retryable, rather than hold the drain for a frame that may never
+/// come.
 async fn start_draining(
     ws: &mut Ws,
     workers: &Workers,
-    jobs: usize,
+    jobs: &mut HashMap<RequestId, u32>,
+    awaiting: &mut HashMap<RequestId, Awaiting>,
     why: &str,
 ) -> anyhow::Result<()> {
-    tracing::info!(jobs, why, "draining: finishing the jobs in hand, taking no new ones");
-    send_heartbeat(ws, workers, true).await
+    tracing::info!(
+        jobs = jobs.len(),
+        why,
+        "draining: finishing the jobs in hand, taking no new ones"
+    );
+    send_heartbeat(ws, workers, true).await?;
+    for (id, waiting) in awaiting.drain() {
+        if jobs.remove(&id).is_some() {
+            workers.cancel(id);
+        }
+        ws.send(failed(id, waiting.job.attempt, Refused::Draining.to_string(), true)).await?;
+    }
+    Ok(())
 }
 
 /// Liveness, load and capacity; a draining node reports itself unhealthy and taking nothing, so

@@ -6,7 +6,10 @@ mod common;
 use common::dia_node;
 use common::scripted::{accept, next, Session};
 use futures_util::SinkExt;
-use proto::{ControlToNode, Health, Job, NodeToControl, RequestId, Sampling, SpeechTask, Task};
+use proto::{
+    ControlToNode, Health, Job, NodeToControl, PcmEncoding, RequestId, Sampling, SpeechTask, Task,
+    VoicePrompt,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 fn job(model: &str, seed: u64) -> ControlToNode {
@@ -134,6 +137,38 @@ async fn a_misbehaving_control_plane_costs_single_jobs_never_the_session() {
     assert!(failed[0].3.starts_with("the node cannot read this message"), "{failed:?}");
     assert_eq!((failed[1].0, failed[1].1, failed[1].2), (id_of(&third), 1, true));
     assert_eq!(failed[1].3, "the node already runs as many jobs as it takes (2)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_back_a_job_still_waiting_for_its_voice_prompt() {
+    let mut session = Session::join(dia_node("serve").args(["--max-positions", "1100"])).await;
+    let model = session.hello.models[0].id.clone();
+    let ControlToNode::Submit(mut cloning) = job(&model, 1) else { unreachable!() };
+    let Task::Speech(task) = &mut cloning.task else { unreachable!() };
+    task.voice_prompt = Some(VoicePrompt {
+        samples: 44_100,
+        encoding: PcmEncoding::F32Le,
+        sha256: "ab".repeat(32),
+    });
+    let id = cloning.request_id;
+    session.send(&ControlToNode::Submit(cloning)).await;
+    match session.next_job_message().await {
+        Some(Ok(NodeToControl::NeedVoicePrompt { request_id, attempt })) => {
+            assert_eq!((request_id, attempt), (id, 1))
+        }
+        other => panic!("expected the node to ask for the voice prompt, got {other:?}"),
+    }
+    // The prompt never comes; the control plane's replica goes away.
+    session.send(&ControlToNode::Drain).await;
+    let mut handed_back = false;
+    while let Some(msg) = session.next_job_message().await {
+        if let Ok(NodeToControl::Failed { request_id, retryable, error, .. }) = msg {
+            assert_eq!((request_id, retryable), (id, true));
+            assert_eq!(error.message, "the node is draining");
+            handed_back = true;
+        }
+    }
+    assert!(handed_back, "the waiting job goes back, retryable, and the drain ends the session");
 }
 
 /// Bytes of one request's slot, from the checkpoint's config: two rows (CFG) of f32

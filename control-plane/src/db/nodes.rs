@@ -131,19 +131,29 @@ impl From<PoolRow> for PoolNode {
 }
 
 impl Db {
-    /// Records (or refreshes) a node held by `replica`.
-    pub async fn upsert_node(&self, replica: &str, n: &NodeState<'_>) -> Result<(), sqlx::Error> {
+    /// Records (or refreshes) a node held by `replica`, unless another replica holds it (its
+    /// row seen within `fresh_ms`): false then. One statement, so two replicas that take the
+    /// same id at once cannot both hold it.
+    pub async fn upsert_node(
+        &self,
+        replica: &str,
+        n: &NodeState<'_>,
+        fresh_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
         let sql = "INSERT INTO nodes (id, replica_id, models, capacity, active, healthy, draining, gpu,
                        gpu_unavailable, last_seen)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                    ON CONFLICT (id) DO UPDATE SET replica_id = $2, models = $3, capacity = $4, active = $5,
-                       healthy = $6, draining = $7, gpu = $8, gpu_unavailable = $9, last_seen = $10";
+                       healthy = $6, draining = $7, gpu = $8, gpu_unavailable = $9, last_seen = $10
+                   WHERE nodes.replica_id = $2 OR nodes.last_seen <= $11";
         let models = serde_json::to_string(n.models).expect("models serialise");
         let gpu = n.gpu.map(|g| serde_json::to_string(g).expect("a GPU serialises"));
+        let now = now_ms();
         on_pool!(self, p => sqlx::query(sql)
             .bind(n.id).bind(replica).bind(models).bind(i64::from(n.capacity)).bind(i64::from(n.active))
-            .bind(n.healthy).bind(n.draining).bind(&gpu).bind(n.gpu_unavailable).bind(now_ms())
-            .execute(p).await.map(drop))
+            .bind(n.healthy).bind(n.draining).bind(&gpu).bind(n.gpu_unavailable).bind(now)
+            .bind(now - fresh_ms)
+            .execute(p).await.map(|done| done.rows_affected() == 1))
     }
 
     /// Nodes heard from within `fresh_ms`, on any replica, by id.

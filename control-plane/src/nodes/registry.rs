@@ -6,6 +6,7 @@ use proto::{
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 
 /// A message for one node. The queue and the registry speak `proto`; the node's session
@@ -35,6 +36,8 @@ struct Entry {
     healthy: bool,
     draining: bool,
     jobs: HashMap<RequestId, Running>,
+    /// When its state last went to the store ([`Registry::heartbeat`]).
+    published: Option<Instant>,
 }
 
 struct Running {
@@ -47,6 +50,10 @@ struct Running {
     max_audio_bytes: usize,
     /// The voice prompt was sent: a node asks once per attempt.
     prompt_sent: bool,
+    /// When it was sent to the node.
+    started: Instant,
+    /// When its progress last went to the store ([`Registry::progress_due`]).
+    progress_at: Option<Instant>,
 }
 
 /// What a job is expected to bring back.
@@ -131,6 +138,7 @@ impl Registry {
             healthy: true,
             draining: false,
             jobs: HashMap::new(),
+            published: None,
         };
         nodes.insert(hello.node_id, entry);
         Ok(session)
@@ -193,9 +201,23 @@ impl Registry {
             next_chunk: 0,
             max_audio_bytes,
             prompt_sent: false,
+            started: Instant::now(),
+            progress_at: None,
         };
         entry.jobs.insert(request, job);
         Some((entry.tx.clone(), entry.session))
+    }
+
+    /// Attempts that have run on their node of this replica for longer than `limit`.
+    pub fn overdue(&self, limit: Duration) -> Vec<(NodeId, RequestId, u32)> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        let overdue = nodes.iter().flat_map(|(id, e)| {
+            e.jobs
+                .iter()
+                .filter(|(_, job)| job.started.elapsed() > limit)
+                .map(|(request, job)| (id.clone(), *request, job.attempt))
+        });
+        overdue.collect()
     }
 
     /// Whether `session` is still the node's: false once it was dropped ([`Registry::remove`]).
@@ -249,9 +271,25 @@ impl Registry {
     }
 
     /// Whether `attempt` of `request` runs on this node.
-    pub fn runs(&self, id: &NodeId, request: RequestId, attempt: u32) -> bool {
-        let nodes = self.nodes.lock().expect("registry lock");
-        nodes.get(id).and_then(|e| e.jobs.get(&request)).is_some_and(|j| j.attempt == attempt)
+    /// Whether `attempt`'s progress should go to the store: the node runs that attempt, and its
+    /// progress last went there at least `every` ago (a node reporting in a flood costs one
+    /// write per `every`).
+    pub fn progress_due(
+        &self,
+        id: &NodeId,
+        request: RequestId,
+        attempt: u32,
+        every: Duration,
+    ) -> bool {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let Some(job) = nodes.get_mut(id).and_then(|e| e.jobs.get_mut(&request)) else {
+            return false;
+        };
+        let due = job.attempt == attempt && job.progress_at.is_none_or(|t| t.elapsed() >= every);
+        if due {
+            job.progress_at = Some(Instant::now());
+        }
+        due
     }
 
     /// The socket of a node of this replica.
@@ -265,12 +303,20 @@ impl Registry {
         nodes.values_mut().find_map(|e| e.jobs.remove(&request).map(|_| e.tx.clone()))
     }
 
-    /// Records a heartbeat's health and capacity (bounded by the hello's).
-    pub fn heartbeat(&self, id: &NodeId, healthy: bool, capacity: u32) {
-        if let Some(e) = self.nodes.lock().expect("registry lock").get_mut(id) {
-            e.healthy = healthy;
-            e.capacity = capacity.min(e.hello.capacity);
+    /// Records a heartbeat's health and capacity (bounded by the hello's); true when the store
+    /// should hear of it: they changed, or it last did at least `every` ago (a node sending
+    /// heartbeats in a flood costs one write per `every`).
+    pub fn heartbeat(&self, id: &NodeId, healthy: bool, capacity: u32, every: Duration) -> bool {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let Some(e) = nodes.get_mut(id) else { return false };
+        let capacity = capacity.min(e.hello.capacity);
+        let changed = (e.healthy, e.capacity) != (healthy, capacity);
+        (e.healthy, e.capacity) = (healthy, capacity);
+        let due = changed || e.published.is_none_or(|t| t.elapsed() >= every);
+        if due {
+            e.published = Some(Instant::now());
         }
+        due
     }
 
     /// Marks every node draining and returns their sockets (shutdown).
@@ -311,5 +357,57 @@ impl Registry {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::PROTOCOL_VERSION;
+
+    fn registry_with_a_job() -> (Registry, NodeId, RequestId) {
+        let registry = Registry::default();
+        let id = NodeId("n".into());
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: id.clone(),
+            models: vec![],
+            capacity: 4,
+            gpu: None,
+            gpu_unavailable: Some("none".into()),
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        registry.register(hello, tx).unwrap();
+        let request = RequestId::new();
+        registry.assign(&id, request, 2, JobKind::Speech, 0).unwrap();
+        (registry, id, request)
+    }
+
+    #[test]
+    fn a_flood_of_heartbeats_reaches_the_store_when_something_changed_or_once_per_interval() {
+        let (registry, id, _) = registry_with_a_job();
+        let every = Duration::from_millis(50);
+        assert!(registry.heartbeat(&id, true, 4, every), "the first is published");
+        assert!(!registry.heartbeat(&id, true, 4, every), "the same again, at once, is not");
+        assert!(!registry.heartbeat(&id, true, 9, every), "capped at the hello's 4: no change");
+        assert!(registry.heartbeat(&id, true, 2, every), "a change in capacity is");
+        assert!(registry.heartbeat(&id, false, 2, every), "a change in health is");
+        assert!(!registry.heartbeat(&id, false, 2, every));
+        std::thread::sleep(every);
+        assert!(registry.heartbeat(&id, false, 2, every), "once per interval anyway");
+        let other = NodeId("other".into());
+        assert!(!registry.heartbeat(&other, true, 1, every), "no such node");
+    }
+
+    #[test]
+    fn progress_reaches_the_store_once_per_interval_and_only_from_the_running_attempt() {
+        let (registry, id, request) = registry_with_a_job();
+        let every = Duration::from_millis(50);
+        assert!(!registry.progress_due(&id, request, 1, every), "a stale attempt");
+        assert!(!registry.progress_due(&id, RequestId::new(), 2, every), "no such job");
+        assert!(registry.progress_due(&id, request, 2, every));
+        assert!(!registry.progress_due(&id, request, 2, every), "again at once");
+        std::thread::sleep(every);
+        assert!(registry.progress_due(&id, request, 2, every));
     }
 }

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Health, NodeId, NodeToControl, Stream, Welcome,
+    BinaryFrame, ControlToNode, ErrorKind, Health, Load, NodeId, NodeToControl, Stream, Welcome,
     WireError, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
@@ -90,10 +90,14 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
     });
     let recorded = state.db.record_offered(&hello.models).await;
-    if recorded.is_err()
-        || publish(&state, &node).await.is_err()
-        || sink.send(text(&welcome)).await.is_err()
-    {
+    let published = publish(&state, &node).await;
+    if let Ok(false) = published {
+        // Another replica took the same id since the check above.
+        let msg = format!("node `{node}` is connected to another replica");
+        reject(&mut sink, &msg).await;
+        return finish(&state, &node, session).await;
+    }
+    if recorded.is_err() || published.is_err() || sink.send(text(&welcome)).await.is_err() {
         return finish(&state, &node, session).await;
     }
     state.registry.joined(&node, session);
@@ -121,14 +125,18 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => break tracing::warn!(node = %node, "node missed its heartbeats"),
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
-                Ok(Some(Ok(message))) => {
-                    if on_message(&state, &node, message).await == Heard::Heartbeat {
-                        if !state.registry.holds(&node, session) {
-                            break tracing::warn!(node = %node, "session dropped: closing it");
-                        }
+                Ok(Some(Ok(message))) => match on_message(&state, &node, message).await {
+                    Heard::Heartbeat if !state.registry.holds(&node, session) => {
+                        break tracing::warn!(node = %node, "session dropped: closing it");
+                    }
+                    Heard::Heartbeat => {
                         deadline = tokio::time::Instant::now() + state.config.heartbeat_timeout();
                     }
-                }
+                    Heard::HeldElsewhere => {
+                        break tracing::warn!(node = %node, "another replica holds the node now");
+                    }
+                    Heard::Other => {}
+                },
             }
         }
     };
@@ -151,10 +159,13 @@ async fn session(state: AppState, socket: WebSocket, auth: NodeAuth) {
     finish(&state, &node, session).await;
 }
 
-/// Whether a message was a heartbeat.
+/// What a message means for the session.
 #[derive(Debug, PartialEq)]
 enum Heard {
     Heartbeat,
+    /// A heartbeat, but the store says another replica holds the node (this session's row
+    /// went stale and the id joined elsewhere): this session ends.
+    HeldElsewhere,
     Other,
 }
 
@@ -163,11 +174,7 @@ enum Heard {
 async fn on_message(state: &AppState, node: &NodeId, message: Message) -> Heard {
     match message {
         Message::Text(text) => match serde_json::from_str::<NodeToControl>(&text) {
-            Ok(msg @ NodeToControl::Heartbeat { .. }) => {
-                on_node_message(state, node, msg).await;
-                return Heard::Heartbeat;
-            }
-            Ok(msg) => on_node_message(state, node, msg).await,
+            Ok(msg) => return on_node_message(state, node, msg).await,
             Err(e) => tracing::warn!(node = %node, error = %e, "unreadable message from node"),
         },
         Message::Binary(bytes) => match BinaryFrame::decode(&bytes) {
@@ -206,25 +213,16 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) -> Heard 
     Heard::Other
 }
 
-async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
+async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) -> Heard {
     match msg {
         NodeToControl::Hello(_) => tracing::warn!(node = %node, "second hello ignored"),
         NodeToControl::Heartbeat { health, load } => {
-            let healthy = matches!(health, Health::Healthy);
-            if let Health::Unhealthy { reason } = &health {
-                tracing::warn!(node = %node, reason, "node reports itself unhealthy");
-            }
-            state.registry.heartbeat(node, healthy, load.capacity);
-            let (active, queued, capacity) = (load.active, load.queued, load.capacity);
-            tracing::trace!(node = %node, active, queued, capacity, "heartbeat");
-            if let Err(e) = publish(state, node).await {
-                tracing::error!(error = %e, "could not record a heartbeat");
-            }
-            state.queue.wake();
+            return heartbeat(state, node, &health, &load).await;
         }
         NodeToControl::Progress { request_id, attempt, generated_seconds } => {
-            // Only the node running that attempt may speak for it.
-            if state.registry.runs(node, request_id, attempt) {
+            // Only the node running that attempt may speak for it, and at a bounded rate.
+            let every = state.config.heartbeat_interval() / 4;
+            if state.registry.progress_due(node, request_id, attempt, every) {
                 let (id, seconds) = (request_id.to_string(), f64::from(generated_seconds));
                 if let Err(e) = state.db.record_progress(&id, i64::from(attempt), seconds).await {
                     tracing::error!(error = %e, request = %id, "could not record progress");
@@ -239,11 +237,35 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) {
             state.queue.failed(node, request_id, attempt, &error, retryable).await
         }
     }
+    Heard::Other
 }
 
-/// Writes the node's current state to the store, where every replica sees it.
-async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
-    let Some(s) = state.registry.snapshot(node) else { return Ok(()) };
+async fn heartbeat(state: &AppState, node: &NodeId, health: &Health, load: &Load) -> Heard {
+    let healthy = matches!(health, Health::Healthy);
+    if let Health::Unhealthy { reason } = health {
+        tracing::warn!(node = %node, reason, "node reports itself unhealthy");
+    }
+    let (active, queued, capacity) = (load.active, load.queued, load.capacity);
+    tracing::trace!(node = %node, active, queued, capacity, "heartbeat");
+    let every = state.config.heartbeat_interval() / 4;
+    if !state.registry.heartbeat(node, healthy, load.capacity, every) {
+        return Heard::Heartbeat;
+    }
+    state.queue.wake();
+    match publish(state, node).await {
+        Ok(true) => Heard::Heartbeat,
+        Ok(false) => Heard::HeldElsewhere,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record a heartbeat");
+            Heard::Heartbeat
+        }
+    }
+}
+
+/// Writes the node's current state to the store, where every replica sees it; false when
+/// another replica holds the node ([`crate::db::Db::upsert_node`]).
+async fn publish(state: &AppState, node: &NodeId) -> Result<bool, sqlx::Error> {
+    let Some(s) = state.registry.snapshot(node) else { return Ok(true) };
     let row = NodeState {
         id: &s.hello.node_id.0,
         models: &s.hello.models,
@@ -254,7 +276,8 @@ async fn publish(state: &AppState, node: &NodeId) -> Result<(), sqlx::Error> {
         gpu: s.hello.gpu.as_ref(),
         gpu_unavailable: s.hello.gpu_unavailable.as_deref(),
     };
-    state.db.upsert_node(&state.replica_id, &row).await
+    let fresh = state.config.heartbeat_timeout().as_millis() as i64;
+    state.db.upsert_node(&state.replica_id, &row, fresh).await
 }
 
 /// Removes the node and fails over what it was running, unless that was done already.
