@@ -94,6 +94,12 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
+    /// Least time between two writes of one node's heartbeats, or of one job's progress, to
+    /// the store: a node sending them in a flood costs bounded writes.
+    pub fn node_write_interval(&self) -> Duration {
+        self.heartbeat_interval() / 4
+    }
+
     /// Silence after which a node is dropped.
     pub fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_interval() * 3

@@ -276,7 +276,7 @@ async fn serve(
             event = events.recv() => {
                 match event {
                     None => bail!("the workers stopped"),
-                    Some(Event::NeedVoicePrompt { request_id, attempt, task }) if jobs.get(&request_id) == Some(&attempt) => {
+                    Some(Event::NeedVoicePrompt { request_id, attempt, task }) if current(jobs, request_id, attempt) => {
                         let Some(prompt) = task.voice_prompt.clone() else { continue };
                         let model = workers.speech_model().unwrap_or_default().to_owned();
                         let job = Job { request_id, attempt, model, task: proto::Task::Speech(task) };
@@ -400,7 +400,7 @@ async fn send_event(
 ) -> anyhow::Result<()> {
     match event {
         Event::Progress { request_id, attempt, generated_seconds }
-            if jobs.get(&request_id) == Some(&attempt) =>
+            if current(jobs, request_id, attempt) =>
         {
             ws.send(text(&NodeToControl::Progress { request_id, attempt, generated_seconds }))
                 .await?;
@@ -436,13 +436,14 @@ async fn send_event(
     Ok(())
 }
 
+/// Whether `attempt` is the job's current one in this session.
+fn current(jobs: &HashMap<RequestId, u32>, id: RequestId, attempt: u32) -> bool {
+    jobs.get(&id) == Some(&attempt)
+}
+
 /// Ends the job where `attempt` is its current one; false otherwise.
 fn take(jobs: &mut HashMap<RequestId, u32>, id: RequestId, attempt: u32) -> bool {
-    let current = jobs.get(&id) == Some(&attempt);
-    if current {
-        jobs.remove(&id);
-    }
-    current
+    current(jobs, id, attempt) && jobs.remove(&id).is_some()
 }
 
 async fn next_control(ws: &mut Ws) -> anyhow::Result<Option<ControlToNode>> {

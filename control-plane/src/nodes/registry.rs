@@ -270,7 +270,6 @@ impl Registry {
         Some(entry.tx.clone())
     }
 
-    /// Whether `attempt` of `request` runs on this node.
     /// Whether `attempt`'s progress should go to the store: the node runs that attempt, and its
     /// progress last went there at least `every` ago (a node reporting in a flood costs one
     /// write per `every`).

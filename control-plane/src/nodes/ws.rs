@@ -221,7 +221,7 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) ->
         }
         NodeToControl::Progress { request_id, attempt, generated_seconds } => {
             // Only the node running that attempt may speak for it, and at a bounded rate.
-            let every = state.config.heartbeat_interval() / 4;
+            let every = state.config.node_write_interval();
             if state.registry.progress_due(node, request_id, attempt, every) {
                 let (id, seconds) = (request_id.to_string(), f64::from(generated_seconds));
                 if let Err(e) = state.db.record_progress(&id, i64::from(attempt), seconds).await {
@@ -247,7 +247,7 @@ async fn heartbeat(state: &AppState, node: &NodeId, health: &Health, load: &Load
     }
     let (active, queued, capacity) = (load.active, load.queued, load.capacity);
     tracing::trace!(node = %node, active, queued, capacity, "heartbeat");
-    let every = state.config.heartbeat_interval() / 4;
+    let every = state.config.node_write_interval();
     if !state.registry.heartbeat(node, healthy, load.capacity, every) {
         return Heard::Heartbeat;
     }
