@@ -5,7 +5,7 @@ mod common;
 
 use common::node::{cloning_model, hello, ScriptedNode, MODEL};
 use common::{expect_error, Backend, Server, TestDb, ADMIN_TOKEN, JOIN_TOKEN};
-use proto::{GpuInfo, Hello};
+use proto::{GpuInfo, GpuReadings, Health, Hello};
 use serde_json::{json, Value};
 
 const CPU_REASON: &str = "no CUDA device: the node runs on the CPU";
@@ -54,6 +54,54 @@ async fn the_admin_api_shows_each_nodes_gpu_or_why_it_has_none(backend: Backend)
     expect_error(res.unwrap(), 401, "invalid_admin_token").await;
 }
 
+/// The admin API's list once `done` holds for it (within 10 s).
+async fn listed_once(server: &Server, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let nodes = listed(server).await;
+        if done(&nodes) {
+            return nodes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the admin API never showed it: {}", listed(server).await)
+}
+
+async fn heartbeats_bring_the_gpus_readings_and_why_a_node_is_unhealthy_to_operators(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db).await;
+    let hello = Hello {
+        gpu: Some(h100()),
+        gpu_unavailable: None,
+        ..hello("gpu-0", 4, vec![cloning_model(MODEL)])
+    };
+    let mut node = ScriptedNode::join(&server.ws_url(), JOIN_TOKEN, hello).await.unwrap();
+    let hot = GpuReadings {
+        utilization_percent: 99,
+        memory_used_bytes: 70 << 30,
+        memory_total_bytes: 85_520_809_984,
+        temperature_celsius: 88,
+        slowdown_temperature_celsius: Some(87),
+        power_watts: Some(690.5),
+        power_limit_watts: Some(700.0),
+        ecc_uncorrected_errors: Some(0),
+        xid_errors: 0,
+        last_xid: None,
+    };
+    let reason = "GPU at 88 °C, at or above its slowdown threshold of 87 °C";
+    node.beat_with(Health::Unhealthy { reason: reason.into() }, 4, Some(hot.clone())).await;
+    let nodes = listed_once(&server, |n| n[0]["healthy"] == json!(false)).await;
+    assert_eq!(nodes[0]["unhealthy_reason"], json!(reason), "{nodes}");
+    assert_eq!(nodes[0]["gpu_readings"], serde_json::to_value(&hot).unwrap(), "{nodes}");
+
+    let cool = GpuReadings { temperature_celsius: 60, ..hot };
+    node.beat_with(Health::Healthy, 4, Some(cool.clone())).await;
+    let nodes = listed_once(&server, |n| n[0]["healthy"] == json!(true)).await;
+    assert_eq!(nodes[0]["unhealthy_reason"], Value::Null, "{nodes}");
+    assert_eq!(nodes[0]["gpu_readings"]["temperature_celsius"], json!(60), "{nodes}");
+}
+
 async fn a_hello_saying_neither_its_gpu_nor_why_it_has_none_is_refused(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = Server::start(&db).await;
@@ -69,4 +117,5 @@ async fn a_hello_saying_neither_its_gpu_nor_why_it_has_none_is_refused(backend: 
 on_both_backends!(
     the_admin_api_shows_each_nodes_gpu_or_why_it_has_none,
     a_hello_saying_neither_its_gpu_nor_why_it_has_none_is_refused,
+    heartbeats_bring_the_gpus_readings_and_why_a_node_is_unhealthy_to_operators,
 );

@@ -15,8 +15,8 @@ use control_plane::routing::Needs;
 use control_plane::AppState;
 use proto::frames::i16_le_bytes;
 use proto::{
-    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Hello, Job, ModelInfo,
-    NodeId, PcmEncoding, RequestId, Sampling, SpeechTask, Stream, Task, Transcript,
+    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job,
+    ModelInfo, NodeId, PcmEncoding, RequestId, Sampling, SpeechTask, Stream, Task, Transcript,
     TranscriptionTask, VoicePrompt, WireError, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
@@ -47,10 +47,11 @@ impl FakeNode {
             models: &models,
             capacity,
             active: 0,
-            healthy: true,
+            health: &Health::Healthy,
             draining: false,
             gpu: None,
             gpu_unavailable: Some("a fake node"),
+            gpu_readings: None,
         };
         assert!(state.db.upsert_node(&state.replica_id, &row, 15_000).await.unwrap());
         let node_id = NodeId(id.into());
@@ -333,10 +334,11 @@ async fn a_node_id_is_held_by_one_replica_until_its_row_goes_stale(backend: Back
         models: &models,
         capacity: 1,
         active: 0,
-        healthy: true,
+        health: &Health::Healthy,
         draining: false,
         gpu: None,
         gpu_unavailable: Some("a fake node"),
+        gpu_readings: None,
     };
     let fresh = 60_000;
     assert!(state.db.upsert_node("replica-a", &row, fresh).await.unwrap());

@@ -9,8 +9,9 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use proto::frames::{f32_from_le_bytes, i16_from_le_bytes, i16_le_bytes};
 use proto::{
-    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
-    NodeId, NodeToControl, PcmEncoding, RequestId, Stream, Welcome, WireError, PROTOCOL_VERSION,
+    BinaryFrame, Clip, ControlToNode, ErrorKind, Finished, FrameHeader, GpuInfo, Health, Hello,
+    Job, Load, NodeId, NodeToControl, PcmEncoding, RequestId, Stream, Welcome, WireError,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
@@ -32,8 +33,8 @@ pub struct Identity {
     /// Its node credential or a join token, sent as `Authorization: Bearer`.
     pub join_token: String,
     pub node_id: String,
-    /// Why the hello names no GPU.
-    pub gpu_unavailable: String,
+    /// Its GPU, or why the hello names none.
+    pub gpu: Result<GpuInfo, String>,
 }
 
 /// Keeps a session up, reconnecting with exponential backoff. Returns once `drain` turns true
@@ -126,8 +127,8 @@ async fn join(ws: &mut Ws, identity: &Identity, workers: &Workers) -> anyhow::Re
         node_id: NodeId(identity.node_id.clone()),
         models: workers.models(),
         capacity: workers.capacity(),
-        gpu: None,
-        gpu_unavailable: Some(identity.gpu_unavailable.clone()),
+        gpu: identity.gpu.clone().ok(),
+        gpu_unavailable: identity.gpu.clone().err(),
     };
     ws.send(text(&NodeToControl::Hello(hello))).await?;
     match next_control(ws).await? {
@@ -373,22 +374,29 @@ async fn start_draining(
     Ok(())
 }
 
-/// Liveness, load and capacity; a draining node reports itself unhealthy and taking nothing, so
-/// that no work is routed to it, and one whose decode steps keep failing unhealthy with why
-/// ([`crate::health`]).
+/// Liveness, load, capacity and the GPU's readings; a draining node reports itself unhealthy and
+/// taking nothing, so that no work is routed to it, and one whose decode steps keep failing
+/// ([`crate::health`]) or whose GPU fails a health rule ([`crate::gpu`]) unhealthy with why.
 async fn send_heartbeat(ws: &mut Ws, workers: &Workers, draining: bool) -> anyhow::Result<()> {
     let metrics = workers.metrics();
     let (active, queued) = metrics.load();
     let capacity = if draining { 0 } else { workers.capacity() };
-    let load = Load { active, queued, gpu_memory_used_bytes: None, capacity };
+    let gpu = metrics.gpu.latest();
+    let gpu_memory_used_bytes =
+        gpu.as_ref().and_then(|g| g.readings.as_ref()).map(|r| r.memory_used_bytes);
+    let load = Load { active, queued, gpu_memory_used_bytes, capacity };
     let unhealthy = if draining {
         Some("draining".to_owned())
     } else {
-        metrics.steps.unhealthy(std::time::Instant::now())
+        metrics
+            .steps
+            .unhealthy(std::time::Instant::now())
+            .or_else(|| gpu.as_ref().and_then(|g| g.unhealthy.clone()))
     };
     metrics.healthy.set(i64::from(unhealthy.is_none()));
     let health = unhealthy.map_or(Health::Healthy, |reason| Health::Unhealthy { reason });
-    ws.send(text(&NodeToControl::Heartbeat { health, load })).await?;
+    let gpu = gpu.and_then(|g| g.readings);
+    ws.send(text(&NodeToControl::Heartbeat { health, load, gpu })).await?;
     Ok(())
 }
 

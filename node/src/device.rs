@@ -1,4 +1,4 @@
-//! Choosing where and in which precision the model runs, and what the hello says of the GPU.
+//! Choosing where and in which precision the model runs.
 
 use anyhow::{bail, Context};
 use tch::{Device, Kind};
@@ -33,25 +33,4 @@ pub fn parse_dtype(spec: Option<&str>, device: Device) -> anyhow::Result<Kind> {
         bail!("{kind:?} weights need a CUDA device; use f32 on the CPU");
     }
     Ok(kind)
-}
-
-/// Why the hello names no GPU. GPU readings come from NVML, which this node does not read yet,
-/// so every node says why it sends none.
-pub fn gpu_unavailable(device: Device) -> &'static str {
-    if device.is_cuda() {
-        "GPU readings (NVML) are not built into this node yet"
-    } else {
-        "no CUDA device: the node runs on the CPU"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_reason_for_no_gpu_names_the_device_kind() {
-        assert_eq!(gpu_unavailable(Device::Cpu), "no CUDA device: the node runs on the CPU");
-        assert!(gpu_unavailable(Device::Cuda(1)).contains("NVML"));
-    }
 }

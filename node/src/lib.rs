@@ -4,6 +4,7 @@
 mod client;
 mod device;
 mod engine;
+mod gpu;
 mod health;
 mod metrics;
 pub mod serve;

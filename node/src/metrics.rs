@@ -5,6 +5,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::gpu::GpuState;
 use crate::health::StepFailures;
 
 /// How a job ended: the values of the `outcome` label of `dia_node_jobs_total` and
@@ -59,6 +60,33 @@ pub struct NodeMetrics {
     pub memory_reserved: IntGauge,
     /// The engine's failed decode steps, for the health rule (not a metric).
     pub steps: StepFailures,
+    /// The GPU's latest readings and health, for heartbeats (not a metric).
+    pub gpu: GpuState,
+}
+
+/// The GPU's gauges, registered only where the node reads a GPU (a node on the CPU exports
+/// none rather than zeros).
+pub struct GpuGauges {
+    /// `dia_node_gpu_healthy`: 0 while a GPU health rule takes the node out.
+    pub healthy: IntGauge,
+    /// `dia_node_gpu_utilization_ratio`: share of time a kernel ran, 0–1.
+    pub utilization: Gauge,
+    /// `dia_node_gpu_memory_used_bytes`.
+    pub memory_used: IntGauge,
+    /// `dia_node_gpu_memory_total_bytes`.
+    pub memory_total: IntGauge,
+    /// `dia_node_gpu_temperature_celsius`.
+    pub temperature: IntGauge,
+    /// `dia_node_gpu_slowdown_temperature_celsius`: where the GPU slows its clocks.
+    pub slowdown_temperature: IntGauge,
+    /// `dia_node_gpu_power_watts`.
+    pub power: Gauge,
+    /// `dia_node_gpu_power_limit_watts`.
+    pub power_limit: Gauge,
+    /// `dia_node_gpu_ecc_uncorrected_errors`: since the driver loaded.
+    pub ecc_uncorrected: IntGauge,
+    /// `dia_node_gpu_xid_errors_total`: XID events since the node started.
+    pub xid_errors: IntCounter,
 }
 
 impl NodeMetrics {
@@ -157,7 +185,51 @@ impl NodeMetrics {
             memory_budget,
             memory_reserved,
             steps: StepFailures::default(),
+            gpu: GpuState::default(),
         }
+    }
+
+    /// Registers the GPU's gauges; once per process.
+    pub fn gpu_gauges(&self) -> GpuGauges {
+        let int = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let float = |name: &str, help: &str| Gauge::new(name, help).expect("valid metric");
+        let gauges = GpuGauges {
+            healthy: int("dia_node_gpu_healthy", "0 while a GPU health rule takes the node out"),
+            utilization: float("dia_node_gpu_utilization_ratio", "Share of time a kernel ran"),
+            memory_used: int("dia_node_gpu_memory_used_bytes", "GPU memory in use"),
+            memory_total: int("dia_node_gpu_memory_total_bytes", "GPU memory"),
+            temperature: int("dia_node_gpu_temperature_celsius", "GPU temperature"),
+            slowdown_temperature: int(
+                "dia_node_gpu_slowdown_temperature_celsius",
+                "Temperature at which the GPU slows its clocks",
+            ),
+            power: float("dia_node_gpu_power_watts", "GPU power draw"),
+            power_limit: float("dia_node_gpu_power_limit_watts", "GPU enforced power limit"),
+            ecc_uncorrected: int(
+                "dia_node_gpu_ecc_uncorrected_errors",
+                "Uncorrectable ECC errors since the driver loaded",
+            ),
+            xid_errors: IntCounter::new(
+                "dia_node_gpu_xid_errors_total",
+                "XID error events since the node started",
+            )
+            .expect("valid metric"),
+        };
+        for c in [
+            Box::new(gauges.healthy.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(gauges.utilization.clone()),
+            Box::new(gauges.memory_used.clone()),
+            Box::new(gauges.memory_total.clone()),
+            Box::new(gauges.temperature.clone()),
+            Box::new(gauges.slowdown_temperature.clone()),
+            Box::new(gauges.power.clone()),
+            Box::new(gauges.power_limit.clone()),
+            Box::new(gauges.ecc_uncorrected.clone()),
+            Box::new(gauges.xid_errors.clone()),
+        ] {
+            self.registry.register(c).expect("registered once");
+        }
+        gauges
     }
 
     /// Counts a generation job's end.

@@ -6,8 +6,9 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::client::{self, Identity};
-use crate::device::{gpu_unavailable, parse_device, parse_dtype};
-use crate::engine::{Engine, EngineLimits, ModelSpec};
+use crate::device::{parse_device, parse_dtype};
+use crate::engine::{Engine, EngineLimits, MemoryBudget, ModelSpec};
+use crate::gpu::{self, GpuArgs};
 use crate::metrics::NodeMetrics;
 use crate::transcriber::Transcriber;
 use crate::weights::{self, CheckpointArgs, NONE};
@@ -45,13 +46,17 @@ pub struct ServeArgs {
     /// fewer where `--memory-budget` holds fewer.
     #[arg(long, env = "MAX_BATCH", default_value_t = 8)]
     pub max_batch: u32,
-    /// Device memory the requests' attention caches may take, beside the weights (e.g. `6GiB`,
-    /// `512MiB`). Each request's slot takes its self-attention keys and values up to
-    /// `--max-positions` and its cross-attention keys and values; the node runs as many
-    /// slots as fit (at most `--max-batch`), or, where not even one does, one slot of as many
-    /// positions as fit, and advertises that.
-    #[arg(long, env = "MEMORY_BUDGET", default_value = "8GiB")]
-    pub memory_budget: bytesize::ByteSize,
+    /// Device memory the requests' attention caches may take, beside the weights: a size
+    /// (`6GiB`, `512MiB`) or a share of the GPU's free memory once the models are loaded
+    /// (`80%`). Default: 80% on CUDA where NVML reads the GPU, else 8GiB. Each request's slot
+    /// takes its self-attention keys and values up to `--max-positions` and its
+    /// cross-attention keys and values; the node runs as many slots as fit (at most
+    /// `--max-batch`), or, where not even one does, one slot of as many positions as fit, and
+    /// advertises that.
+    #[arg(long, env = "MEMORY_BUDGET")]
+    pub memory_budget: Option<MemoryBudget>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Where `/metrics` (Prometheus) is served.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
     pub metrics_addr: std::net::SocketAddr,
@@ -72,6 +77,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(NodeMetrics::new());
+    let gpu = gpu::open(&args.gpu, device);
+    match &gpu {
+        Ok((_, info)) => tracing::info!(name = info.name, uuid = info.uuid, "reading the GPU"),
+        Err(reason) => tracing::info!(reason, "no GPU readings"),
+    }
+    if let Ok((g, _)) = &gpu {
+        g.watch(metrics.clone())?;
+    }
+    let watched = gpu.as_ref().ok().map(|(g, _)| *g);
+    // Whisper loads first, so that a budget taken from free memory leaves its weights room.
+    let whisper = match &args.whisper {
+        Some(spec) => {
+            let (dir, model_id) = weights::whisper(spec)?;
+            let transcriber = Transcriber::start(dir, device, events_tx.clone(), metrics.clone())?;
+            Some((model_id, transcriber))
+        }
+        None => None,
+    };
     let dia = if serves_dia {
         let checkpoints = if args.tiny_random_if_offline {
             args.checkpoints.resolve_or_tiny_random()?
@@ -87,20 +110,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let limits = EngineLimits {
             max_batch: args.max_batch as usize,
             max_positions: args.max_positions,
-            memory_budget: args.memory_budget.as_u64(),
+            memory_budget: args
+                .memory_budget
+                .unwrap_or(MemoryBudget::default_for(device.is_cuda() && watched.is_some())),
+            gpu: watched,
         };
         let engine = Engine::start(spec, limits, events_tx.clone(), metrics.clone())?;
         Some((checkpoints.model_id, engine))
     } else {
         None
-    };
-    let whisper = match &args.whisper {
-        Some(spec) => {
-            let (dir, model_id) = weights::whisper(spec)?;
-            let transcriber = Transcriber::start(dir, device, events_tx.clone(), metrics.clone())?;
-            Some((model_id, transcriber))
-        }
-        None => None,
     };
     // Only the workers send: the channel closes when they have all stopped.
     drop(events_tx);
@@ -109,7 +127,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        gpu_unavailable: gpu_unavailable(device).into(),
+        gpu: gpu.map(|(_, info)| info),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

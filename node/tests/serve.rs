@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::fake_nvml::FakeNvml;
 use common::pool::{Pool, Store};
 use common::{dia_node, fixtures};
 use serde_json::{json, Value};
@@ -348,7 +349,11 @@ fn promtool(args: &[&str], input: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_alert_rules_use_only_metrics_the_running_programs_export() {
-    let pool = start(1, 1).await;
+    // The node reads a GPU (a scripted NVML library), so its GPU gauges are exported too.
+    let nvml = FakeNvml::build("");
+    let mut node = dia_node("serve");
+    nvml.attach(&mut node);
+    let pool = start_with(1, vec![node]).await;
     let res = generate(&pool, json!({"input": "[S1] Counted.", "max_new_tokens": 256})).await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     let control = reqwest::get(&pool.metrics).await.unwrap().text().await.unwrap();
@@ -379,6 +384,7 @@ async fn the_dashboard_and_the_alert_rules_use_only_metrics_the_running_programs
     used.sort_unstable();
     used.dedup();
     assert!(used.len() >= 12, "the rules and the dashboard name {used:?}");
+    assert!(used.contains(&"dia_node_gpu_temperature_celsius"), "{used:?}");
     let missing: Vec<&&str> = used.iter().filter(|m| !exported.contains(**m)).collect();
     assert!(missing.is_empty(), "used but not exported: {missing:?}\n{control}\n{node}");
 }

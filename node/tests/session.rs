@@ -4,11 +4,12 @@
 mod common;
 
 use common::dia_node;
+use common::fake_nvml::FakeNvml;
 use common::scripted::{accept, next, Session};
 use futures_util::SinkExt;
 use proto::{
-    ControlToNode, Health, Job, NodeToControl, PcmEncoding, RequestId, Sampling, SpeechTask, Task,
-    VoicePrompt,
+    ControlToNode, GpuReadings, Health, Job, Load, NodeToControl, PcmEncoding, RequestId, Sampling,
+    SpeechTask, Task, VoicePrompt,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -47,10 +48,150 @@ async fn the_hello_says_why_it_names_no_gpu_and_heartbeats_carry_the_capacity() 
     assert_eq!(reason, Some("no CUDA device: the node runs on the CPU"));
     assert_eq!(session.hello.capacity, 3);
     // The first heartbeat follows the welcome at once.
-    let Some(Ok(NodeToControl::Heartbeat { health, load })) = next(&mut session.ws).await else {
+    let Some(Ok(NodeToControl::Heartbeat { health, load, gpu })) = next(&mut session.ws).await
+    else {
         panic!("expected a heartbeat")
     };
-    assert_eq!((health, load.capacity), (Health::Healthy, 3));
+    assert_eq!((health, load.capacity, gpu), (Health::Healthy, 3, None));
+    let metrics = reqwest::get(&session.metrics).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("dia_node_gpu_"), "no GPU, no GPU gauges:\n{metrics}");
+}
+
+/// What the GPU said in the heartbeats up to the first one `wanted` accepts (within 30 s).
+async fn beat_until(
+    session: &mut Session,
+    wanted: impl Fn(&Health, &Option<GpuReadings>) -> bool,
+) -> (Health, Option<GpuReadings>, Load) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no such heartbeat within 30 s");
+        if let Some(Ok(NodeToControl::Heartbeat { health, load, gpu })) =
+            next(&mut session.ws).await
+        {
+            if wanted(&health, &gpu) {
+                return (health, gpu, load);
+            }
+        }
+    }
+}
+
+fn unhealthy_because(health: &Health, start: &str) -> bool {
+    matches!(health, Health::Unhealthy { reason } if reason.starts_with(start))
+}
+
+const FREE: u64 = 6 << 30;
+
+fn gpu_state(extra: &str) -> String {
+    format!(
+        "name NVIDIA-H100-80GB-HBM3\nuuid GPU-5d2f1c3e-0000\ndriver 550.54.15\ncuda 12040\n\
+         total 85520809984\nused 2147483648\nfree {FREE}\nutil 97\ntemp 70\nslowdown 87\n\
+         power_mw 612500\nlimit_mw 700000\necc 0\n{extra}"
+    )
+}
+
+/// NVML through a scripted driver library: the node computes on the CPU and reads "GPU 0".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_is_named_in_the_hello_read_into_heartbeats_and_metrics_and_its_faults_take_the_node_out(
+) {
+    let nvml = FakeNvml::build(&gpu_state(""));
+    let mut serve = dia_node("serve");
+    serve.args(["--device", "cpu", "--max-positions", "1100", "--max-batch", "2"]);
+    serve.args(["--memory-budget", "50%"]);
+    let mut session = Session::join_beating(nvml.attach(&mut serve), 200).await;
+    let gpu = session.hello.gpu.clone().expect("the hello names the GPU");
+    assert_eq!(session.hello.gpu_unavailable, None);
+    assert_eq!(
+        (gpu.name.as_str(), gpu.uuid.as_str(), gpu.memory_total_bytes),
+        ("NVIDIA-H100-80GB-HBM3", "GPU-5d2f1c3e-0000", 85_520_809_984)
+    );
+    assert_eq!((gpu.driver_version.as_str(), gpu.cuda_version.as_str()), ("550.54.15", "12.4"));
+
+    let (health, readings, load) = beat_until(&mut session, |_, g| g.is_some()).await;
+    assert_eq!(health, Health::Healthy);
+    let r = readings.unwrap();
+    assert_eq!(
+        (r.utilization_percent, r.temperature_celsius, r.slowdown_temperature_celsius),
+        (97, 70, Some(87))
+    );
+    assert_eq!((r.memory_used_bytes, r.memory_total_bytes), (2 << 30, 85_520_809_984));
+    assert_eq!((r.power_watts, r.power_limit_watts), (Some(612.5), Some(700.0)));
+    assert_eq!((r.ecc_uncorrected_errors, r.xid_errors, r.last_xid), (Some(0), 0, None));
+    assert_eq!(load.gpu_memory_used_bytes, Some(2 << 30));
+
+    // The budget is a share of what NVML said was free once the model had loaded.
+    let metrics = reqwest::get(&session.metrics).await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("dia_node_memory_budget_bytes"), (FREE / 2) as f64);
+    assert_eq!(value("dia_node_gpu_temperature_celsius"), 70.0);
+    assert_eq!(value("dia_node_gpu_utilization_ratio"), 0.97);
+    assert_eq!(value("dia_node_gpu_power_watts"), 612.5);
+    assert_eq!(value("dia_node_gpu_memory_total_bytes"), 85_520_809_984.0);
+    assert_eq!(value("dia_node_gpu_healthy"), 1.0);
+
+    // Heat at the slowdown threshold takes the node out while it lasts.
+    nvml.set(&gpu_state("temp 87\n"));
+    let (_, r, _) = beat_until(&mut session, |h, _| unhealthy_because(h, "GPU at 87 °C")).await;
+    assert_eq!(r.map(|r| r.temperature_celsius), Some(87));
+    nvml.set(&gpu_state("temp 80\n"));
+    beat_until(&mut session, |h, _| *h == Health::Healthy).await;
+
+    // A failed query too: no readings then, and the reason.
+    nvml.set(&gpu_state("fail 1\n"));
+    let (_, r, _) =
+        beat_until(&mut session, |h, _| unhealthy_because(h, "NVML query failed")).await;
+    assert_eq!(r, None);
+    nvml.set(&gpu_state(""));
+    beat_until(&mut session, |h, _| *h == Health::Healthy).await;
+
+    // An uncorrectable ECC error, while the driver counts it.
+    nvml.set(&gpu_state("ecc 1\n"));
+    beat_until(&mut session, |h, _| unhealthy_because(h, "1 uncorrectable ECC error")).await;
+    nvml.set(&gpu_state(""));
+    beat_until(&mut session, |h, _| *h == Health::Healthy).await;
+
+    // An application's XID is counted and changes nothing; a critical one takes the node out
+    // for good.
+    nvml.set(&gpu_state("xids 1\nxid 13\n"));
+    let (health, _, _) =
+        beat_until(&mut session, |_, g| g.as_ref().is_some_and(|g| g.xid_errors == 1)).await;
+    assert_eq!(health, Health::Healthy);
+    nvml.set(&gpu_state("xids 2\nxid 79\n"));
+    let critical = "critical XID error 79: the GPU needs a reset and the node a restart";
+    let (_, r, _) = beat_until(&mut session, |h, _| unhealthy_because(h, critical)).await;
+    assert_eq!(r.map(|r| (r.xid_errors, r.last_xid)), Some((2, Some(79))));
+    nvml.set(&gpu_state("xids 2\nxid 79\n"));
+    for _ in 0..5 {
+        let (health, _, _) = beat_until(&mut session, |_, _| true).await;
+        assert!(unhealthy_because(&health, critical), "{health:?}");
+    }
+    let metrics = reqwest::get(&session.metrics).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("dia_node_gpu_xid_errors_total 2"), "{metrics}");
+    assert!(metrics.contains("dia_node_gpu_healthy 0"), "{metrics}");
+    assert!(metrics.contains("dia_node_healthy 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_driver_library_the_node_says_why_and_serves() {
+    let mut serve = dia_node("serve");
+    serve.args(["--device", "cpu", "--max-positions", "1100", "--gpu", "0"]);
+    serve.args(["--nvml-library", "/nonexistent/libnvidia-ml.so.1"]);
+    let mut session = Session::join(&mut serve).await;
+    let reason = session.hello.gpu_unavailable.clone().unwrap();
+    assert!(reason.starts_with("NVML could not be loaded"), "{reason}");
+    assert_eq!(session.hello.gpu, None);
+    let model = session.hello.models[0].id.clone();
+    session.send(&job(&model, 3)).await;
+    loop {
+        match session.next_job_message().await {
+            Some(Ok(NodeToControl::Finished(_))) => break,
+            Some(Ok(NodeToControl::Failed { error, .. })) => panic!("{error:?}"),
+            None => panic!("session closed"),
+            _ => {}
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +206,7 @@ async fn drain_from_the_control_plane_finishes_the_jobs_in_hand_then_the_node_di
     let (mut unhealthy, mut late_refused, mut audio, mut finished) = (false, false, 0, false);
     while let Some(msg) = next(&mut session.ws).await {
         match msg {
-            Ok(NodeToControl::Heartbeat { health: Health::Unhealthy { reason }, load }) => {
+            Ok(NodeToControl::Heartbeat { health: Health::Unhealthy { reason }, load, .. }) => {
                 unhealthy = reason == "draining" && load.capacity == 0;
             }
             Ok(NodeToControl::Failed { request_id, retryable, .. }) => {

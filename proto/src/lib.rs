@@ -29,8 +29,8 @@ pub use error::{ErrorKind, WireError};
 pub use frames::{BinaryFrame, FrameError, FrameHeader, PcmEncoding, Stream};
 pub use ids::{NodeId, RequestId, VoiceId};
 pub use messages::{
-    ControlToNode, Finished, GpuInfo, Health, Hello, Job, Load, ModelInfo, NodeToControl, Task,
-    Welcome,
+    ControlToNode, Finished, GpuInfo, GpuReadings, Health, Hello, Job, Load, ModelInfo,
+    NodeToControl, Task, Welcome,
 };
 pub use script::{Script, ScriptError, Speaker, Turn};
 pub use speech::{Sampling, SpeechTask, VoicePrompt};

@@ -92,6 +92,9 @@ pub enum NodeToControl {
         health: Health,
         /// Current load.
         load: Load,
+        /// The GPU's readings; absent where the node reads none (see the hello).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu: Option<GpuReadings>,
     },
     /// How far a job has come (audio seconds generated so far).
     Progress {
@@ -160,6 +163,38 @@ pub struct GpuInfo {
     pub driver_version: String,
     /// The newest CUDA version the driver supports, e.g. "12.4".
     pub cuda_version: String,
+}
+
+/// What a node reads of its GPU for a heartbeat (NVML). A reading the GPU does not support is
+/// absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GpuReadings {
+    /// Share of the last sample period in which a kernel ran, 0–100.
+    pub utilization_percent: u32,
+    /// Device memory in use, in bytes (every process's).
+    pub memory_used_bytes: u64,
+    /// Device memory, in bytes.
+    pub memory_total_bytes: u64,
+    /// Core temperature, °C.
+    pub temperature_celsius: u32,
+    /// The temperature at which the GPU slows its clocks, °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowdown_temperature_celsius: Option<u32>,
+    /// Power draw, watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+    /// The enforced power limit, watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_watts: Option<f64>,
+    /// Uncorrectable ECC errors since the driver last loaded (absent where ECC is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc_uncorrected_errors: Option<u64>,
+    /// XID error events seen since the node started.
+    pub xid_errors: u64,
+    /// The last of them, e.g. 79 (fallen off the bus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_xid: Option<u64>,
 }
 
 /// One model a node serves.

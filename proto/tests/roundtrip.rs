@@ -95,13 +95,24 @@ fn a_finished_transcription_carries_its_text_and_no_audio() {
 }
 
 #[test]
-fn a_heartbeat_carries_health_and_load() {
-    let NodeToControl::Heartbeat { health, load } = golden::<NodeToControl>("heartbeat.json")
+fn a_heartbeat_carries_health_load_and_gpu_readings() {
+    let NodeToControl::Heartbeat { health, load, gpu } = golden::<NodeToControl>("heartbeat.json")
     else {
         panic!("not a heartbeat")
     };
     assert_eq!(health, Health::Unhealthy { reason: "XID 79".into() });
     assert_eq!((load.active, load.capacity), (3, 0));
+    let gpu = gpu.expect("readings");
+    assert_eq!((gpu.temperature_celsius, gpu.slowdown_temperature_celsius), (71, Some(87)));
+    assert_eq!((gpu.power_watts, gpu.xid_errors, gpu.last_xid), (Some(612.5), 1, Some(79)));
+}
+
+#[test]
+fn a_heartbeat_of_a_node_without_gpu_readings_is_read() {
+    let json = r#"{"type": "heartbeat", "health": {"status": "healthy"},
+                   "load": {"active": 0, "queued": 0, "capacity": 2}}"#;
+    let msg: NodeToControl = serde_json::from_str(json).unwrap();
+    assert!(matches!(msg, NodeToControl::Heartbeat { gpu: None, .. }), "{msg:?}");
 }
 
 #[test]

@@ -18,6 +18,8 @@ struct NodeView {
     node: PoolNode,
     /// Its GPU's name and memory, or why it has none.
     gpu: String,
+    /// Its GPU's last readings, in a line.
+    readings: Option<String>,
     seen_secs_ago: i64,
 }
 
@@ -27,7 +29,26 @@ impl NodeView {
             Some(g) => format!("{}, {}", g.name, gib(g.memory_total_bytes)),
             None => format!("no GPU: {}", node.gpu_unavailable.as_deref().unwrap_or_default()),
         };
-        Self { gpu, seen_secs_ago: (now_ms - node.last_seen) / 1000, node }
+        let readings = node.gpu_readings.as_ref().map(|r| {
+            let mut line = format!(
+                "{} % busy, {} of {} used, {} °C",
+                r.utilization_percent,
+                gib(r.memory_used_bytes),
+                gib(r.memory_total_bytes),
+                r.temperature_celsius
+            );
+            if let Some(watts) = r.power_watts {
+                line += &format!(", {watts:.0} W");
+                if let Some(limit) = r.power_limit_watts {
+                    line += &format!(" of {limit:.0}");
+                }
+            }
+            if let Some(xid) = r.last_xid {
+                line += &format!(", XID {xid}");
+            }
+            line
+        });
+        Self { gpu, readings, seen_secs_ago: (now_ms - node.last_seen) / 1000, node }
     }
 }
 
@@ -109,15 +130,17 @@ mod tests {
             capacity: 1,
             active: 0,
             healthy: true,
+            unhealthy_reason: None,
             draining: false,
             gpu,
             gpu_unavailable: gpu_unavailable.map(Into::into),
+            gpu_readings: None,
             last_seen: 0,
         }
     }
 
     #[test]
-    fn each_node_shows_its_gpu_or_why_it_has_none() {
+    fn each_node_shows_its_gpu_and_readings_or_why_it_has_none_and_why_it_is_unhealthy() {
         let h100 = GpuInfo {
             name: "NVIDIA H100 80GB HBM3".into(),
             uuid: "GPU-5d2f1c3e".into(),
@@ -126,15 +149,40 @@ mod tests {
             cuda_version: "12.4".into(),
         };
         let cpu = node("cpu-0", None, Some("no CUDA device: the node runs on the CPU"));
+        let mut hot = node("gpu-0", Some(h100), None);
+        hot.healthy = false;
+        hot.unhealthy_reason = Some("GPU at 91 °C, its slowdown threshold is 90 °C".into());
+        hot.gpu_readings = Some(proto::GpuReadings {
+            utilization_percent: 97,
+            memory_used_bytes: 1 << 31,
+            memory_total_bytes: 85_520_809_984,
+            temperature_celsius: 91,
+            slowdown_temperature_celsius: Some(90),
+            power_watts: Some(612.4),
+            power_limit_watts: Some(700.0),
+            ecc_uncorrected_errors: Some(0),
+            xid_errors: 0,
+            last_xid: None,
+        });
         let page = Pool {
             nav: Nav { current: "pool", csrf: "t".into() },
             unlocked: true,
             admin_enabled: true,
             error: None,
-            nodes: vec![NodeView::new(node("gpu-0", Some(h100), None), 0), NodeView::new(cpu, 0)],
+            nodes: vec![NodeView::new(hot, 0), NodeView::new(cpu, 0)],
         };
         let html = page.render().unwrap();
-        assert!(html.contains("<td>NVIDIA H100 80GB HBM3, 79.6 GiB</td>"), "{html}");
+        assert!(
+            html.contains(
+                "<td>NVIDIA H100 80GB HBM3, 79.6 GiB<div class=\"readings\">97 % busy, 2.0 GiB of \
+                 79.6 GiB used, 91 °C, 612 W of 700</div></td>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>unhealthy: GPU at 91 °C, its slowdown threshold is 90 °C</td>"),
+            "{html}"
+        );
         assert!(
             html.contains("<td>no GPU: no CUDA device: the node runs on the CPU</td>"),
             "{html}"

@@ -2,7 +2,7 @@
 
 use super::accounts::key_hash;
 use super::{now_ms, on_pool, Db};
-use proto::{GpuInfo, ModelInfo};
+use proto::{GpuInfo, GpuReadings, Health, ModelInfo};
 
 /// How a node credential starts: `dnc_<id>_<secret>`.
 pub const CREDENTIAL_PREFIX: &str = "dnc_";
@@ -55,14 +55,16 @@ pub struct NodeState<'a> {
     pub capacity: u32,
     /// Jobs it runs now.
     pub active: u32,
-    /// Takes work.
-    pub healthy: bool,
+    /// Whether it takes work, and why not.
+    pub health: &'a Health,
     /// Finishing, not taking new work.
     pub draining: bool,
     /// Its GPU, stored as JSON.
     pub gpu: Option<&'a GpuInfo>,
     /// Why it reports no GPU.
     pub gpu_unavailable: Option<&'a str>,
+    /// Its GPU's last readings, stored as JSON.
+    pub gpu_readings: Option<&'a GpuReadings>,
 }
 
 /// What an older replica wrote for a node: it stored no reason, and free text as the GPU.
@@ -84,12 +86,16 @@ pub struct PoolNode {
     pub active: i64,
     /// Takes work.
     pub healthy: bool,
+    /// Why it takes none, as it says (draining, failing steps, a GPU fault).
+    pub unhealthy_reason: Option<String>,
     /// Finishing its jobs, taking no new ones.
     pub draining: bool,
     /// Its GPU; null when it reads none.
     pub gpu: Option<GpuInfo>,
     /// Why `gpu` is null.
     pub gpu_unavailable: Option<String>,
+    /// Its GPU's readings at its last stored heartbeat; null when it reads none.
+    pub gpu_readings: Option<GpuReadings>,
     /// Epoch ms of its last heartbeat.
     pub last_seen: i64,
 }
@@ -102,9 +108,11 @@ struct PoolRow {
     capacity: i64,
     active: i64,
     healthy: bool,
+    unhealthy_reason: Option<String>,
     draining: bool,
     gpu: Option<String>,
     gpu_unavailable: Option<String>,
+    gpu_readings: Option<String>,
     last_seen: i64,
 }
 
@@ -122,9 +130,11 @@ impl From<PoolRow> for PoolNode {
             capacity: r.capacity,
             active: r.active,
             healthy: r.healthy,
+            unhealthy_reason: r.unhealthy_reason,
             draining: r.draining,
             gpu,
             gpu_unavailable,
+            gpu_readings: r.gpu_readings.and_then(|g| serde_json::from_str(&g).ok()),
             last_seen: r.last_seen,
         }
     }
@@ -141,25 +151,32 @@ impl Db {
         fresh_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let sql = "INSERT INTO nodes (id, replica_id, models, capacity, active, healthy, draining, gpu,
-                       gpu_unavailable, last_seen)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                       gpu_unavailable, last_seen, unhealthy_reason, gpu_readings)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13)
                    ON CONFLICT (id) DO UPDATE SET replica_id = $2, models = $3, capacity = $4, active = $5,
-                       healthy = $6, draining = $7, gpu = $8, gpu_unavailable = $9, last_seen = $10
+                       healthy = $6, draining = $7, gpu = $8, gpu_unavailable = $9, last_seen = $10,
+                       unhealthy_reason = $12, gpu_readings = $13
                    WHERE nodes.replica_id = $2 OR nodes.last_seen <= $11";
         let models = serde_json::to_string(n.models).expect("models serialise");
         let gpu = n.gpu.map(|g| serde_json::to_string(g).expect("a GPU serialises"));
+        let readings =
+            n.gpu_readings.map(|g| serde_json::to_string(g).expect("readings serialise"));
+        let reason = match n.health {
+            Health::Healthy => None,
+            Health::Unhealthy { reason } => Some(reason.as_str()),
+        };
         let now = now_ms();
         on_pool!(self, p => sqlx::query(sql)
             .bind(n.id).bind(replica).bind(models).bind(i64::from(n.capacity)).bind(i64::from(n.active))
-            .bind(n.healthy).bind(n.draining).bind(&gpu).bind(n.gpu_unavailable).bind(now)
-            .bind(now - fresh_ms)
+            .bind(reason.is_none()).bind(n.draining).bind(&gpu).bind(n.gpu_unavailable).bind(now)
+            .bind(now - fresh_ms).bind(reason).bind(&readings)
             .execute(p).await.map(|done| done.rows_affected() == 1))
     }
 
     /// Nodes heard from within `fresh_ms`, on any replica, by id.
     pub async fn pool_nodes(&self, fresh_ms: i64) -> Result<Vec<PoolNode>, sqlx::Error> {
-        let sql = "SELECT id, replica_id, models, capacity, active, healthy, draining, gpu,
-                          gpu_unavailable, last_seen
+        let sql = "SELECT id, replica_id, models, capacity, active, healthy, unhealthy_reason,
+                          draining, gpu, gpu_unavailable, gpu_readings, last_seen
                    FROM nodes WHERE last_seen > $1 ORDER BY id";
         let rows: Vec<PoolRow> =
             on_pool!(self, p => sqlx::query_as(sql).bind(now_ms() - fresh_ms).fetch_all(p).await)?;
@@ -268,9 +285,11 @@ mod tests {
             capacity: 1,
             active: 0,
             healthy: true,
+            unhealthy_reason: None,
             draining: false,
             gpu: gpu.map(Into::into),
             gpu_unavailable: gpu_unavailable.map(Into::into),
+            gpu_readings: None,
             last_seen: 0,
         }
     }

@@ -2,7 +2,8 @@
 //! running.
 
 use proto::{
-    BinaryFrame, ControlToNode, FrameHeader, Hello, ModelInfo, NodeId, PcmEncoding, RequestId,
+    BinaryFrame, ControlToNode, FrameHeader, GpuReadings, Health, Hello, ModelInfo, NodeId,
+    PcmEncoding, RequestId,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,7 +34,10 @@ struct Entry {
     /// Stored and welcomed ([`Registry::joined`]): until then it gets no work and is not
     /// counted online, so nobody sees it online before `/v1/models` can list it.
     joined: bool,
-    healthy: bool,
+    /// As its last heartbeat said.
+    health: Health,
+    /// Its GPU's readings, as its last heartbeat said.
+    gpu: Option<GpuReadings>,
     draining: bool,
     jobs: HashMap<RequestId, Running>,
     /// When its state last went to the store ([`Registry::heartbeat`]).
@@ -108,8 +112,10 @@ pub struct Snapshot {
     pub capacity: u32,
     /// Jobs running.
     pub active: u32,
-    /// Takes work.
-    pub healthy: bool,
+    /// Whether it takes work, and why not.
+    pub health: Health,
+    /// Its GPU's readings.
+    pub gpu: Option<GpuReadings>,
     /// Finishing only.
     pub draining: bool,
 }
@@ -135,7 +141,8 @@ impl Registry {
             hello: hello.clone(),
             tx,
             joined: false,
-            healthy: true,
+            health: Health::Healthy,
+            gpu: None,
             draining: false,
             jobs: HashMap::new(),
             published: None,
@@ -171,7 +178,7 @@ impl Registry {
         let nodes = self.nodes.lock().expect("registry lock");
         let mut free: Vec<(f64, Candidate)> = nodes
             .values()
-            .filter(|e| e.joined && e.healthy && !e.draining)
+            .filter(|e| e.joined && e.health == Health::Healthy && !e.draining)
             .filter(|e| (e.jobs.len() as u32) < e.capacity)
             .map(|e| {
                 let load = e.jobs.len() as f64 / f64::from(e.capacity);
@@ -305,12 +312,19 @@ impl Registry {
     /// Records a heartbeat's health and capacity (bounded by the hello's); true when the store
     /// should hear of it: they changed, or it last did at least `every` ago (a node sending
     /// heartbeats in a flood costs one write per `every`).
-    pub fn heartbeat(&self, id: &NodeId, healthy: bool, capacity: u32, every: Duration) -> bool {
+    pub fn heartbeat(
+        &self,
+        id: &NodeId,
+        health: Health,
+        capacity: u32,
+        gpu: Option<GpuReadings>,
+        every: Duration,
+    ) -> bool {
         let mut nodes = self.nodes.lock().expect("registry lock");
         let Some(e) = nodes.get_mut(id) else { return false };
         let capacity = capacity.min(e.hello.capacity);
-        let changed = (e.healthy, e.capacity) != (healthy, capacity);
-        (e.healthy, e.capacity) = (healthy, capacity);
+        let changed = e.health != health || e.capacity != capacity;
+        (e.health, e.capacity, e.gpu) = (health, capacity, gpu);
         let due = changed || e.published.is_none_or(|t| t.elapsed() >= every);
         if due {
             e.published = Some(Instant::now());
@@ -337,7 +351,8 @@ impl Registry {
             hello: e.hello.clone(),
             capacity: e.capacity,
             active: e.jobs.len() as u32,
-            healthy: e.healthy,
+            health: e.health.clone(),
+            gpu: e.gpu.clone(),
             draining: e.draining,
         })
     }
@@ -346,7 +361,7 @@ impl Registry {
     pub fn online_by_feature(&self) -> HashMap<String, i64> {
         let mut counts = HashMap::new();
         let nodes = self.nodes.lock().expect("registry lock");
-        for e in nodes.values().filter(|e| e.joined && e.healthy) {
+        for e in nodes.values().filter(|e| e.joined && e.health == Health::Healthy) {
             let mut features: Vec<&String> =
                 e.hello.models.iter().flat_map(|m| &m.features).collect();
             features.sort();
@@ -386,16 +401,24 @@ mod tests {
     fn a_flood_of_heartbeats_reaches_the_store_when_something_changed_or_once_per_interval() {
         let (registry, id, _) = registry_with_a_job();
         let every = Duration::from_millis(50);
-        assert!(registry.heartbeat(&id, true, 4, every), "the first is published");
-        assert!(!registry.heartbeat(&id, true, 4, every), "the same again, at once, is not");
-        assert!(!registry.heartbeat(&id, true, 9, every), "capped at the hello's 4: no change");
-        assert!(registry.heartbeat(&id, true, 2, every), "a change in capacity is");
-        assert!(registry.heartbeat(&id, false, 2, every), "a change in health is");
-        assert!(!registry.heartbeat(&id, false, 2, every));
+        let beat = |health: &Health, capacity| {
+            registry.heartbeat(&id, health.clone(), capacity, None, every)
+        };
+        let (up, down) = (Health::Healthy, Health::Unhealthy { reason: "hot".into() });
+        assert!(beat(&up, 4), "the first is published");
+        assert!(!beat(&up, 4), "the same again, at once, is not");
+        assert!(!beat(&up, 9), "capped at the hello's 4: no change");
+        assert!(beat(&up, 2), "a change in capacity is");
+        assert!(beat(&down, 2), "a change in health is");
+        assert!(!beat(&down, 2));
+        assert!(beat(&Health::Unhealthy { reason: "XID 79".into() }, 2), "and in its reason");
         std::thread::sleep(every);
-        assert!(registry.heartbeat(&id, false, 2, every), "once per interval anyway");
+        assert!(
+            beat(&Health::Unhealthy { reason: "XID 79".into() }, 2),
+            "once per interval anyway"
+        );
         let other = NodeId("other".into());
-        assert!(!registry.heartbeat(&other, true, 1, every), "no such node");
+        assert!(!registry.heartbeat(&other, up, 1, None, every), "no such node");
     }
 
     #[test]

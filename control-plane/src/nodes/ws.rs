@@ -20,8 +20,8 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Health, Load, NodeId, NodeToControl, Stream, Welcome,
-    WireError, PROTOCOL_VERSION,
+    BinaryFrame, ControlToNode, ErrorKind, GpuReadings, Health, Load, NodeId, NodeToControl,
+    Stream, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 
@@ -216,8 +216,8 @@ async fn on_message(state: &AppState, node: &NodeId, message: Message) -> Heard 
 async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) -> Heard {
     match msg {
         NodeToControl::Hello(_) => tracing::warn!(node = %node, "second hello ignored"),
-        NodeToControl::Heartbeat { health, load } => {
-            return heartbeat(state, node, &health, &load).await;
+        NodeToControl::Heartbeat { health, load, gpu } => {
+            return heartbeat(state, node, health, &load, gpu).await;
         }
         NodeToControl::Progress { request_id, attempt, generated_seconds } => {
             // Only the node running that attempt may speak for it, and at a bounded rate.
@@ -240,15 +240,20 @@ async fn on_node_message(state: &AppState, node: &NodeId, msg: NodeToControl) ->
     Heard::Other
 }
 
-async fn heartbeat(state: &AppState, node: &NodeId, health: &Health, load: &Load) -> Heard {
-    let healthy = matches!(health, Health::Healthy);
-    if let Health::Unhealthy { reason } = health {
+async fn heartbeat(
+    state: &AppState,
+    node: &NodeId,
+    health: Health,
+    load: &Load,
+    gpu: Option<GpuReadings>,
+) -> Heard {
+    if let Health::Unhealthy { reason } = &health {
         tracing::warn!(node = %node, reason, "node reports itself unhealthy");
     }
     let (active, queued, capacity) = (load.active, load.queued, load.capacity);
     tracing::trace!(node = %node, active, queued, capacity, "heartbeat");
     let every = state.config.node_write_interval();
-    if !state.registry.heartbeat(node, healthy, load.capacity, every) {
+    if !state.registry.heartbeat(node, health, load.capacity, gpu, every) {
         return Heard::Heartbeat;
     }
     state.queue.wake();
@@ -271,10 +276,11 @@ async fn publish(state: &AppState, node: &NodeId) -> Result<bool, sqlx::Error> {
         models: &s.hello.models,
         capacity: s.capacity,
         active: s.active,
-        healthy: s.healthy,
+        health: &s.health,
         draining: s.draining,
         gpu: s.hello.gpu.as_ref(),
         gpu_unavailable: s.hello.gpu_unavailable.as_deref(),
+        gpu_readings: s.gpu.as_ref(),
     };
     let fresh = state.config.heartbeat_timeout().as_millis() as i64;
     state.db.upsert_node(&state.replica_id, &row, fresh).await

@@ -3,8 +3,8 @@
 use futures_util::{SinkExt, StreamExt};
 use proto::frames::i16_le_bytes;
 use proto::{
-    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, Health, Hello, Job, Load,
-    ModelInfo, NodeId, NodeToControl, WireError, PROTOCOL_VERSION,
+    BinaryFrame, ControlToNode, ErrorKind, Finished, FrameHeader, GpuReadings, Health, Hello, Job,
+    Load, ModelInfo, NodeId, NodeToControl, WireError, PROTOCOL_VERSION,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -248,8 +248,14 @@ impl ScriptedNode {
     }
 
     async fn beat(&mut self, health: Health, capacity: u32) {
-        let load = Load { active: 0, queued: 0, gpu_memory_used_bytes: None, capacity };
-        self.send(&NodeToControl::Heartbeat { health, load }).await;
+        self.beat_with(health, capacity, None).await;
+    }
+
+    /// A heartbeat with the hello's capacity, this health and these GPU readings.
+    pub async fn beat_with(&mut self, health: Health, capacity: u32, gpu: Option<GpuReadings>) {
+        let gpu_memory_used_bytes = gpu.as_ref().map(|g| g.memory_used_bytes);
+        let load = Load { active: 0, queued: 0, gpu_memory_used_bytes, capacity };
+        self.send(&NodeToControl::Heartbeat { health, load, gpu }).await;
     }
 
     async fn send(&mut self, msg: &NodeToControl) {

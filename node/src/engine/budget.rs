@@ -5,7 +5,56 @@
 //! allocated once at start, so admitting only into a free slot keeps every admitted request
 //! within the budget; what the node advertises (capacity, frames per job) is what fits.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+
+use crate::gpu::Gpu;
+
+/// `--memory-budget`: a size (`48GiB`), or a share of the GPU's free memory once the models are
+/// loaded (`80%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryBudget {
+    Bytes(u64),
+    FreeShare(f64),
+}
+
+impl MemoryBudget {
+    /// The default: 80% of the GPU's free memory on CUDA where NVML reads it, else 8 GiB.
+    pub fn default_for(cuda_with_readings: bool) -> Self {
+        if cuda_with_readings {
+            Self::FreeShare(0.8)
+        } else {
+            Self::Bytes(8 << 30)
+        }
+    }
+
+    /// In bytes: a share is taken of what `gpu` has free now.
+    pub fn bytes(self, gpu: Option<&Gpu>) -> anyhow::Result<u64> {
+        match (self, gpu) {
+            (Self::Bytes(n), _) => Ok(n),
+            (Self::FreeShare(share), Some(gpu)) => {
+                let free = gpu.free_memory().context("reading the GPU's free memory")?;
+                Ok((free as f64 * share) as u64)
+            }
+            (Self::FreeShare(_), None) => {
+                bail!("a share of free memory as --memory-budget needs the GPU's readings (NVML); give a size")
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for MemoryBudget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().strip_suffix('%') {
+            Some(percent) => match percent.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(Self::FreeShare(p / 100.0)),
+                _ => Err(format!("`{s}`: a share of free memory is over 0% and at most 100%")),
+            },
+            None => s.parse::<bytesize::ByteSize>().map(|b| Self::Bytes(b.as_u64())),
+        }
+    }
+}
 
 /// What fits the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +123,21 @@ mod tests {
     /// 1000 bytes fixed, 10 per position.
     fn cost(positions: i64) -> i64 {
         1000 + 10 * positions
+    }
+
+    #[test]
+    fn a_budget_is_a_size_or_a_share_of_free_memory() {
+        assert_eq!("6GiB".parse(), Ok(MemoryBudget::Bytes(6 << 30)));
+        assert_eq!("512 MiB".parse(), Ok(MemoryBudget::Bytes(512 << 20)));
+        assert_eq!("80%".parse(), Ok(MemoryBudget::FreeShare(0.8)));
+        assert_eq!(" 100 %".parse(), Ok(MemoryBudget::FreeShare(1.0)));
+        for bad in ["0%", "120%", "x%", "lots"] {
+            assert!(bad.parse::<MemoryBudget>().is_err(), "{bad}");
+        }
+        assert_eq!(MemoryBudget::default_for(false), MemoryBudget::Bytes(8 << 30));
+        assert_eq!(MemoryBudget::Bytes(5).bytes(None).unwrap(), 5);
+        let err = MemoryBudget::FreeShare(0.5).bytes(None).unwrap_err().to_string();
+        assert!(err.contains("needs the GPU's readings"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`Generator`]: models::dia::Generator
 
 mod budget;
+pub use budget::MemoryBudget;
 mod codec;
 mod prompt_cache;
 mod worker;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use models::ModelError;
 use proto::{RequestId, SpeechTask};
 
+use crate::gpu::Gpu;
 use crate::metrics::NodeMetrics;
 use crate::workers::Event;
 use tch::{Device, Kind};
@@ -38,9 +40,11 @@ pub struct EngineLimits {
     pub max_batch: usize,
     /// Decoder positions per request (BOS + prompt frames + new frames + 15).
     pub max_positions: i64,
-    /// Bytes the requests' caches may take: fewer slots, or fewer positions, where the two
-    /// above do not fit.
-    pub memory_budget: u64,
+    /// What the requests' caches may take: fewer slots, or fewer positions, where the two
+    /// above do not fit. A share of free memory is read once the model is loaded.
+    pub memory_budget: MemoryBudget,
+    /// The GPU it reads free memory from.
+    pub gpu: Option<Gpu>,
 }
 
 /// What the engine holds, as planned within its memory budget.

@@ -79,8 +79,15 @@ pub fn run(
     let max_text = model.config.max_text_len();
     // A slot holds at least a second of audio beside its prompt.
     let min_positions = Generator::positions_needed(&model, 0, PROGRESS_EVERY);
+    let budget = match limits.memory_budget.bytes(limits.gpu.as_ref()) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let plan = match budget::plan(
-        limits.memory_budget,
+        budget,
         limits.max_batch,
         limits.max_positions,
         min_positions,
@@ -96,10 +103,10 @@ pub fn run(
         slots = plan.slots,
         positions = plan.max_positions,
         slot = %budget::human(plan.slot_bytes),
-        budget = %budget::human(limits.memory_budget as i64),
+        budget = %budget::human(budget as i64),
         "request caches planned"
     );
-    metrics.memory_budget.set(limits.memory_budget as i64);
+    metrics.memory_budget.set(budget as i64);
     metrics.memory_reserved.set(plan.reserved_bytes());
     let admits = Admits {
         max_text,

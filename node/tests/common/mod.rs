@@ -1,6 +1,7 @@
 //! The fixture folders (`DIA_FIXTURE_DIR`, `DAC_FIXTURE_DIR`) and the `dia-node` binary on them.
 
 pub mod browser;
+pub mod fake_nvml;
 pub mod pool;
 pub mod scripted;
 pub mod whisper;

@@ -34,6 +34,11 @@ impl Session {
     /// Starts `node` (a `dia-node serve` command), accepts its dial and welcomes it; heartbeats
     /// are asked for once a minute, so they do not crowd the test's messages.
     pub async fn join(node: &mut Command) -> Self {
+        Self::join_beating(node, 60_000).await
+    }
+
+    /// As [`Session::join`], asking for a heartbeat every `heartbeat_interval_ms`.
+    pub async fn join_beating(node: &mut Command, heartbeat_interval_ms: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -47,7 +52,7 @@ impl Session {
         let Some(Ok(NodeToControl::Hello(hello))) = next(&mut ws).await else {
             panic!("the node says hello first")
         };
-        let welcome = Welcome { protocol_version: PROTOCOL_VERSION, heartbeat_interval_ms: 60_000 };
+        let welcome = Welcome { protocol_version: PROTOCOL_VERSION, heartbeat_interval_ms };
         send(&mut ws, &ControlToNode::Welcome(welcome)).await;
         Self { node, ws, hello, listener, metrics: format!("http://{metrics}/metrics") }
     }
