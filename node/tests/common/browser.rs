@@ -91,6 +91,12 @@ impl Browser {
     /// Sends a DevTools command and returns its result; accepts any dialog met meanwhile (the
     /// command that opened it answers only once it is closed).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// As [`Browser::call`]; the protocol's error, if it answers one (e.g. a page that navigated
+    /// away while it evaluated).
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({"id": id, "method": method, "params": params});
@@ -104,8 +110,10 @@ impl Browser {
             let Ok(text) = message.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
             if v["method"] == "Page.javascriptDialogOpening" {
                 self.dialogs.push(v["params"]["message"].as_str().unwrap_or_default().to_owned());
@@ -122,10 +130,10 @@ impl Browser {
         self.try_eval(js).await.unwrap_or_else(|e| panic!("{js}: {e}"))
     }
 
-    /// Evaluates `js`; the exception it threw, if it did.
+    /// Evaluates `js`; the exception it threw, or the protocol's error, if there was one.
     async fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
         let params = json!({"expression": js, "awaitPromise": true, "returnByValue": true});
-        let result = self.call("Runtime.evaluate", params).await;
+        let result = self.try_call("Runtime.evaluate", params).await?;
         match result.get("exceptionDetails") {
             Some(e) => Err(e.clone()),
             None => Ok(result["result"]["value"].clone()),
@@ -133,7 +141,8 @@ impl Browser {
     }
 
     /// Polls `js` until it is truthy (30 s at most); returns its value. While the page is
-    /// between loads an element may be missing: an exception counts as not yet.
+    /// between loads an element may be missing, or the page gone mid-evaluation: an exception or
+    /// a protocol error counts as not yet.
     pub async fn wait_for(&mut self, js: &str) -> Value {
         for _ in 0..300 {
             let v = self.try_eval(js).await.unwrap_or_default();
