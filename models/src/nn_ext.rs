@@ -25,7 +25,7 @@ impl Linear {
 
     /// As loaded: `[out, in]`, products by rows.
     fn from_weight(weight: Tensor) -> Self {
-        Self { weight_t: weight.tr(), weight, plan: Plan::OutIn { columns_from: i64::MAX } }
+        Self { weight_t: weight.tr(), weight, plan: Plan::BY_ROWS }
     }
 
     /// `[R, in] → [R, out]`: `x·W` or `x·Wᵀ` as the weight is stored.
@@ -289,10 +289,12 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let plans = [
             Plan::InOut,
-            Plan::OutIn { columns_from: i64::MAX },
-            Plan::OutIn { columns_from: 1 },
+            Plan::BY_ROWS,
+            Plan::by_columns_from(1),
             // By rows at 3 rows, by columns at 4.
-            Plan::OutIn { columns_from: 4 },
+            Plan::by_columns_from(4),
+            // By columns up to 3 rows, by rows from 4.
+            Plan::OutIn { columns_from: 1, columns_to: 3 },
         ];
         for (in_dim, out_dim) in [(64, 96), (512, 768)] {
             let (mut linear, weight) = random_linear(&vs, &format!("l{in_dim}"), in_dim, out_dim);

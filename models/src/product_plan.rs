@@ -27,17 +27,29 @@ const ROWS: [i64; 3] = [2, 8, 32];
 pub enum Plan {
     /// `[in, out]` in memory, products `x·W`.
     InOut,
-    /// `[out, in]` in memory (the checkpoint's layout): `x·Wᵀ` below `columns_from` rows,
-    /// `W·xᵀ` from it (`i64::MAX`: never).
-    OutIn { columns_from: i64 },
+    /// `[out, in]` in memory (the checkpoint's layout): `W·xᵀ` for `columns_from..=columns_to`
+    /// rows, `x·Wᵀ` for the others.
+    OutIn { columns_from: i64, columns_to: i64 },
 }
 
 impl Plan {
+    /// `[out, in]`, `x·Wᵀ` at every row count.
+    pub const BY_ROWS: Plan = Plan::OutIn { columns_from: i64::MAX, columns_to: i64::MAX };
+
+    /// `[out, in]`, `W·xᵀ` from `rows` rows on.
+    pub const fn by_columns_from(rows: i64) -> Plan {
+        Plan::OutIn { columns_from: rows, columns_to: i64::MAX }
+    }
+
     /// Whether a product of `rows` rows is made as `W·xᵀ`, `[out, rows]`.
     pub fn by_columns(self, rows: i64) -> bool {
-        matches!(self, Plan::OutIn { columns_from } if rows >= columns_from)
+        matches!(self, Plan::OutIn { columns_from, columns_to }
+            if (columns_from..=columns_to).contains(&rows))
     }
 }
+
+/// The rows each timed count of [`ROWS`] stands for: those nearest it (geometrically).
+const BUCKETS: [(i64, i64); 3] = [(1, 4), (5, 16), (17, i64::MAX)];
 
 /// Seconds per product of each form at the rows of [`ROWS`].
 #[derive(Debug, Clone, Copy)]
@@ -89,8 +101,9 @@ fn plans() -> &'static Mutex<HashMap<Shape, Plan>> {
 }
 
 /// The storage whose best forms have the smallest product of times over [`ROWS`] (each row
-/// count weighs alike, whatever its absolute time), and for `[out, in]` the row count from
-/// which `W·xᵀ` beats `x·Wᵀ` at every timed count.
+/// count weighs alike, whatever its absolute time), and for `[out, in]` the rows for which
+/// `W·xᵀ` beats `x·Wᵀ`: the buckets of the first run of timed counts where it does (at 2 rows
+/// on some machines, from 8 on others).
 fn choose(t: &Timings) -> Plan {
     let log_sum = |times: &mut dyn Iterator<Item = f64>| times.map(f64::ln).sum::<f64>();
     let out_in_best = t.out_in_rows.iter().zip(&t.out_in_columns).map(|(r, c)| r.min(*c));
@@ -98,13 +111,9 @@ fn choose(t: &Timings) -> Plan {
         return Plan::InOut;
     }
     let columns_win = |i: usize| t.out_in_columns[i] < t.out_in_rows[i];
-    let first = (0..ROWS.len()).rev().take_while(|&i| columns_win(i)).last();
-    let columns_from = match first {
-        None => i64::MAX,
-        Some(0) => 1,
-        Some(i) => ROWS[i],
-    };
-    Plan::OutIn { columns_from }
+    let Some(first) = (0..ROWS.len()).find(|&i| columns_win(i)) else { return Plan::BY_ROWS };
+    let last = (first..ROWS.len()).take_while(|&i| columns_win(i)).last().unwrap_or(first);
+    Plan::OutIn { columns_from: BUCKETS[first].0, columns_to: BUCKETS[last].1 }
 }
 
 fn time_forms(in_dim: i64, out_dim: i64, kind: Kind) -> Timings {
@@ -157,14 +166,24 @@ mod tests {
         );
         // x·Wᵀ at 2 rows, W·xᵀ from 8: [out, in] storage, by columns from 8 rows.
         let plan = choose(&timings([2.0, 3.0, 5.0], [1.0, 4.0, 6.0], [3.0, 2.5, 4.0]));
-        assert_eq!(plan, Plan::OutIn { columns_from: 8 });
-        assert!(!plan.by_columns(7) && plan.by_columns(8) && plan.by_columns(1000));
+        assert_eq!(plan, Plan::by_columns_from(5));
+        assert!(!plan.by_columns(4) && plan.by_columns(5) && plan.by_columns(1000));
         // W·xᵀ at every count: by columns from one row.
         let plan = choose(&timings([2.0, 3.0, 5.0], [3.0, 4.0, 6.0], [1.0, 2.0, 4.0]));
-        assert_eq!(plan, Plan::OutIn { columns_from: 1 });
-        // W·xᵀ wins at 8 rows only: a threshold must hold for every larger count, so never.
+        assert_eq!(plan, Plan::by_columns_from(1));
+        // W·xᵀ wins at 8 rows only: by columns for the rows nearest 8.
         let plan = choose(&timings([9.0, 9.0, 9.0], [1.0, 4.0, 3.0], [2.0, 3.0, 4.0]));
-        assert_eq!(plan, Plan::OutIn { columns_from: i64::MAX });
+        assert_eq!(plan, Plan::OutIn { columns_from: 5, columns_to: 16 });
+        assert!(!plan.by_columns(4) && plan.by_columns(16) && !plan.by_columns(17));
+        // W·xᵀ three times as fast at 2 rows, slower from 32 (a machine whose GEMV of the
+        // transposed weight is slow): by columns for small batches only.
+        let plan = choose(&timings([5.0, 6.0, 9.0], [6.6, 6.4, 8.0], [1.6, 5.7, 12.0]));
+        assert_eq!(plan, Plan::OutIn { columns_from: 1, columns_to: 16 });
+        assert!(plan.by_columns(2) && plan.by_columns(8) && !plan.by_columns(32));
+        // x·Wᵀ at every count.
+        let plan = choose(&timings([9.0, 9.0, 9.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]));
+        assert_eq!(plan, Plan::BY_ROWS);
+        assert!(!plan.by_columns(1) && !plan.by_columns(i64::MAX - 1));
         // Twice as fast at 2 rows outweighs 10% slower at 8 and 32: each count weighs alike,
         // where summed times would let the largest decide.
         let plan = choose(&timings([1.0, 10.0, 100.0], [2.0, 9.0, 90.0], [5.0, 50.0, 500.0]));
@@ -177,7 +196,7 @@ mod tests {
         let first = plan(24, 40, Kind::Float, Device::Cpu);
         assert_eq!(plans().lock().unwrap().get(&key), Some(&first), "the plan is kept");
         // What is kept is what a later call answers, untimed.
-        let kept = Plan::OutIn { columns_from: 3 };
+        let kept = Plan::by_columns_from(3);
         plans().lock().unwrap().insert(key, kept);
         assert_eq!(plan(24, 40, Kind::Float, Device::Cpu), kept);
         assert_eq!(plan(24, 40, Kind::Float, Device::Cuda(0)), Plan::InOut);

@@ -217,9 +217,7 @@ fn greedy_generation_parity_of_a_batch_whose_requests_end_at_different_steps() {
 #[test]
 fn greedy_generation_parity_in_every_product_plan() {
     let dac = codec();
-    for plan in
-        [Plan::InOut, Plan::OutIn { columns_from: i64::MAX }, Plan::OutIn { columns_from: 4 }]
-    {
+    for plan in [Plan::InOut, Plan::BY_ROWS, Plan::by_columns_from(4)] {
         product_plan::pin(Some(plan));
         let model = model();
         for case in ["greedy_prompt", "batch_mixed"] {

@@ -31,7 +31,7 @@ pub struct GpuArgs {
     /// The GPU whose readings and health the node reports (NVML): `auto` (the CUDA device's, as
     /// CUDA_VISIBLE_DEVICES names it; none on the CPU), an index as NVML counts, a UUID
     /// (`GPU-…`), or `none`.
-    #[arg(long = "gpu", env = "GPU", default_value = "auto")]
+    #[arg(long = "gpu", env = "NVML_GPU", default_value = "auto")]
     pub which: String,
     /// The driver's NVML library (default: `libnvidia-ml.so.1` from the loader's path).
     #[arg(long, env = "NVML_LIBRARY")]

@@ -327,8 +327,7 @@ mod tests {
         let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
         let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
         let expected = &residual + hidden.mm(&down_w.tr());
-        let plans =
-            [Plan::InOut, Plan::OutIn { columns_from: i64::MAX }, Plan::OutIn { columns_from: 1 }];
+        let plans = [Plan::InOut, Plan::BY_ROWS, Plan::by_columns_from(1)];
         for gate_up_plan in plans {
             for down_plan in plans {
                 mlp.gate_up_proj.set_plan(gate_up_plan);
