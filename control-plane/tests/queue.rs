@@ -42,17 +42,7 @@ impl FakeNode {
         let models = vec![model];
         // Published as a session does: the dispatcher fails over the jobs of nodes the store
         // does not list.
-        let row = NodeState {
-            id,
-            models: &models,
-            capacity,
-            active: 0,
-            health: &Health::Healthy,
-            draining: false,
-            gpu: None,
-            gpu_unavailable: Some("a fake node"),
-            gpu_readings: None,
-        };
+        let row = fake_row(id, &models, capacity);
         assert!(state.db.upsert_node(&state.replica_id, &row, 15_000).await.unwrap());
         let node_id = NodeId(id.into());
         let hello = Hello {
@@ -325,21 +315,26 @@ async fn a_node_whose_outbox_fills_is_dropped_and_its_jobs_fail_over(backend: Ba
     steady.stays_idle().await;
 }
 
-async fn a_node_id_is_held_by_one_replica_until_its_row_goes_stale(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let (state, _) = start(&db).await;
-    let models = vec![cloning_model(MODEL)];
-    let row = NodeState {
-        id: "contested",
-        models: &models,
-        capacity: 1,
+/// The store's row of a healthy fake node running nothing.
+fn fake_row<'a>(id: &'a str, models: &'a [ModelInfo], capacity: u32) -> NodeState<'a> {
+    NodeState {
+        id,
+        models,
+        capacity,
         active: 0,
         health: &Health::Healthy,
         draining: false,
         gpu: None,
         gpu_unavailable: Some("a fake node"),
         gpu_readings: None,
-    };
+    }
+}
+
+async fn a_node_id_is_held_by_one_replica_until_its_row_goes_stale(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (state, _) = start(&db).await;
+    let models = vec![cloning_model(MODEL)];
+    let row = fake_row("contested", &models, 1);
     let fresh = 60_000;
     assert!(state.db.upsert_node("replica-a", &row, fresh).await.unwrap());
     assert!(!state.db.upsert_node("replica-b", &row, fresh).await.unwrap(), "held by a");

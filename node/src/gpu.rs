@@ -239,7 +239,8 @@ impl GpuState {
 struct Rules {
     xid_errors: u64,
     last_xid: Option<u64>,
-    critical_xid: Option<u64>,
+    /// Why the first critical XID takes the GPU out, once one came.
+    critical: Option<String>,
 }
 
 impl Rules {
@@ -247,10 +248,20 @@ impl Rules {
     fn xid(&mut self, xid: Option<u64>) {
         self.xid_errors += 1;
         self.last_xid = xid.or(self.last_xid);
-        let critical = xid.is_none_or(|x| !APPLICATION_XIDS.contains(&x));
-        if critical && self.critical_xid.is_none() {
-            self.critical_xid = Some(xid.unwrap_or(0));
+        if self.critical.is_some() {
+            return;
         }
+        self.critical = match xid {
+            Some(x) if APPLICATION_XIDS.contains(&x) => None,
+            Some(x) => Some(format!(
+                "critical XID error {x}: the GPU needs a reset and the node a restart"
+            )),
+            None => Some(
+                "a critical XID error (unnamed by the driver): the GPU needs a reset and the \
+                 node a restart"
+                    .to_owned(),
+            ),
+        };
     }
 
     fn judge(&self, reading: Result<GpuReadings, String>) -> Latest {
@@ -259,15 +270,8 @@ impl Rules {
             last_xid: self.last_xid,
             ..r
         });
-        let unhealthy = match (&reading, self.critical_xid) {
-            (_, Some(0)) => Some(
-                "a critical XID error (unnamed by the driver): the GPU needs a \
-                                  reset and the node a restart"
-                    .to_owned(),
-            ),
-            (_, Some(xid)) => Some(format!(
-                "critical XID error {xid}: the GPU needs a reset and the node a restart"
-            )),
+        let unhealthy = match (&reading, &self.critical) {
+            (_, Some(why)) => Some(why.clone()),
             (Err(e), None) => Some(format!("NVML query failed: {e}")),
             (Ok(r), None) => match (r.ecc_uncorrected_errors, r.slowdown_temperature_celsius) {
                 (Some(n), _) if n > 0 => Some(format!(

@@ -77,15 +77,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(NodeMetrics::new());
-    let gpu = gpu::open(&args.gpu, device);
-    match &gpu {
-        Ok((_, info)) => tracing::info!(name = info.name, uuid = info.uuid, "reading the GPU"),
-        Err(reason) => tracing::info!(reason, "no GPU readings"),
-    }
-    if let Ok((g, _)) = &gpu {
-        g.watch(metrics.clone())?;
-    }
-    let watched = gpu.as_ref().ok().map(|(g, _)| *g);
+    let (watched, gpu) = match gpu::open(&args.gpu, device) {
+        Ok((gpu, info)) => {
+            tracing::info!(name = info.name, uuid = info.uuid, "reading the GPU");
+            gpu.watch(metrics.clone())?;
+            (Some(gpu), Ok(info))
+        }
+        Err(reason) => {
+            tracing::info!(reason, "no GPU readings");
+            (None, Err(reason))
+        }
+    };
     // Whisper loads first, so that a budget taken from free memory leaves its weights room.
     let whisper = match &args.whisper {
         Some(spec) => {
@@ -127,7 +129,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         url: args.control_plane,
         join_token: args.join_token,
         node_id: args.node_id.unwrap_or_else(default_node_id),
-        gpu: gpu.map(|(_, info)| info),
+        gpu,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
