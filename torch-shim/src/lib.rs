@@ -1,6 +1,8 @@
 //! libtorch calls that tch does not expose, through `src/shim.cpp`: counting the operators a
-//! piece of code dispatches, for the decode-step benchmark, inference mode, and a thread's own
-//! intra-op thread count. The one crate with `unsafe`.
+//! piece of code dispatches, for the decode-step benchmark, inference mode, a thread's own
+//! intra-op thread count, and oneDNN's matmul ([`onednn`]). The one crate with `unsafe`.
+
+pub mod onednn;
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;

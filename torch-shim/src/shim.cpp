@@ -1,8 +1,10 @@
 // Operator counting through libtorch's RecordFunction callbacks: a global callback on the
 // FUNCTION scope fires once per operator call that goes through the dispatcher (nested calls
 // included), which is what PyTorch's profiler lists as `aten::` events. And inference mode,
-// which tch does not expose, and a thread's own intra-op thread count.
+// which tch does not expose, a thread's own intra-op thread count, and oneDNN's matmul, which
+// PyTorch registers as `mkldnn::` operators outside ATen's generated API.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 
@@ -13,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace {
 std::atomic<uint64_t> calls{0};
@@ -22,6 +25,23 @@ std::atomic<bool> keep_names{false};
 std::mutex names_lock;
 std::map<std::string, uint64_t> names;
 std::string names_text;
+// Why the calling thread's last oneDNN call failed.
+thread_local std::string onednn_error;
+
+// Calls operator `name` with `args` through the dispatcher (boxed: the schema's C++ types are
+// not in libtorch's headers) and returns its tensor on the heap, as tch owns tensors; null with
+// `onednn_error` set where it throws.
+at::Tensor* call_boxed(const char* name, const char* overload, std::vector<c10::IValue> args) {
+  try {
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
+    torch::jit::Stack stack(std::move(args));
+    op.callBoxed(&stack);
+    return new at::Tensor(stack.at(0).toTensor());
+  } catch (const std::exception& e) {
+    onednn_error = e.what();
+    return nullptr;
+  }
+}
 
 std::unique_ptr<at::ObserverContext> count_call(const at::RecordFunction& fn) {
   calls.fetch_add(1, std::memory_order_relaxed);
@@ -80,5 +100,31 @@ void torch_shim_set_intra_op_threads(int threads) {
   at::get_num_threads();
   if (omp != nullptr) omp(threads);
   if (mkl != nullptr) mkl(threads);
+}
+
+// oneDNN's `x·Wᵀ` for rows `x` [R, in] and a weight [out, in], dense or packed by
+// `torch_shim_onednn_pack`; plus `other` [R, out] where it is given (a fused add). Null on
+// failure, with the reason in `torch_shim_onednn_error`.
+at::Tensor* torch_shim_onednn_linear(const at::Tensor* x, const at::Tensor* weight,
+                                     const at::Tensor* other) {
+  if (other == nullptr) {
+    return call_boxed("mkldnn::_linear_pointwise", "",
+                      {*x, *weight, c10::IValue(), "none",
+                       c10::List<std::optional<at::Scalar>>(), c10::IValue()});
+  }
+  return call_boxed("mkldnn::_linear_pointwise", "binary",
+                    {*x, *other, *weight, c10::IValue(), "add"});
+}
+
+// A weight [out, in] in the blocked layout oneDNN picks for products of `rows` rows.
+at::Tensor* torch_shim_onednn_pack(const at::Tensor* weight, int64_t rows) {
+  return call_boxed("mkldnn::_reorder_linear_weight", "", {*weight, rows});
+}
+
+// The reason of the calling thread's last failed oneDNN call: its length, and a copy of at
+// most `len` bytes into `out`.
+size_t torch_shim_onednn_error_len() { return onednn_error.size(); }
+void torch_shim_onednn_error_copy(char* out, size_t len) {
+  std::memcpy(out, onednn_error.data(), std::min(len, onednn_error.size()));
 }
 }
