@@ -4,17 +4,22 @@
 use tch::nn::{self, Init, Module};
 use tch::{Kind, Tensor};
 
-use crate::product_plan::{self, Plan};
+use crate::product_plan::{self, Form, Plan};
+use torch_shim::onednn;
 
 /// `y = x Wᵀ` with a transformers-layout `[out, in]` weight and no bias (Dia has none), stored
 /// and multiplied as its [`Plan`] says once [`Linear::choose_plan`] has run.
 #[derive(Debug)]
 pub struct Linear {
+    /// The `[out, in]` weight (the VarStore's variable) in the plan's memory layout; empty where
+    /// the plan packs it, so that it is not held twice.
     weight: Tensor,
     /// `Wᵀ` as a view, taken once: a 2D input then costs one `mm` and no transpose per call.
     /// Loading copies into the weight in place, so the view stays valid; `set_plan` and
     /// `fuse_linears`, which replace the weight, take it again.
     weight_t: Tensor,
+    /// oneDNN's blocked copy where the plan is [`Plan::Packed`].
+    packed: Option<Tensor>,
     plan: Plan,
 }
 
@@ -25,7 +30,7 @@ impl Linear {
 
     /// As loaded: `[out, in]`, products by rows.
     fn from_weight(weight: Tensor) -> Self {
-        Self { weight_t: weight.tr(), weight, plan: Plan::BY_ROWS }
+        Self { weight_t: weight.tr(), weight, packed: None, plan: Plan::BY_ROWS }
     }
 
     /// `[R, in] → [R, out]`: `x·W` or `x·Wᵀ` as the weight is stored.
@@ -41,13 +46,18 @@ impl Linear {
         self.weight.mm(&transposed(&by_rows(xs_rxi)))
     }
 
+    /// The weight oneDNN reads: packed where the plan packs it, else as stored (`[out, in]`).
+    fn onednn_weight(&self) -> &Tensor {
+        self.packed.as_ref().unwrap_or(&self.weight)
+    }
+
     /// `[R, in] → [R, out]` in the form the plan takes for R rows: by columns a transposed
     /// view of the `[out, R]` product.
     pub fn product(&self, xs_rxi: &Tensor) -> Tensor {
-        if self.by_columns(xs_rxi.size()[0]) {
-            transposed(&self.mm_t(xs_rxi))
-        } else {
-            self.mm(xs_rxi)
+        match self.form(xs_rxi.size()[0]) {
+            Form::Rows => self.mm(xs_rxi),
+            Form::Columns => transposed(&self.mm_t(xs_rxi)),
+            Form::OneDnn => onednn::linear(xs_rxi, self.onednn_weight()).unwrap_or_else(fail),
         }
     }
 
@@ -57,20 +67,24 @@ impl Linear {
     }
 
     /// `residual + x Wᵀ` for `[R, in]` inputs in the form the plan takes, as rows `[R, out]`.
-    /// By rows the sum is made in the residual's storage, one operator without a copy, so the
-    /// caller hands over a residual it no longer needs; by columns it is made `[out, R]`, seen
-    /// as rows through a transposed view.
+    /// By rows (MKL) the sum is made in the residual's storage, one operator without a copy, so
+    /// the caller hands over a residual it no longer needs; by columns it is made `[out, R]`,
+    /// seen as rows through a transposed view; oneDNN adds it in its product's kernel.
     pub fn add_rows(&self, mut residual_rxo: Tensor, xs_rxi: &Tensor) -> Tensor {
-        if self.by_columns(xs_rxi.size()[0]) {
-            transposed(&self.addmm_t(&transposed(&residual_rxo), &transposed(&by_rows(xs_rxi))))
-        } else {
-            residual_rxo.addmm_(xs_rxi, &self.weight_t)
+        match self.form(xs_rxi.size()[0]) {
+            Form::Rows => residual_rxo.addmm_(xs_rxi, &self.weight_t),
+            Form::Columns => {
+                transposed(&self.addmm_t(&transposed(&residual_rxo), &transposed(&by_rows(xs_rxi))))
+            }
+            Form::OneDnn => {
+                onednn::linear_add(xs_rxi, self.onednn_weight(), &residual_rxo).unwrap_or_else(fail)
+            }
         }
     }
 
-    /// Whether a product of `rows` rows is made as `W xᵀ` ([`Plan::by_columns`]).
-    pub fn by_columns(&self, rows: i64) -> bool {
-        self.plan.by_columns(rows)
+    /// How a product of `rows` rows is made ([`Plan::form`]).
+    pub fn form(&self, rows: i64) -> Form {
+        self.plan.form(rows)
     }
 
     /// `residual + W x` for inputs `[in, R]` and a residual `[out, R]`, as `[out, R]`.
@@ -78,17 +92,28 @@ impl Linear {
         residual_oxr.addmm(&self.weight, xs_ixr)
     }
 
-    /// The `[out, in]` weight.
+    /// The `[out, in]` weight, for changes made before the plan is chosen.
     pub fn weight(&self) -> &Tensor {
+        assert!(self.packed.is_none(), "a packed weight is read only by its products");
         &self.weight
     }
 
     /// Stores the weight as `plan` wants it (the `[out, in]` weight a strided view where it is
-    /// `[in, out]` in memory) and multiplies by it from now on.
+    /// `[in, out]` in memory, or oneDNN's blocked copy with the variable emptied) and
+    /// multiplies by it from now on.
     pub fn set_plan(&mut self, plan: Plan) {
+        let dense = match self.packed.take() {
+            Some(packed) => packed.to_dense(None, false),
+            None => self.weight.shallow_clone(),
+        };
         let stored = match plan {
-            Plan::InOut => self.weight.tr().contiguous().tr(),
-            Plan::OutIn { .. } => self.weight.contiguous(),
+            Plan::InOut => dense.tr().contiguous().tr(),
+            Plan::OutIn(_) => dense.contiguous(),
+            Plan::Packed { rows } => {
+                let packed = onednn::pack(&dense.contiguous(), rows).unwrap_or_else(fail);
+                self.packed = Some(packed);
+                dense.new_empty([0, dense.size()[1]], (dense.kind(), dense.device()))
+            }
         };
         self.weight.set_data(&stored);
         self.weight_t = self.weight.tr();
@@ -96,9 +121,9 @@ impl Linear {
     }
 
     /// Sets the plan this machine runs the weight's shape fastest with
-    /// ([`product_plan::plan`]). For after loading.
+    /// ([`product_plan::plan`]). For after loading, once the weight is final.
     pub fn choose_plan(&mut self) {
-        let (out_dim, in_dim) = self.weight.size2().expect("a linear weight is [out, in]");
+        let (out_dim, in_dim) = self.weight().size2().expect("a linear weight is [out, in]");
         self.set_plan(product_plan::plan(
             in_dim,
             out_dim,
@@ -106,6 +131,12 @@ impl Linear {
             self.weight.device(),
         ));
     }
+}
+
+/// A oneDNN call that failed where its plan was timed working: as any libtorch operator that
+/// fails, a panic with libtorch's message.
+fn fail(err: onednn::OneDnnError) -> Tensor {
+    panic!("{err}")
 }
 
 /// `xs` stored by rows: itself where it is, else a contiguous copy.
@@ -121,7 +152,7 @@ fn by_rows(xs: &Tensor) -> Tensor {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear::<&Tensor>(&self.weight, None)
+        xs.linear::<&Tensor>(self.weight(), None)
     }
 }
 
@@ -133,21 +164,18 @@ fn transposed(t: &Tensor) -> Tensor {
 }
 
 /// One linear whose weight stacks the rows of linears that read the same input (`[out_i, in]`),
-/// with the plan of its own shape; each part is re-pointed at its rows of it, so one matmul
-/// serves them all and the weights are not held twice.
+/// products by rows until its plan is chosen. The parts are emptied: the fused linear takes
+/// their place, and the weights are not held twice.
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
-    let stacked = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
-    let mut fused = Linear::from_weight(stacked);
-    fused.choose_plan();
-    let mut row = 0;
+    let stacked = Tensor::cat(&parts.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0);
     for linear in parts.iter_mut() {
-        let rows = linear.weight.size()[0];
-        linear.weight.set_data(&fused.weight.narrow(0, row, rows));
+        let cols = linear.weight.size()[1];
+        linear
+            .weight
+            .set_data(&linear.weight.new_empty([0, cols], (stacked.kind(), stacked.device())));
         linear.weight_t = linear.weight.tr();
-        linear.plan = fused.plan;
-        row += rows;
     }
-    fused
+    Linear::from_weight(stacked)
 }
 
 /// RMSNorm, `x · (ε + Σx²/D)^−½ · w`, in f32 whatever the dtype as the reference does. On the
@@ -207,7 +235,8 @@ impl RmsNorm {
     pub fn fold_into(&mut self, linears: &mut [&mut Linear]) {
         let gain = self.gain();
         for linear in linears {
-            let _ = linear.weight.shallow_clone().g_mul_(&gain.to_kind(linear.weight.kind()));
+            let weight = linear.weight();
+            let _ = weight.shallow_clone().g_mul_(&gain.to_kind(weight.kind()));
         }
         self.scale = Scale::Folded;
     }
@@ -287,20 +316,23 @@ mod tests {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
+        use Form::{Columns, OneDnn, Rows};
         let plans = [
             Plan::InOut,
             Plan::BY_ROWS,
-            Plan::by_columns_from(1),
-            // By rows at 3 rows, by columns at 4.
-            Plan::by_columns_from(4),
-            // By columns up to 3 rows, by rows from 4.
-            Plan::OutIn { columns_from: 1, columns_to: 3 },
+            Plan::OutIn([Columns; 3]),
+            // One form at 3 rows, another at 5.
+            Plan::OutIn([Rows, Columns, Rows]),
+            Plan::OutIn([Columns, OneDnn, Rows]),
+            Plan::OutIn([OneDnn, Rows, Rows]),
+            Plan::Packed { rows: 2 },
+            Plan::Packed { rows: 32 },
         ];
         for (in_dim, out_dim) in [(64, 96), (512, 768)] {
             let (mut linear, weight) = random_linear(&vs, &format!("l{in_dim}"), in_dim, out_dim);
             for plan in plans {
                 linear.set_plan(plan);
-                for n in [3, 4] {
+                for n in [3, 5] {
                     let rows = Tensor::randn([n, in_dim], (Kind::Float, Device::Cpu));
                     // The residual stream after a product by columns: a transposed view.
                     let columns_view =
@@ -321,20 +353,35 @@ mod tests {
     }
 
     #[test]
-    fn fused_linears_multiply_as_their_parts() {
+    fn fused_linears_multiply_as_their_parts_which_are_emptied() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(12);
         let vs = nn::VarStore::new(Device::Cpu);
         for (in_dim, outs) in [(32, [32, 16]), (512, [512, 128])] {
             let (mut a, wa) = random_linear(&vs, &format!("a{in_dim}"), in_dim, outs[0]);
             let (mut b, wb) = random_linear(&vs, &format!("b{in_dim}"), in_dim, outs[1]);
-            let fused = fuse_linears(&mut [&mut a, &mut b]);
+            let mut fused = fuse_linears(&mut [&mut a, &mut b]);
             let xs = Tensor::randn([2, in_dim], (Kind::Float, Device::Cpu));
             let expected = Tensor::cat(&[xs.mm(&wa.tr()), xs.mm(&wb.tr())], 1);
             assert_close(&fused.rows(&xs), &expected, &format!("fused {in_dim}"));
-            assert_close(&a.mm(&xs), &xs.mm(&wa.tr()), "a part after fusing");
-            assert_close(&b.mm(&xs), &xs.mm(&wb.tr()), "b part after fusing");
+            fused.set_plan(Plan::Packed { rows: 2 });
+            assert_close(&fused.rows(&xs), &expected, &format!("fused {in_dim}, packed"));
+            for part in [&a, &b] {
+                assert_eq!(part.weight().numel(), 0, "the parts hold no weight after fusing");
+            }
         }
+    }
+
+    #[test]
+    fn a_packed_weight_is_not_also_held_dense_and_comes_back_unchanged() {
+        let _guard = tch::no_grad_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (mut linear, weight) = random_linear(&vs, "p", 64, 96);
+        linear.set_plan(Plan::Packed { rows: 8 });
+        assert_eq!(vs.variables()["p.weight"].numel(), 0, "the variable is emptied");
+        linear.set_plan(Plan::BY_ROWS);
+        assert!(linear.weight().equal(&weight), "unpacked to the weight it was");
+        assert_eq!(vs.variables()["p.weight"].size(), [96, 64]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use common::{assert_close, assert_same, case_names, dac_dir, dia_dir, Case};
 use models::audio;
 use models::dac::Dac;
 use models::dia::{BatchLimits, DiaModel, FinishReason, GenerationRequest, Generator};
-use models::product_plan::{self, Plan};
+use models::product_plan::{self, Form, Plan};
 use models::prompt::{prefill_rows, text_tokens};
 use models::sampling::Sampling;
 use tch::{Device, Kind, Tensor};
@@ -212,12 +212,19 @@ fn greedy_generation_parity_of_a_batch_whose_requests_end_at_different_steps() {
 }
 
 /// Parity in every product plan, whichever this machine's timings choose: each pinned before the
-/// model loads. `From 4 rows` takes both forms in one generation (decode steps of 2 rows by
-/// rows, the prompt's prefill and the encoder by columns).
+/// model loads. The mixed plans take every form in one generation: decode steps of 2 and 4
+/// rows in one, the prompt's prefill and the encoder's rows in another.
 #[test]
 fn greedy_generation_parity_in_every_product_plan() {
+    use Form::{Columns, OneDnn, Rows};
     let dac = codec();
-    for plan in [Plan::InOut, Plan::BY_ROWS, Plan::by_columns_from(4)] {
+    for plan in [
+        Plan::InOut,
+        Plan::BY_ROWS,
+        Plan::OutIn([Columns, Rows, OneDnn]),
+        Plan::OutIn([OneDnn, Columns, Columns]),
+        Plan::Packed { rows: 8 },
+    ] {
         product_plan::pin(Some(plan));
         let model = model();
         for case in ["greedy_prompt", "batch_mixed"] {

@@ -201,21 +201,22 @@ impl Decoder {
         }
     }
 
-    /// Stores every projection as this machine multiplies it fastest ([`Linear::choose_plan`]),
-    /// fuses each layer's self-attention projections and folds every norm's weight into the
-    /// projections that read it (after loading).
+    /// Fuses each layer's self-attention projections, folds every norm's weight into the
+    /// projections that read it, then stores every projection as this machine multiplies it
+    /// fastest ([`Linear::choose_plan`]), in that order: plans are chosen for final weights
+    /// (after loading).
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.fuse_qkv();
-            layer.self_attention.choose_plans();
-            layer.cross_attention.choose_plans();
-            layer.mlp.choose_plans();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.pre_ca_norm.fold_into(&mut [layer.cross_attention.query_input_projection()]);
             layer.pre_mlp_norm.fold_into(&mut [layer.mlp.input_projection()]);
+            layer.self_attention.choose_plans();
+            layer.cross_attention.choose_plans();
+            layer.mlp.choose_plans();
         }
-        self.logits_dense.choose_plan();
         self.norm.fold_into(&mut [&mut self.logits_dense]);
+        self.logits_dense.choose_plan();
     }
 
     /// The rotations of every self-attention head for rows' rotations `[R, E/2]`.

@@ -81,17 +81,17 @@ impl Encoder {
         }
     }
 
-    /// Stores every projection as this machine multiplies it fastest, fuses each layer's
-    /// self-attention projections and folds the layers' norm weights into the
-    /// projections that read them (after loading). The final norm's output feeds
-    /// every decoder layer's cross-attention, so it multiplies its weight in.
+    /// Fuses each layer's self-attention projections, folds the layers' norm weights into the
+    /// projections that read them, then stores every projection as this machine multiplies it
+    /// fastest (after loading). The final norm's output feeds every decoder layer's
+    /// cross-attention, so it multiplies its weight in.
     pub fn prepare_projections(&mut self) {
         for layer in &mut self.layers {
             layer.self_attention.fuse_qkv();
-            layer.self_attention.choose_plans();
-            layer.mlp.choose_plans();
             layer.pre_sa_norm.fold_into(&mut [layer.self_attention.query_input_projection()]);
             layer.post_sa_norm.fold_into(&mut [layer.mlp.input_projection()]);
+            layer.self_attention.choose_plans();
+            layer.mlp.choose_plans();
         }
         self.norm.prepare();
     }

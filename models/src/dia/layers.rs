@@ -9,6 +9,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::nn_ext::{fuse_linears, interleave_halves, Linear};
+use crate::product_plan::Form;
 
 /// Rotary position embedding, rotate-half layout, angles and rotation in f32.
 #[derive(Debug)]
@@ -73,7 +74,7 @@ impl Mlp {
         }
     }
 
-    /// Chooses how each projection is stored and multiplied (after loading).
+    /// Chooses how each projection is stored and multiplied (after loading and folding).
     pub fn choose_plans(&mut self) {
         self.gate_up_proj.choose_plan();
         self.down_proj.choose_plan();
@@ -94,7 +95,7 @@ impl Mlp {
         let stride = gate_up.stride();
         let gate = gate_up.as_strided([r, i], stride.as_slice(), 0).silu();
         let up = gate_up.as_strided([r, i], stride.as_slice(), i * stride[1]);
-        let hidden_rxi = if self.gate_up_proj.by_columns(r) {
+        let hidden_rxi = if self.gate_up_proj.form(r) == Form::Columns {
             // Written by rows (`gate · up` would follow the inputs' `[I, R]` storage): MKL's
             // `W xᵀ` and `x W` both read them fastest so.
             let hidden_rxi = Tensor::empty([r, i], (gate.kind(), gate.device()));
@@ -142,19 +143,16 @@ impl Attention {
         }
     }
 
-    /// Chooses how the query and output projections are stored and multiplied (after loading
-    /// and [`Attention::fuse_qkv`], whose fused projection has its plan and whose parts are views
-    /// of it); keys and values of cross-attention are projected once per request, with
-    /// libtorch's `linear`.
+    /// Chooses how the query and output projections are stored and multiplied (after loading,
+    /// [`Attention::fuse_qkv`] and folding norms into them); keys and values of cross-attention
+    /// are projected once per request, with libtorch's `linear`.
     pub fn choose_plans(&mut self) {
-        if self.qkv.is_none() {
-            self.q_proj.choose_plan();
-        }
+        self.query_input_projection().choose_plan();
         self.o_proj.choose_plan();
     }
 
     /// Fuses the q, k and v projections once the weights are loaded (self-attention reads one
-    /// input for all three): a single matmul per step instead of three. The query and key rows
+    /// input for all three): a single matmul per step instead of three; the parts are emptied. The query and key rows
     /// get their RoPE pairs interleaved; q·k is unchanged, as both move alike.
     pub fn fuse_qkv(&mut self) {
         let qkv = fuse_linears(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj]);
@@ -327,7 +325,13 @@ mod tests {
         let hidden = gate_up.narrow(1, 0, inner).silu() * gate_up.narrow(1, inner, inner);
         let residual = Tensor::randn([rows, dim], (Kind::Float, Device::Cpu));
         let expected = &residual + hidden.mm(&down_w.tr());
-        let plans = [Plan::InOut, Plan::BY_ROWS, Plan::by_columns_from(1)];
+        let plans = [
+            Plan::InOut,
+            Plan::BY_ROWS,
+            Plan::OutIn([Form::Columns; 3]),
+            Plan::OutIn([Form::OneDnn; 3]),
+            Plan::Packed { rows: 8 },
+        ];
         for gate_up_plan in plans {
             for down_plan in plans {
                 mlp.gate_up_proj.set_plan(gate_up_plan);
