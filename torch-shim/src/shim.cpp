@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,14 +29,32 @@ std::string names_text;
 // Why the calling thread's last oneDNN call failed.
 thread_local std::string onednn_error;
 
-// Calls operator `name` with `args` through the dispatcher (boxed: the schema's C++ types are
-// not in libtorch's headers) and returns its tensor on the heap, as tch owns tensors; null with
+// The dispatcher's handle of one operator, looked up on first use and kept: a lookup hashes the
+// name under the dispatcher's lock, which products on the decode step need not pay each time.
+// A lookup that throws (a build without the operator) is tried again on the next call.
+struct Op {
+  const char* name;
+  const char* overload;
+  std::optional<c10::OperatorHandle> handle;
+  std::mutex lock;
+
+  const c10::OperatorHandle& get() {
+    std::lock_guard<std::mutex> guard(lock);
+    if (!handle) handle = c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
+    return *handle;
+  }
+};
+Op linear_op{"mkldnn::_linear_pointwise", ""};
+Op linear_add_op{"mkldnn::_linear_pointwise", "binary"};
+Op pack_op{"mkldnn::_reorder_linear_weight", ""};
+
+// Calls `op` with `args` through the dispatcher (boxed: the schema's C++ types are not in
+// libtorch's headers) and returns its tensor on the heap, as tch owns tensors; null with
 // `onednn_error` set where it throws.
-at::Tensor* call_boxed(const char* name, const char* overload, std::vector<c10::IValue> args) {
+at::Tensor* call_boxed(Op& op, std::vector<c10::IValue> args) {
   try {
-    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
     torch::jit::Stack stack(std::move(args));
-    op.callBoxed(&stack);
+    op.get().callBoxed(&stack);
     return new at::Tensor(stack.at(0).toTensor());
   } catch (const std::exception& e) {
     onednn_error = e.what();
@@ -108,17 +127,17 @@ void torch_shim_set_intra_op_threads(int threads) {
 at::Tensor* torch_shim_onednn_linear(const at::Tensor* x, const at::Tensor* weight,
                                      const at::Tensor* other) {
   if (other == nullptr) {
-    return call_boxed("mkldnn::_linear_pointwise", "",
+    return call_boxed(linear_op,
                       {*x, *weight, c10::IValue(), "none",
                        c10::List<std::optional<at::Scalar>>(), c10::IValue()});
   }
-  return call_boxed("mkldnn::_linear_pointwise", "binary",
+  return call_boxed(linear_add_op,
                     {*x, *other, *weight, c10::IValue(), "add"});
 }
 
 // A weight [out, in] in the blocked layout oneDNN picks for products of `rows` rows.
 at::Tensor* torch_shim_onednn_pack(const at::Tensor* weight, int64_t rows) {
-  return call_boxed("mkldnn::_reorder_linear_weight", "", {*weight, rows});
+  return call_boxed(pack_op, {*weight, rows});
 }
 
 // The reason of the calling thread's last failed oneDNN call: its length, and a copy of at
