@@ -112,7 +112,7 @@ impl Linear {
             Plan::Packed { rows } => {
                 let packed = onednn::pack(&dense.contiguous(), rows).unwrap_or_else(fail);
                 self.packed = Some(packed);
-                dense.new_empty([0, dense.size()[1]], (dense.kind(), dense.device()))
+                emptied(&dense)
             }
         };
         self.weight.set_data(&stored);
@@ -137,6 +137,12 @@ impl Linear {
 /// fails, a panic with libtorch's message.
 fn fail(err: onednn::OneDnnError) -> Tensor {
     panic!("{err}")
+}
+
+/// An `[0, in]` weight of `weight`'s dtype and device: what a variable holds once another
+/// tensor carries its values.
+fn emptied(weight: &Tensor) -> Tensor {
+    weight.new_empty([0, weight.size()[1]], (weight.kind(), weight.device()))
 }
 
 /// `xs` stored by rows: itself where it is, else a contiguous copy.
@@ -169,10 +175,7 @@ fn transposed(t: &Tensor) -> Tensor {
 pub fn fuse_linears(parts: &mut [&mut Linear]) -> Linear {
     let stacked = Tensor::cat(&parts.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0);
     for linear in parts.iter_mut() {
-        let cols = linear.weight.size()[1];
-        linear
-            .weight
-            .set_data(&linear.weight.new_empty([0, cols], (stacked.kind(), stacked.device())));
+        linear.weight.set_data(&emptied(&linear.weight));
         linear.weight_t = linear.weight.tr();
     }
     Linear::from_weight(stacked)

@@ -127,15 +127,17 @@ fn plans() -> &'static Mutex<HashMap<Shape, Plan>> {
 /// fastest form. Ties go to the storage listed first.
 fn choose(t: &Timings) -> Plan {
     let score = |times: [f64; ROWS.len()]| times.iter().map(|t| t.ln()).sum::<f64>();
-    let forms = [Form::Rows, Form::Columns, Form::OneDnn];
-    let out_in_forms: [Form; ROWS.len()] = std::array::from_fn(|i| {
-        let times = [t.out_in_rows[i], t.out_in_columns[i], t.out_in_onednn[i]];
-        let fastest =
-            (0..forms.len()).fold(0, |best, f| if times[f] < times[best] { f } else { best });
-        forms[fastest]
+    // Each bucket's fastest `[out, in]` form and its time.
+    let out_in: [(Form, f64); ROWS.len()] = std::array::from_fn(|i| {
+        [
+            (Form::Rows, t.out_in_rows[i]),
+            (Form::Columns, t.out_in_columns[i]),
+            (Form::OneDnn, t.out_in_onednn[i]),
+        ]
+        .into_iter()
+        .fold((Form::Rows, f64::INFINITY), |best, c| if c.1 < best.1 { c } else { best })
     });
-    let out_in_best =
-        std::array::from_fn(|i| t.out_in_rows[i].min(t.out_in_columns[i]).min(t.out_in_onednn[i]));
+    let (out_in_forms, out_in_best) = (out_in.map(|(form, _)| form), out_in.map(|(_, t)| t));
     let candidates = [(Plan::InOut, t.in_out), (Plan::OutIn(out_in_forms), out_in_best)]
         .into_iter()
         .chain(ROWS.iter().zip(t.packed).map(|(&rows, times)| (Plan::Packed { rows }, times)));
@@ -227,6 +229,18 @@ mod tests {
             [1, 4, 5, 16, 17].map(|rows| plan.form(rows)),
             [Rows, Rows, Columns, Columns, Rows]
         );
+        // W·xᵀ at every count: by columns from one row.
+        let plan = choose(&mkl([2.0, 3.0, 5.0], [3.0, 4.0, 6.0], [1.0, 2.0, 4.0]));
+        assert_eq!(plan, Plan::OutIn([Columns; 3]));
+        // W·xᵀ three times as fast at 2 rows, slower from 32 (a machine whose GEMV of the
+        // transposed weight is slow): by columns for small batches only.
+        let plan = choose(&mkl([5.0, 6.0, 9.0], [6.6, 6.4, 8.0], [1.6, 5.7, 12.0]));
+        assert_eq!(plan, Plan::OutIn([Columns, Columns, Rows]));
+        assert_eq!([2, 8, 32].map(|rows| plan.form(rows)), [Columns, Columns, Rows]);
+        // x·Wᵀ at every count.
+        let plan = choose(&mkl([9.0, 9.0, 9.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]));
+        assert_eq!(plan, Plan::BY_ROWS);
+        assert_eq!([1, i64::MAX - 1].map(|rows| plan.form(rows)), [Rows, Rows]);
         // Twice as fast at 2 rows outweighs 10% slower at 8 and 32: each count weighs alike,
         // where summed times would let the largest decide.
         let t = mkl([1.0, 10.0, 100.0], [2.0, 9.0, 90.0], [5.0, 50.0, 500.0]);

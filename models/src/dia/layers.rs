@@ -152,8 +152,9 @@ impl Attention {
     }
 
     /// Fuses the q, k and v projections once the weights are loaded (self-attention reads one
-    /// input for all three): a single matmul per step instead of three; the parts are emptied. The query and key rows
-    /// get their RoPE pairs interleaved; q·k is unchanged, as both move alike.
+    /// input for all three): a single matmul per step instead of three; the parts are emptied.
+    /// The query and key rows get their RoPE pairs interleaved; q·k is unchanged, as both move
+    /// alike.
     pub fn fuse_qkv(&mut self) {
         let qkv = fuse_linears(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj]);
         let AttentionDims { heads, kv_heads, head_dim, .. } = self.dims;
